@@ -1,0 +1,56 @@
+"""The example record every loader yields, and the loader registry."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from PIL import Image
+
+_LOADERS: dict[str, Callable[..., list["Example"]]] = {}
+
+
+@dataclass(frozen=True)
+class Example:
+    """One question about one image.
+
+    `image` is a zero-argument callable (a picklable `functools.partial`) so that a
+    dataset of thousands of examples holds no pixels until a batch needs them.
+    """
+
+    id: str
+    image_id: str
+    image: Callable[[], Image.Image]
+    question: str
+    answers: tuple[str, ...]
+    question_type: str = ""
+    answer_type: str = ""
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+def register_loader(name: str):
+    def deco(fn):
+        _LOADERS[name] = fn
+        return fn
+
+    return deco
+
+
+def loader_names() -> list[str]:
+    _import_builtin_loaders()
+    return sorted(_LOADERS)
+
+
+def load_examples(loader: str, **kwargs) -> list[Example]:
+    _import_builtin_loaders()
+    if loader not in _LOADERS:
+        raise KeyError(loader)
+    return _LOADERS[loader](**kwargs)
+
+
+def _import_builtin_loaders() -> None:
+    from . import shapes  # noqa: F401  (registers itself)
+
+
+def iter_batches(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
