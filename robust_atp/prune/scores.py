@@ -1,0 +1,72 @@
+"""Token scores: ViT CLS attention (saliency), CLIP text-patch relevance, normalisers.
+
+Pure tensor code. Shapes: B examples, L ViT layers, H heads, N patch tokens, P CLIP dim.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def cls_attention(attn: torch.Tensor, layer: int = -2, heads: str = "mean") -> torch.Tensor:
+    """CLS -> patch attention of one layer, reduced over heads.
+
+    attn: [B, L, H, N] (the CLS row of every layer, CLS column dropped) -> [B, N].
+    The paper's "sum over j of Attention_ij" is a softmax row (always 1); the CLS row is
+    what carries saliency.
+    """
+    a = attn[:, layer].float()
+    if heads == "mean":
+        return a.mean(1)
+    if heads == "max":
+        return a.amax(1)
+    raise ValueError(f"heads must be 'mean' or 'max', got {heads!r}")
+
+
+def clip_relevance(patches: torch.Tensor, text: torch.Tensor, sign: int = 1) -> torch.Tensor:
+    """Cosine similarity of each projected patch with the text embedding.
+
+    patches: [B, N, P], text: [B, P] -> [B, N], multiplied by `sign` (+1 or -1).
+    """
+    sim = torch.einsum("bnp,bp->bn", F.normalize(patches.float(), dim=-1), F.normalize(text.float(), dim=-1))
+    return sim * sign
+
+
+def minmax(x: torch.Tensor) -> torch.Tensor:
+    """[B, N] -> [B, N] in [0, 1]; a constant row maps to zeros."""
+    lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
+    span = hi - lo
+    return torch.where(span > 0, (x - lo) / span.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x))
+
+
+def zscore(x: torch.Tensor) -> torch.Tensor:
+    """[B, N] -> [B, N], zero mean and unit (population) std per row; a constant row maps to zeros."""
+    mu, sd = x.mean(-1, keepdim=True), x.std(-1, keepdim=True, unbiased=False)
+    return torch.where(sd > 0, (x - mu) / sd.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x))
+
+
+def rank(x: torch.Tensor) -> torch.Tensor:
+    """[B, N] -> [B, N] in [0, 1]: rank / (N - 1), ties ordered by index (deterministic)."""
+    n = x.shape[-1]
+    order = torch.sort(x, dim=-1, stable=True).indices
+    r = torch.empty_like(order)
+    r.scatter_(-1, order, torch.arange(n, device=x.device).expand_as(order))
+    return r.to(x.dtype) / max(n - 1, 1)
+
+
+NORMALIZERS = {"minmax": minmax, "zscore": zscore, "rank": rank}
+
+
+def atp_scores(saliency: torch.Tensor | None, relevance: torch.Tensor | None, alpha: float,
+               normalizer: str = "minmax") -> torch.Tensor:
+    """S = alpha * N(relevance) + (1 - alpha) * N(saliency), both [B, N] -> [B, N].
+
+    alpha multiplies the CLIP term, as in the paper; a term with zero weight may be None.
+    """
+    norm = NORMALIZERS[normalizer]
+    out = 0.0
+    if alpha > 0:
+        out = out + alpha * norm(relevance)
+    if alpha < 1:
+        out = out + (1 - alpha) * norm(saliency)
+    return out

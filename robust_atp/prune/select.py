@@ -1,0 +1,46 @@
+"""Budgets and selection: from scores to kept indices, unique and in original order."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def budget(n: int, keep: float | None = None, k: int | None = None) -> int:
+    """Tokens to keep out of n: a ratio (rounded half up, at least 1) or a count (at most n)."""
+    if k is not None:
+        return max(1, min(int(k), n))
+    if keep is None:
+        return n
+    return max(1, min(n, math.floor(keep * n + 0.5)))
+
+
+def _rank_order(scores: torch.Tensor) -> torch.Tensor:
+    """Indices by descending score; ties by ascending index; NaN ranks last. [B, N] -> [B, N]."""
+    s = torch.nan_to_num(scores.float(), nan=float("-inf"))
+    return torch.sort(s, dim=-1, descending=True, stable=True).indices
+
+
+def select_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The k best tokens per row, returned in original (ascending) order. [B, N] -> [B, k]."""
+    return _rank_order(scores)[:, :k].sort(dim=-1).values
+
+
+def select_adaptive(scores: torch.Tensor, mass: float, k_min: int = 1, k_max: int | None = None) -> list[torch.Tensor]:
+    """Per row, the smallest top set whose normalised scores hold `mass` of the row's total,
+    clamped to [k_min, k_max]. scores: [B, N], non-negative (e.g. min-max normalised).
+
+    Returns B index tensors of varying length, each in original order.
+    """
+    n = scores.shape[-1]
+    k_max = n if k_max is None else min(k_max, n)
+    order = _rank_order(scores)
+    s = torch.nan_to_num(scores.float(), nan=0.0).clamp_min(0)
+    sorted_s = torch.gather(s, -1, order)
+    total = sorted_s.sum(-1, keepdim=True)
+    cum = sorted_s.cumsum(-1)
+    # first position where the running share reaches `mass`; a zero row keeps k_min
+    reached = cum >= mass * total - 1e-12 * total.abs()
+    k = torch.where(total.squeeze(-1) > 0, reached.float().argmax(-1) + 1, torch.full_like(total.squeeze(-1), k_min).long())
+    k = k.clamp(min=k_min, max=k_max)
+    return [order[b, : int(k[b])].sort().values for b in range(scores.shape[0])]
