@@ -1,0 +1,80 @@
+"""The adapter protocol: what the engine asks of a VLM, and the one factory that builds one."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+from PIL import Image
+
+from ..errors import UserError
+
+
+@dataclass
+class VisionOutput:
+    """One vision pass over a batch, shared by every method and text condition.
+
+    tokens:       [B, N, D]     visual tokens as the LLM would receive them (after the projector)
+    cls_attn:     [B, L, H, N]  CLS -> patch attention of every ViT layer (CLS column dropped)
+    clip_patches: [B, N, P]     patches in the CLIP joint space (post_layernorm + visual_projection)
+    vit_features: [B, N, C]     the ViT features the projector reads (for merging methods)
+    grid:         (rows, cols)  the patch grid, rows * cols == N
+    """
+
+    tokens: torch.Tensor
+    cls_attn: torch.Tensor
+    clip_patches: torch.Tensor
+    vit_features: torch.Tensor
+    grid: tuple[int, int]
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+
+class Adapter(Protocol):
+    num_visual_tokens: int
+    device: torch.device
+
+    def encode_images(self, images: list[Image.Image]) -> VisionOutput: ...
+
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """CLIP text embeddings [B, P]."""
+
+    def generate(self, visual_tokens: list[torch.Tensor], questions: list[str]) -> list[str]:
+        """Greedy answers; example i's LLM sees exactly visual_tokens[i] ([K_i, D]) in place of the image."""
+
+
+_ADAPTERS: dict[str, Callable] = {}
+
+
+def register_adapter(name: str):
+    def deco(cls):
+        _ADAPTERS[name] = cls
+        return cls
+    return deco
+
+
+def resolve_checkpoint(ref: str) -> str:
+    """`zoo:<name>/<part>` names a model shipped in the package; anything else is a path or hub id."""
+    if ref.startswith("zoo:"):
+        from .zoo import ZOO_DIR
+        path = ZOO_DIR / ref[4:]
+        if not (path / "config.json").is_file():
+            raise UserError(f"model.checkpoint: {ref!r}: no shipped model at {path}")
+        return str(path)
+    p = Path(ref).expanduser()
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise UserError(f"model.checkpoint: {ref!r}: a directory without config.json")
+        return str(p)
+    return ref
+
+
+def load_adapter(model_cfg) -> Adapter:
+    """The one entry point: a suite's `model:` section -> a ready adapter."""
+    from . import llava  # noqa: F401  (registers itself)
+
+    if model_cfg.adapter not in _ADAPTERS:
+        raise UserError(f"model.adapter: unknown adapter {model_cfg.adapter!r}; known: {', '.join(sorted(_ADAPTERS))}")
+    return _ADAPTERS[model_cfg.adapter](model_cfg)

@@ -1,0 +1,209 @@
+"""LLaVA-1.5 (`LlavaForConditionalGeneration`) behind the adapter protocol.
+
+The same code runs llava-hf/llava-1.5-7b-hf on a GPU and the shipped demo model on a CPU.
+CLS attention is taken through hooks on q_proj / k_proj of every ViT layer and recomputed
+for the CLS row only, so it works under sdpa / flash attention (no `output_attentions`).
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+from PIL import Image
+
+from ..errors import UserError
+from ..perturb.image import to_rgb
+from .base import VisionOutput, register_adapter, resolve_checkpoint
+
+
+def pick_device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"model.device: {name!r} requested but no CUDA device is available (use --device cpu)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("model.device: 'mps' requested but MPS is not available (use --device cpu)")
+    return torch.device(name)
+
+
+def vit_layers(vision_tower) -> list:
+    """The encoder layers of a CLIP-style tower, across transformers' layouts."""
+    inner = getattr(vision_tower, "vision_model", vision_tower)
+    return list(inner.encoder.layers)
+
+
+class ClsAttentionProbe:
+    """Captures q and k of each ViT layer during a forward pass and returns the CLS row of
+    softmax(q k^T * scale), per head, CLS column dropped: [B, L, H, N]."""
+
+    def __init__(self, layers: list):
+        self.layers = layers
+        self.q: dict[int, torch.Tensor] = {}
+        self.k: dict[int, torch.Tensor] = {}
+        self.active = False
+        for i, layer in enumerate(layers):
+            attn = layer.self_attn
+            attn.q_proj.register_forward_hook(functools.partial(self._keep, self.q, i, first_only=True))
+            attn.k_proj.register_forward_hook(functools.partial(self._keep, self.k, i, first_only=False))
+
+    def _keep(self, store, i, module, args, out, first_only):
+        if self.active:
+            store[i] = out[:, :1] if first_only else out
+
+    def __enter__(self):
+        self.q.clear()
+        self.k.clear()
+        self.active = True
+        return self
+
+    def __exit__(self, *exc):
+        self.active = False
+
+    def result(self) -> torch.Tensor:
+        rows = []
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            h, hd = attn.num_heads, attn.head_dim
+            q = self.q[i].float().view(-1, h, hd)  # [B, H, hd] (CLS query)
+            k = self.k[i].float()
+            k = k.view(k.shape[0], k.shape[1], h, hd)  # [B, T, H, hd]
+            logits = torch.einsum("bhd,bthd->bht", q, k) * attn.scale
+            rows.append(logits.softmax(-1)[..., 1:])
+        self.q.clear()
+        self.k.clear()
+        return torch.stack(rows, 1)
+
+
+@register_adapter("llava")
+class LlavaAdapter:
+    def __init__(self, cfg):
+        from transformers import AutoProcessor, GenerationConfig, LlavaForConditionalGeneration
+
+        self.cfg = cfg
+        self.device = pick_device(cfg.device)
+        self.dtype = getattr(torch, cfg.dtype)
+        path = resolve_checkpoint(cfg.checkpoint)
+        try:
+            self.model = LlavaForConditionalGeneration.from_pretrained(
+                path, dtype=self.dtype, attn_implementation=cfg.attn_implementation,
+                trust_remote_code=cfg.trust_remote_code).to(self.device).eval()
+            self.processor = AutoProcessor.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+        except OSError as e:
+            raise UserError(f"model.checkpoint: cannot load {cfg.checkpoint!r}: {str(e).splitlines()[0]}") from None
+        mc = self.model.config
+        if mc.vision_feature_select_strategy != "default" or not isinstance(mc.vision_feature_layer, int):
+            raise UserError("model.checkpoint: only LLaVA's 'default' feature selection from one ViT layer is supported")
+        self.tokenizer = self.processor.tokenizer
+        self.image_token_id = mc.image_token_id
+        self.vision_tower = self.model.model.vision_tower
+        self.probe = ClsAttentionProbe(vit_layers(self.vision_tower))
+        vc = mc.vision_config
+        side = vc.image_size // vc.patch_size
+        self.grid = (side, side)
+        self.num_visual_tokens = side * side
+        self.clip = self.clip_tokenizer = None
+        if cfg.clip:
+            self._load_clip(cfg.clip, vc.hidden_size)
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = self.tokenizer.eos_token_id
+        self.pad_token_id = pad
+        self.generation_config = GenerationConfig(
+            max_new_tokens=cfg.generation.max_new_tokens, do_sample=False, num_beams=1,
+            pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id, bos_token_id=self.tokenizer.bos_token_id)
+        self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _load_clip(self, ref: str, vision_width: int) -> None:
+        from transformers import AutoTokenizer, CLIPModel
+
+        path = resolve_checkpoint(ref)
+        try:
+            clip = CLIPModel.from_pretrained(path, dtype=self.dtype)
+            self.clip_tokenizer = AutoTokenizer.from_pretrained(path)
+        except OSError as e:
+            raise UserError(f"model.clip: cannot load {ref!r}: {str(e).splitlines()[0]}") from None
+        if clip.visual_projection.in_features != vision_width:
+            raise UserError(f"model.clip: {ref!r} has vision width {clip.visual_projection.in_features}, "
+                            f"the VLM's tower has {vision_width}: not the same tower")
+        clip.vision_model = None  # the VLM's own tower supplies the patches; keep text tower + projections
+        self.clip = clip.to(self.device).eval()
+
+    # ------------------------------------------------------------------ vision
+
+    def pixel_values(self, images: list[Image.Image]) -> torch.Tensor:
+        px = self.processor.image_processor(images=[to_rgb(im) for im in images], return_tensors="pt")["pixel_values"]
+        return px.to(self.device, self.dtype)
+
+    @torch.inference_mode()
+    def encode_images(self, images: list[Image.Image]) -> VisionOutput:
+        mc = self.model.config
+        with self.probe:
+            out = self.vision_tower(self.pixel_values(images), output_hidden_states=True, return_dict=True)
+        cls_attn = self.probe.result()
+        feats = out.hidden_states[mc.vision_feature_layer][:, 1:]
+        tokens = self.model.model.multi_modal_projector(feats)
+        if self.clip is not None:
+            post_ln = getattr(self.vision_tower, "vision_model", self.vision_tower).post_layernorm
+            clip_patches = self.clip.visual_projection(post_ln(out.hidden_states[-1][:, 1:]))
+        else:
+            clip_patches = torch.empty(tokens.shape[0], tokens.shape[1], 0, device=self.device)
+        return VisionOutput(tokens=tokens, cls_attn=cls_attn, clip_patches=clip_patches, vit_features=feats,
+                            grid=self.grid)
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        if self.clip is None:
+            raise UserError("model.clip: a method needs CLIP text relevance, but the suite names no 'clip' model")
+        max_len = self.clip.config.text_config.max_position_embeddings
+        enc = self.clip_tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+        enc = {k: v.to(self.device) for k, v in enc.items()}
+        return self.clip.get_text_features(**enc).pooler_output
+
+    # ------------------------------------------------------------------ language
+
+    def prompt(self, question: str) -> str:
+        return self.cfg.prompt.format(question=question)
+
+    def prompt_ids(self, question: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids before and after the image placeholder. Tokenising the whole prompt and
+        splitting at the placeholder gives exactly the ids the HF processor gives around its
+        expanded image tokens (tokenising the halves apart would not, for SentencePiece)."""
+        if question not in self._prompt_cache:
+            ids = self.tokenizer(self.prompt(question), return_tensors="pt")["input_ids"][0]
+            where = (ids == self.image_token_id).nonzero().flatten()
+            if len(where) != 1:
+                raise UserError(f"model.prompt: the prompt must hold exactly one image placeholder, found {len(where)}")
+            i = int(where[0])
+            self._prompt_cache[question] = (ids[:i], ids[i + 1:])
+        return self._prompt_cache[question]
+
+    def reference_input_ids(self, questions: list[str], n_visual: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded input_ids with n_visual image tokens each, as the HF processor builds them."""
+        rows = []
+        for q in questions:
+            before, after = self.prompt_ids(q)
+            rows.append(torch.cat([before, torch.full((n_visual,), self.image_token_id), after]))
+        return _left_pad(rows, self.pad_token_id)
+
+    @torch.inference_mode()
+    def generate(self, visual_tokens: list[torch.Tensor], questions: list[str]) -> list[str]:
+        embed = self.model.get_input_embeddings()
+        seqs = []
+        for toks, q in zip(visual_tokens, questions):
+            before, after = self.prompt_ids(q)
+            seqs.append(torch.cat([embed(before.to(self.device)), toks.to(self.dtype), embed(after.to(self.device))]))
+        pad = embed(torch.tensor([self.pad_token_id], device=self.device))[0]
+        length = max(len(s) for s in seqs)
+        inputs = torch.stack([torch.cat([pad.expand(length - len(s), -1), s]) for s in seqs])
+        mask = torch.stack([torch.cat([torch.zeros(length - len(s), dtype=torch.long),
+                                       torch.ones(len(s), dtype=torch.long)]) for s in seqs]).to(self.device)
+        out = self.model.generate(inputs_embeds=inputs, attention_mask=mask, generation_config=self.generation_config)
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+
+def _left_pad(rows: list[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    length = max(len(r) for r in rows)
+    ids = torch.full((len(rows), length), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, length - len(r):] = r
+        mask[i, length - len(r):] = 1
+    return ids, mask

@@ -1,0 +1,44 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    from tiny import build_tiny_llava
+
+    return build_tiny_llava(tmp_path_factory.mktemp("tiny_llava"))
+
+
+def make_adapter(llava, clip=None, max_new_tokens=5, attn="sdpa"):
+    from robust_atp.models.base import load_adapter
+    from robust_atp.suite import ModelCfg
+
+    cfg = ModelCfg(checkpoint=str(llava), clip=str(clip) if clip else None, attn_implementation=attn,
+                   generation={"max_new_tokens": max_new_tokens})
+    return load_adapter(cfg)
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tiny_dir):
+    return make_adapter(tiny_dir / "llava", tiny_dir / "clip")
+
+
+@pytest.fixture(scope="session")
+def demo_adapter():
+    from robust_atp.models.zoo.evaluate import load_demo
+
+    return load_demo()
+
+
+@pytest.fixture(scope="session")
+def shapes_examples():
+    from robust_atp.data import shapes
+
+    return shapes.load_shapes("test", limit=16)
