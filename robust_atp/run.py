@@ -1,0 +1,272 @@
+"""Run a suite: `python -m robust_atp.run SUITE [--out DIR] [--limit N] [--batch-size B]
+[--device cpu|cuda] [--fresh]`.
+
+Writes into the run directory (default reports/<suite name>/):
+  predictions.sqlite  every prediction, the resume point (rerunning continues where a run stopped)
+  results.json        manifest + one row per (condition, method)
+  samples.jsonl       one line per (example, condition, method)
+and prints a summary table. A user error prints one line and exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from .errors import UserError
+
+RESULTS, SAMPLES, STORE = "results.json", "samples.jsonl", "predictions.sqlite"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m robust_atp.run", description="Run a robustness suite.")
+    ap.add_argument("suite", help="suite YAML file, e.g. suites/demo.yaml")
+    ap.add_argument("--out", type=Path, help="run directory (default: reports/<suite name>)")
+    ap.add_argument("--limit", type=int, help="evaluate only the first N examples")
+    ap.add_argument("--batch-size", type=int, help="examples per batch (answers do not depend on it)")
+    ap.add_argument("--device", help="cpu, cuda, cuda:N or mps (overrides model.device)")
+    ap.add_argument("--fresh", action="store_true", help="discard an existing run in the run directory")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        return _run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished units are saved; run the same command again to continue", file=sys.stderr)
+        return 130
+
+
+def _run(args) -> int:
+    from .suite import load_suite
+
+    overrides = {}
+    for flag, key, check in (("limit", "dataset.limit", lambda v: v > 0), ("batch_size", "batch_size", lambda v: v > 0)):
+        value = getattr(args, flag)
+        if value is not None:
+            if not check(value):
+                raise UserError(f"--{flag.replace('_', '-')}: must be a positive integer, got {value}")
+            overrides[key] = value
+    if args.device:
+        overrides["model.device"] = args.device
+    suite = load_suite(args.suite, overrides)
+    run_dir = args.out or Path("reports") / suite.name
+    return execute(suite, Path(args.suite), run_dir, fresh=args.fresh, progress=not args.no_progress)
+
+
+def execute(suite, suite_path: Path, run_dir: Path, fresh: bool = False, progress: bool = True) -> int:
+    import torch
+
+    from .engine import condition_names, run_engine
+    from .models.base import load_adapter
+    from .perturb.image import resolve_image_conditions
+    from .prune.methods import validate_method
+    from .store import RunStore
+
+    torch.manual_seed(suite.seed)
+    methods = [validate_method(m) for m in suite.methods]
+    image_conditions = resolve_image_conditions(suite.perturbations.image)
+    examples = _load_dataset(suite, suite_path)
+    _prepare_dir(run_dir, fresh)
+    store = RunStore(run_dir / STORE)
+    store.claim(suite.name, suite.config_hash())
+    if progress:
+        print(f"{suite.name}: {len(examples)} examples x {len(image_conditions) + suite.include_clean} conditions "
+              f"x {len(methods)} methods -> {run_dir}", file=sys.stderr)
+    stats = run_engine(examples=examples, methods=methods, image_conditions=image_conditions,
+                       adapter_factory=lambda: load_adapter(suite.model), store=store, seed=suite.seed,
+                       metrics=suite.metrics, batch_size=suite.batch_size, include_clean=suite.include_clean,
+                       progress=progress)
+    conditions = condition_names(image_conditions, suite.include_clean)
+    rows = summarize(store, examples, conditions, [m.label for m in methods], suite.metrics)
+    manifest = build_manifest(suite, suite_path, examples, conditions, methods, stats)
+    _write_atomic(run_dir / RESULTS, json.dumps({"manifest": manifest, "rows": rows}, indent=2) + "\n")
+    _write_atomic(run_dir / SAMPLES, "".join(json.dumps(s) + "\n" for s in samples(store, examples, conditions,
+                                                                                      [m.label for m in methods])))
+    store.close()
+    print(format_summary(rows, [m.label for m in methods]))
+    print(f"\nwrote {run_dir / RESULTS} and {run_dir / SAMPLES} ({stats.units_run} of {stats.units_total} units "
+          f"computed now, {stats.seconds:.1f}s)", file=sys.stderr)
+    return 0
+
+
+def _load_dataset(suite, suite_path: Path):
+    from .data.base import load_examples
+
+    d = suite.dataset
+    kwargs = dict(d.options)
+    kwargs.update(split=d.split, limit=d.limit)
+    if d.source is not None:
+        kwargs["source"] = d.source
+    try:
+        return load_examples(d.loader, **kwargs)
+    except TypeError as e:
+        raise UserError(f"{suite_path}: dataset.options: {e}") from None
+    except (ValueError, FileNotFoundError) as e:
+        raise UserError(f"{suite_path}: dataset: {e}") from None
+
+
+def _prepare_dir(run_dir: Path, fresh: bool) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{run_dir}: exists and is not a directory")
+    if fresh:
+        for name in (STORE, STORE + "-wal", STORE + "-shm", RESULTS, SAMPLES):
+            (run_dir / name).unlink(missing_ok=True)
+        if (run_dir / "plots").is_dir():
+            shutil.rmtree(run_dir / "plots")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{run_dir}: cannot create the run directory ({e.strerror})") from None
+    if not os.access(run_dir, os.W_OK):
+        raise UserError(f"{run_dir}: the run directory is not writable")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- results
+
+def summarize(store, examples, conditions: list[str], labels: list[str], metrics: list[str]) -> list[dict]:
+    """One row per (condition, method) over the current examples, in suite order."""
+    wanted = {ex.id for ex in examples}
+    acc: dict[tuple[str, str], list] = defaultdict(list)
+    for p in store.rows():
+        if p.example_id in wanted:
+            acc[(p.condition, p.method)].append(p)
+    rows = []
+    for cond in conditions:
+        corruption, severity = _split_condition(cond)
+        for label in labels:
+            preds = acc.get((cond, label), [])
+            n = len(preds)
+            row = {"condition": cond, "corruption": corruption, "severity": severity, "method": label,
+                   "accuracy": _mean([p.score for p in preds]), "n": n,
+                   "kept_tokens": _mean([p.kept for p in preds])}
+            row["metrics"] = {m: _mean([p.scores[m] for p in preds]) for m in metrics}
+            rows.append(row)
+    return rows
+
+
+def samples(store, examples, conditions: list[str], labels: list[str]):
+    by_key = {(p.example_id, p.condition, p.method): p for p in store.rows()}
+    for ex in examples:
+        for cond in conditions:
+            for label in labels:
+                p = by_key.get((ex.id, cond, label))
+                if p is None:
+                    continue
+                yield {"example_id": ex.id, "image_id": ex.image_id, "condition": cond, "method": label,
+                       "question": ex.question, "answers": list(ex.answers), "question_type": ex.question_type,
+                       "prediction": p.prediction, "score": p.score, "kept_tokens": p.kept}
+
+
+def _split_condition(cond: str):
+    if cond.startswith("image:"):
+        name, sev = cond[len("image:"):].rsplit("@", 1)
+        return name, int(sev)
+    return None, 0
+
+
+def _mean(xs):
+    return round(sum(xs) / len(xs), 6) if xs else None
+
+
+def build_manifest(suite, suite_path: Path, examples, conditions, methods, stats) -> dict:
+    from importlib import metadata
+
+    versions = {"python": sys.version.split()[0]}
+    for dist in ("robust_atp", "torch", "transformers", "numpy", "imagecorruptions-imaug", "pillow", "pydantic"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    return {
+        "suite": suite.name,
+        "suite_file": str(suite_path),
+        "config_hash": suite.config_hash(),
+        "seed": suite.seed,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": _git_commit(),
+        "versions": versions,
+        "n_examples": len(examples),
+        "conditions": conditions,
+        "methods": [{"label": m.label, "name": m.name, "settings": m.settings} for m in methods],
+        "config": suite.model_dump(mode="json"),
+        "engine": {"units_total": stats.units_total, "units_run": stats.units_run,
+                   "vision_passes": stats.vision_passes, "generations": stats.generations,
+                   "seconds": round(stats.seconds, 2), "timings": {k: round(v, 2) for k, v in stats.timings.items()}},
+    }
+
+
+def _git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def format_summary(rows: list[dict], labels: list[str]) -> str:
+    """Per method: clean accuracy, mean over corruptions at each severity, and the gap to `full`."""
+    by = defaultdict(list)
+    for r in rows:
+        if r["accuracy"] is not None:
+            by[(r["method"], r["severity"])].append(r)
+    severities = sorted({r["severity"] for r in rows if r["severity"]})
+    ref = labels[0]
+    head = ["method", "tokens", "clean"] + [f"sev{s}" for s in severities] + (["corrupted", "d_clean", "d_corrupt"]
+                                                                              if severities else ["d_clean"])
+    lines = []
+    for label in labels:
+        clean = by.get((label, 0), [])
+        kept = _mean([r["kept_tokens"] for r in clean]) if clean else None
+        cells = [label, f"{kept:.1f}" if kept is not None else "-", _pct(_mean([r["accuracy"] for r in clean]))]
+        cor_all = []
+        for s in severities:
+            rs = by.get((label, s), [])
+            cor_all += rs
+            cells.append(_pct(_mean([r["accuracy"] for r in rs])))
+        d_clean = _delta(by, label, ref, [0])
+        if severities:
+            cells.append(_pct(_mean([r["accuracy"] for r in cor_all])))
+            cells += [d_clean, _delta(by, label, ref, severities)]
+        else:
+            cells.append(d_clean)
+        lines.append(cells)
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
+    fmt = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    note = (f"accuracy in %; sevN = mean over corruptions at severity N; d_* = method - {ref} in points"
+            if severities else f"accuracy in %; d_clean = method - {ref} in points")
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(c) for c in lines] + [note])
+
+
+def _pct(x):
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def _delta(by, label, ref, severities):
+    a = _mean([r["accuracy"] for s in severities for r in by.get((label, s), [])])
+    b = _mean([r["accuracy"] for s in severities for r in by.get((ref, s), [])])
+    if a is None or b is None:
+        return "-"
+    return f"{100 * (a - b):+.1f}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,94 @@
+"""The SQLite run store: one row per (example, condition, method), the resume point.
+
+Rows are written in one transaction per unit of work (a batch under one image condition),
+so a killed run leaves whole units or nothing; WAL journaling keeps committed units across
+a SIGKILL. The primary key makes a doubled row impossible.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from .errors import UserError
+
+SCHEMA_VERSION = "1"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS predictions (
+    example_id TEXT NOT NULL,
+    condition  TEXT NOT NULL,
+    method     TEXT NOT NULL,
+    prediction TEXT NOT NULL,
+    score      REAL NOT NULL,
+    scores     TEXT NOT NULL,
+    kept       INTEGER NOT NULL,
+    PRIMARY KEY (example_id, condition, method)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    example_id: str
+    condition: str
+    method: str
+    prediction: str
+    score: float
+    scores: dict
+    kept: int
+
+
+class RunStore:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        try:
+            self.conn = sqlite3.connect(self.path, timeout=30)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise UserError(f"{self.path}: not a usable run store ({e})") from None
+
+    # ------------------------------------------------------------------ identity
+
+    def meta(self) -> dict[str, str]:
+        return dict(self.conn.execute("SELECT key, value FROM meta"))
+
+    def claim(self, suite_name: str, config_hash: str) -> None:
+        """Bind an empty store to a suite config, or check that it already holds that config."""
+        meta = self.meta()
+        if not meta:
+            with self.conn:
+                self.conn.executemany("INSERT INTO meta VALUES (?, ?)", [
+                    ("schema", SCHEMA_VERSION), ("suite", suite_name), ("config_hash", config_hash)])
+            return
+        if meta.get("config_hash") != config_hash:
+            raise UserError(
+                f"{self.path.parent}: holds a run of suite {meta.get('suite')!r} (config {meta.get('config_hash')}), "
+                f"not this suite's config {config_hash}; choose another --out or pass --fresh to discard it")
+
+    # ------------------------------------------------------------------ rows
+
+    def done(self) -> set[tuple[str, str, str]]:
+        return set(self.conn.execute("SELECT example_id, condition, method FROM predictions"))
+
+    def put(self, rows: list[Prediction]) -> None:
+        with self.conn:
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(r.example_id, r.condition, r.method, r.prediction, float(r.score),
+                  json.dumps(r.scores, sort_keys=True), int(r.kept)) for r in rows])
+
+    def rows(self) -> Iterator[Prediction]:
+        for ex, cond, meth, pred, score, scores, kept in self.conn.execute(
+                "SELECT example_id, condition, method, prediction, score, scores, kept FROM predictions"):
+            yield Prediction(ex, cond, meth, pred, score, json.loads(scores), kept)
+
+    def count(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
+
+    def close(self) -> None:
+        self.conn.close()

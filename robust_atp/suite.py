@@ -1,0 +1,223 @@
+"""Suite schema and loading: a YAML file in, a validated `Suite` out, or one clear error line.
+
+Every user error becomes `SuiteError("<file>: <field.path>: <message>")`; the CLI prints it
+and exits 2.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import SuiteError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetCfg(Strict):
+    loader: str
+    source: str | None = None
+    split: str = "test"
+    limit: int | None = Field(default=None, gt=0)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class GenerationCfg(Strict):
+    max_new_tokens: int = Field(default=10, gt=0, le=512)
+
+
+class ModelCfg(Strict):
+    adapter: str = "llava"
+    checkpoint: str
+    # CLIP model whose text tower and visual projection give ATP's relevance term; its
+    # vision tower must be the VLM's (LLaVA-1.5: openai/clip-vit-large-patch14-336).
+    clip: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "cpu"
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    prompt: str = "USER: <image>\n{question} ASSISTANT:"
+    generation: GenerationCfg = Field(default_factory=GenerationCfg)
+    trust_remote_code: bool = False
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_fields(cls, v: str) -> str:
+        if "<image>" not in v or "{question}" not in v:
+            raise ValueError("must contain '<image>' and '{question}'")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not (v in ("cpu", "cuda", "mps") or v.startswith("cuda:")):
+            raise ValueError(f"must be cpu, cuda, cuda:N or mps, got {v!r}")
+        return v
+
+
+class MethodCfg(BaseModel):
+    """`name` picks a registered method; the other keys are that method's settings,
+    validated by the method's own schema (see `prune.methods`)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str
+    label: str | None = None
+
+
+class ImagePerturbCfg(Strict):
+    preset: str | None = None
+    corruptions: list[str] | None = None
+    severities: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
+
+    @field_validator("severities")
+    @classmethod
+    def _sev(cls, v: list[int]) -> list[int]:
+        bad = [s for s in v if s not in (1, 2, 3, 4, 5)]
+        if bad or not v:
+            raise ValueError(f"severities must be a non-empty list of integers in 1..5, got {v}")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.preset is None) == (self.corruptions is None):
+            raise ValueError("give exactly one of 'preset' or 'corruptions'")
+        return self
+
+
+class PerturbCfg(Strict):
+    image: ImagePerturbCfg | None = None
+
+
+class Suite(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    dataset: DatasetCfg
+    model: ModelCfg
+    methods: list[MethodCfg] = Field(min_length=1)
+    perturbations: PerturbCfg = Field(default_factory=PerturbCfg)
+    metrics: list[str] = Field(default_factory=lambda: ["exact_match"], min_length=1)
+    batch_size: int = Field(default=16, gt=0)
+    include_clean: bool = True
+
+    def config_hash(self) -> str:
+        """What the predictions depend on. Batch size is left out (answers are batch-size
+        invariant) and so is the dataset limit (rows are keyed by example id, so a larger
+        limit extends a run instead of invalidating it)."""
+        d = self.model_dump(mode="json")
+        d.pop("batch_size")
+        d["dataset"].pop("limit")
+        d["model"].pop("device")
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _fmt_loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "<root>"
+
+
+def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The valid keys at `loc` (a path of field names and list indices) of `model`."""
+    cur: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = cur.model_fields.get(part) if isinstance(cur, type) and issubclass(cur, BaseModel) else None
+        if field is None:
+            return []
+        ann = field.annotation
+        for arg in getattr(ann, "__args__", (ann,)):
+            for inner in getattr(arg, "__args__", (arg,)):
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    cur = inner
+                    break
+    return list(cur.model_fields) if isinstance(cur, type) and issubclass(cur, BaseModel) else []
+
+
+def format_validation_error(path: str, err: ValidationError, model: type[BaseModel] = None) -> str:
+    errors = err.errors()
+    # a misspelt key also shows up as a missing field: report the typo, it explains both
+    e = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
+    loc = tuple(p for p in e["loc"] if p not in ("function-after",) and not str(p).startswith("function-"))
+    where = _fmt_loc(loc)
+    if e["type"] == "extra_forbidden":
+        key = str(loc[-1])
+        known = _known_keys(model, loc) if model is not None else []
+        near = difflib.get_close_matches(key, known, n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else (f"; known keys: {', '.join(known)}" if known else "")
+        return f"{path}: {where}: unknown key{hint}"
+    msg = e["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if e["type"] == "missing":
+        msg = "required field is missing"
+    elif e["type"] != "value_error" and "input" in e and not isinstance(e["input"], (dict, list)):
+        msg = f"{msg}, got {e['input']!r}"
+    return f"{path}: {where}: {msg}"
+
+
+def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Suite:
+    """Read, validate and normalise a suite; method settings are checked by their schemas."""
+    from .prune.methods import validate_method
+
+    path = Path(path)
+    if not path.is_file():
+        raise SuiteError(f"{path}: no such suite file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise SuiteError(f"{path}: not UTF-8 text") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<root>"
+        raise SuiteError(f"{path}: {where}: malformed YAML ({getattr(e, 'problem', None) or e})") from None
+    if not isinstance(raw, dict):
+        raise SuiteError(f"{path}: <root>: must be a mapping of suite fields")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    try:
+        suite = Suite.model_validate(raw)
+    except ValidationError as e:
+        raise SuiteError(format_validation_error(str(path), e, Suite)) from None
+    seen = {}
+    for i, m in enumerate(suite.methods):
+        try:
+            method = validate_method(m)
+        except SuiteError as e:
+            raise SuiteError(f"{path}: methods[{i}]{e}") from None
+        if method.label in seen:
+            raise SuiteError(f"{path}: methods[{i}]: label {method.label!r} repeats methods[{seen[method.label]}]; "
+                             "give one of them a distinct 'label'")
+        seen[method.label] = i
+    from .perturb.image import resolve_image_conditions
+    try:
+        resolve_image_conditions(suite.perturbations.image)
+    except SuiteError as e:
+        raise SuiteError(f"{path}: perturbations.image{e}") from None
+    from .data.base import loader_names
+    if suite.dataset.loader not in loader_names():
+        raise SuiteError(f"{path}: dataset.loader: unknown loader {suite.dataset.loader!r}; "
+                         f"known: {', '.join(loader_names())}")
+    from .metrics import METRICS
+    for i, name in enumerate(suite.metrics):
+        if name not in METRICS:
+            raise SuiteError(f"{path}: metrics[{i}]: unknown metric {name!r}; known: {', '.join(sorted(METRICS))}")
+    return suite
+
+
+def _set_dotted(d: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        d = d.setdefault(k, {})
+    d[keys[-1]] = value

@@ -1,0 +1,172 @@
+"""End to end through the CLI on the demo model: outputs, shared vision pass, resume, refusal, kill."""
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from robust_atp.run import main
+
+SUITE = """
+name: {name}
+seed: 3
+dataset: {{loader: shapes, split: test, limit: {limit}}}
+model: {{checkpoint: zoo:shapes_vlm/llava, clip: zoo:shapes_vlm/clip, generation: {{max_new_tokens: 3}}}}
+methods:
+  - {{name: full}}
+  - {{name: atp, keep: 0.25}}
+  - {{name: random, keep: 0.25}}
+perturbations:
+  image: {{corruptions: [gaussian_noise, fog], severities: [{sev}]}}
+batch_size: {batch}
+"""
+
+
+def suite_file(tmp_path, name="e2e", limit=6, sev=5, batch=4):
+    p = tmp_path / f"{name}-{limit}-{sev}-{batch}.yaml"
+    p.write_text(textwrap.dedent(SUITE.format(name=name, limit=limit, sev=sev, batch=batch)))
+    return p
+
+
+def read_samples(run):
+    return [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+
+
+def store_bytes(run):
+    return (run / "predictions.sqlite").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    run = tmp / "run"
+    assert main([str(suite_file(tmp)), "--out", str(run), "--no-progress"]) == 0
+    return tmp, run
+
+
+def test_outputs(first_run):
+    _, run = first_run
+    res = json.loads((run / "results.json").read_text())
+    m = res["manifest"]
+    assert m["suite"] == "e2e" and m["seed"] == 3 and len(m["config_hash"]) == 16
+    assert m["versions"]["torch"] and m["versions"]["transformers"]
+    assert m["conditions"] == ["clean", "image:gaussian_noise@5", "image:fog@5"]
+    rows = res["rows"]
+    assert [(r["condition"], r["method"]) for r in rows][:3] == [("clean", "full"), ("clean", "atp@0.25"),
+                                                               ("clean", "random@0.25")]
+    assert len(rows) == 9
+    for r in rows:
+        assert r["n"] == 6 and 0 <= r["accuracy"] <= 1
+        assert r["kept_tokens"] == (144 if r["method"] == "full" else 36)
+    samples = read_samples(run)
+    assert len(samples) == 6 * 3 * 3
+    assert len({(s["example_id"], s["condition"], s["method"]) for s in samples}) == 54
+    clean_full = [s for s in samples if s["condition"] == "clean" and s["method"] == "full"]
+    acc = sum(s["score"] for s in clean_full) / 6
+    assert acc == rows[0]["accuracy"]
+
+
+def test_vision_pass_runs_once_per_batch_and_condition(first_run):
+    _, run = first_run
+    eng = json.loads((run / "results.json").read_text())["manifest"]["engine"]
+    assert eng["units_run"] == eng["units_total"] == 2 * 3  # ceil(6 / 4) batches x 3 conditions
+    assert eng["vision_passes"] == 6
+    assert eng["generations"] == 6 * 3 * 3
+
+
+def test_second_run_resumes_without_recomputing(first_run, capsys):
+    tmp, run = first_run
+    before = read_samples(run)
+    db = store_bytes(run)
+    assert main([str(suite_file(tmp)), "--out", str(run), "--no-progress"]) == 0
+    assert read_samples(run) == before
+    eng = json.loads((run / "results.json").read_text())["manifest"]["engine"]
+    assert eng["units_run"] == 0 and eng["vision_passes"] == 0
+    assert store_bytes(run) == db
+
+
+def test_other_suite_refused_unless_fresh(first_run, capsys, tmp_path):
+    tmp, run = first_run
+    other = suite_file(tmp_path, sev=3)
+    db = store_bytes(run)
+    assert main([str(other), "--out", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a run of suite 'e2e'" in err and "--fresh" in err and err.count("\n") == 1
+    assert store_bytes(run) == db
+    fresh = tmp_path / "copy"
+    fresh.mkdir()
+    (fresh / "predictions.sqlite").write_bytes(db)
+    assert main([str(other), "--out", str(fresh), "--no-progress", "--fresh"]) == 0
+    assert {s["condition"] for s in read_samples(fresh)} == {"clean", "image:gaussian_noise@3", "image:fog@3"}
+
+
+def test_bad_suite_leaves_an_existing_store_untouched(first_run, tmp_path):
+    tmp, run = first_run
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(suite_file(tmp).read_text().replace("keep: 0.25}", "keep: 2}", 1))
+    db = store_bytes(run)
+    assert main([str(bad), "--out", str(run)]) == 2
+    assert store_bytes(run) == db
+
+
+def test_batch_size_and_limit_do_not_change_predictions(first_run, tmp_path):
+    tmp, run = first_run
+    other = tmp_path / "b1"
+    assert main([str(suite_file(tmp, batch=1, limit=3)), "--out", str(other), "--no-progress"]) == 0
+    # the larger limit extends the same run: only the new examples are computed
+    assert main([str(suite_file(tmp, batch=5)), "--out", str(other), "--no-progress"]) == 0
+    assert read_samples(other) == read_samples(run)
+
+
+def test_missing_rows_are_recomputed_identically(first_run, tmp_path):
+    tmp, run = first_run
+    copy = tmp_path / "partial"
+    copy.mkdir()
+    (copy / "predictions.sqlite").write_bytes(store_bytes(run))
+    con = sqlite3.connect(copy / "predictions.sqlite")
+    with con:
+        con.execute("DELETE FROM predictions WHERE condition = 'image:fog@5' AND method = 'atp@0.25'")
+        con.execute("DELETE FROM predictions WHERE example_id = 'shapes/test/5'")
+    con.close()
+    assert main([str(suite_file(tmp)), "--out", str(copy), "--no-progress"]) == 0
+    assert read_samples(copy) == read_samples(run)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
+    suite = suite_file(tmp_path, name="kill", limit=24, batch=2)
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    cmd = [sys.executable, "-m", "robust_atp.run", str(suite), "--no-progress", "--out"]
+    subprocess.run(cmd + [str(whole)], check=True, capture_output=True)
+    total = 24 * 3 * 3
+    proc = subprocess.Popen(cmd + [str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = killed / "predictions.sqlite"
+    deadline = time.time() + 120
+    count = 0
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            con = sqlite3.connect(db, timeout=1)
+            count = con.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
+            con.close()
+        except sqlite3.Error:
+            count = 0
+        if count >= total // 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    con = sqlite3.connect(db)
+    partial = con.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
+    con.close()
+    assert 0 < partial < total
+    subprocess.run(cmd + [str(killed)], check=True, capture_output=True)
+    a, b = read_samples(whole), read_samples(killed)
+    assert len(a) == len(b) == total
+    assert a == b
