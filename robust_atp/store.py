@@ -78,7 +78,10 @@ class RunStore:
     def put(self, rows: list[Prediction]) -> None:
         with self.conn:
             self.conn.executemany(
-                "INSERT OR IGNORE INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                # only a repeated key is skipped (rows are deterministic, so it holds the same
+                # answer); OR IGNORE would also drop a row violating NOT NULL without a word
+                "INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(example_id, condition, method) DO NOTHING",
                 [(r.example_id, r.condition, r.method, r.prediction, float(r.score),
                   json.dumps(r.scores, sort_keys=True), int(r.kept)) for r in rows])
 

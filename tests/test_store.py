@@ -1,0 +1,54 @@
+"""The run store: identity, idempotent writes, refusal of another config."""
+import sqlite3
+
+import pytest
+
+from robust_atp.errors import UserError
+from robust_atp.store import Prediction, RunStore
+
+
+def rows(n, cond="clean", method="full"):
+    return [Prediction(f"e{i}", cond, method, "red", 1.0, {"exact_match": 1.0}, 144) for i in range(n)]
+
+
+def test_claim_then_refuse_another_config(tmp_path):
+    s = RunStore(tmp_path / "p.sqlite")
+    s.claim("demo", "abc")
+    s.claim("demo", "abc")
+    with pytest.raises(UserError, match="holds a run of suite 'demo' \\(config abc\\)"):
+        s.claim("demo", "xyz")
+    s.close()
+
+
+def test_put_is_idempotent_and_never_doubles(tmp_path):
+    s = RunStore(tmp_path / "p.sqlite")
+    s.put(rows(3))
+    s.put(rows(5))
+    assert s.count() == 5
+    assert s.done() == {(f"e{i}", "clean", "full") for i in range(5)}
+    first = next(r for r in s.rows() if r.example_id == "e0")
+    assert first.scores == {"exact_match": 1.0} and first.kept == 144
+    s.close()
+
+
+def test_rows_survive_reopen(tmp_path):
+    s = RunStore(tmp_path / "p.sqlite")
+    s.put(rows(4, method="atp@0.25"))
+    s.close()
+    assert RunStore(tmp_path / "p.sqlite").count() == 4
+
+
+def test_a_failed_batch_writes_nothing(tmp_path):
+    s = RunStore(tmp_path / "p.sqlite")
+    bad = rows(2) + [Prediction("e9", "clean", "full", None, 0.0, {}, 1)]  # NOT NULL violation at the end
+    with pytest.raises(sqlite3.IntegrityError):
+        s.put(bad)
+    assert s.count() == 0
+    s.close()
+
+
+def test_not_a_database_is_a_user_error(tmp_path):
+    p = tmp_path / "p.sqlite"
+    p.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(UserError, match="not a usable run store"):
+        RunStore(p)
