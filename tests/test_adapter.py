@@ -147,3 +147,17 @@ def test_clip_patches_are_the_clip_models_own_projection(tiny_dir, tiny_adapter,
         hs = clip.vision_model(px).last_hidden_state[:, 1:]
         ref = clip.visual_projection(clip.vision_model.post_layernorm(hs))
     assert torch.allclose(tiny_adapter.encode_images(images).clip_patches, ref, atol=1e-6)
+
+
+def test_checkpoint_references_fail_with_one_clear_line(tmp_path):
+    from robust_atp.errors import UserError
+    from robust_atp.models.base import resolve_checkpoint
+
+    assert resolve_checkpoint("zoo:shapes_vlm/llava").endswith("shapes_vlm/llava")
+    assert resolve_checkpoint("llava-hf/llava-1.5-7b-hf") == "llava-hf/llava-1.5-7b-hf"  # a hub id, left to the hub
+    with pytest.raises(UserError, match=r"^model.checkpoint: 'zoo:nope/llava': no shipped model"):
+        resolve_checkpoint("zoo:nope/llava")
+    with pytest.raises(UserError, match=r"^model.clip: '/no/such/dir': no such directory$"):
+        resolve_checkpoint("/no/such/dir", "model.clip")
+    with pytest.raises(UserError, match="a directory without config.json"):
+        resolve_checkpoint(str(tmp_path))

@@ -55,19 +55,22 @@ def register_adapter(name: str):
     return deco
 
 
-def resolve_checkpoint(ref: str) -> str:
+def resolve_checkpoint(ref: str, field: str = "model.checkpoint") -> str:
     """`zoo:<name>/<part>` names a model shipped in the package; anything else is a path or hub id."""
     if ref.startswith("zoo:"):
         from .zoo import ZOO_DIR
         path = ZOO_DIR / ref[4:]
         if not (path / "config.json").is_file():
-            raise UserError(f"model.checkpoint: {ref!r}: no shipped model at {path}")
+            raise UserError(f"{field}: {ref!r}: no shipped model at {path}")
         return str(path)
     p = Path(ref).expanduser()
     if p.exists():
         if not (p / "config.json").is_file():
-            raise UserError(f"model.checkpoint: {ref!r}: a directory without config.json")
+            raise UserError(f"{field}: {ref!r}: a directory without config.json")
         return str(p)
+    # a hub id is `name` or `namespace/name`; anything shaped like a path must exist
+    if ref.startswith(("/", ".", "~")) or ref.count("/") > 1:
+        raise UserError(f"{field}: {ref!r}: no such directory")
     return ref
 
 

@@ -114,7 +114,7 @@ class LlavaAdapter:
     def _load_clip(self, ref: str, vision_width: int) -> None:
         from transformers import AutoTokenizer, CLIPModel
 
-        path = resolve_checkpoint(ref)
+        path = resolve_checkpoint(ref, "model.clip")
         try:
             clip = CLIPModel.from_pretrained(path, dtype=self.dtype)
             self.clip_tokenizer = AutoTokenizer.from_pretrained(path)
