@@ -67,6 +67,9 @@ def _run(args) -> int:
 
 def execute(suite, suite_path: Path, run_dir: Path, fresh: bool = False, progress: bool = True) -> int:
     import torch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one progress bar: the run's
 
     from .engine import condition_names, run_engine
     from .models.base import load_adapter
