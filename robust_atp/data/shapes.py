@@ -199,7 +199,8 @@ def patch_labels(scene: Scene, masks: np.ndarray, min_cover: float = 0.25) -> di
     """Ground truth per patch for dense supervision: [GRID*GRID] class ids, row-major.
 
     color: 0 = background, 1..6 = COLOR_NAMES; shape: 0 = background, 1..5 = SHAPES;
-    background: index into BACKGROUNDS (the same for every patch of a scene).
+    background: index into BACKGROUNDS (the same for every patch of a scene);
+    object: 0 = none, 1 + i = scene.objects[i].
     """
     cover = masks.reshape(len(masks), GRID, PATCH, GRID, PATCH).mean(axis=(2, 4)).reshape(len(masks), -1)
     best = cover.argmax(0)
@@ -207,7 +208,9 @@ def patch_labels(scene: Scene, masks: np.ndarray, min_cover: float = 0.25) -> di
     color = np.array([COLOR_NAMES.index(o.color) + 1 for o in scene.objects])[best] * has
     shape = np.array([SHAPES.index(o.shape) + 1 for o in scene.objects])[best] * has
     bg = np.full(GRID * GRID, BACKGROUNDS.index(scene.background))
-    return {"color": color.astype(np.int64), "shape": shape.astype(np.int64), "background": bg}
+    obj = (best + 1) * has
+    return {"color": color.astype(np.int64), "shape": shape.astype(np.int64), "background": bg,
+            "object": obj.astype(np.int64)}
 
 
 def caption(scene: Scene) -> str:

@@ -111,14 +111,18 @@ def write_card(model_dir: Path, metrics: dict) -> None:
     sev = "\n".join(f"| {k} | {100 * v:.1f} |" for k, v in m["severity5"]["by_corruption"].items())
     size = sum(p.stat().st_size for p in model_dir.rglob("*.safetensors")) / 1e6
     secs = training["seconds"]
+    cfg = json.loads((model_dir / "llava" / "config.json").read_text())
+    vis, txt = cfg["vision_config"], cfg["text_config"]
+    n_patch = (vis["image_size"] // vis["patch_size"]) ** 2
     text = f"""# shapes_vlm: the offline demo VLM
 
 A small LLaVA-architecture VLM trained from scratch on the procedural shapes benchmark
 (`robust_atp/data/shapes.py`), shipped so that the suite runs offline on a CPU through the
 same adapter code as LLaVA-1.5.
 
-- `llava/`: `LlavaForConditionalGeneration`: CLIP ViT (96 px, patch 8, 144 patch tokens + CLS,
-  4 layers, width 128), 2-layer MLP projector, Llama LM (3 layers, width 128), word-level tokenizer.
+- `llava/`: `LlavaForConditionalGeneration`: CLIP ViT ({vis["image_size"]} px, patch {vis["patch_size"]}, {n_patch} patch tokens + CLS,
+  {vis["num_hidden_layers"]} layers, width {vis["hidden_size"]}), 2-layer MLP projector, Llama LM
+  ({txt["num_hidden_layers"]} layers, width {txt["hidden_size"]}), word-level tokenizer.
 - `clip/`: the `CLIPModel` whose vision tower is the VLM's (same weights), with its text tower
   and projections: the relevance term of ATP.
 - {size:.1f} MB of safetensors in all.
@@ -132,8 +136,13 @@ Seed {training["seed"]}; {secs["total"] / 60:.1f} min on {training["threads"]} C
 Stage a trains the CLIP model (per-patch colour / shape / background / object-centre heads at
 ViT layer -2, contrastive scene captions, projected patches aligned with object descriptions).
 Stage b freezes the tower and trains projector + LM on cached features, many questions per
-scene; half the training rows drop a random share of the visual tokens, so the LM answers from
-a subset of its tokens as large VLMs do. See `train_shapes.py` for why each choice was made.
+scene, with two auxiliary losses: projected visual tokens are tied to the word embeddings of
+the colour and shape they show and of the image half they lie in, and one attention head per
+LM layer (after the first) is supervised to look, from the answer position, at the patches
+of the objects the question names. Half the training rows drop a random share of the visual
+tokens, so the LM answers from a subset of its tokens as large VLMs do. None of this touches
+what the pruning methods read (ViT CLS attention, CLIP patch and text embeddings). See
+`train_shapes.py` for why each choice was made.
 {mix}
 
 ## Figures (test split, n = {m["n"]}, greedy, through `robust_atp.models.llava`)

@@ -3,14 +3,16 @@
     python -m robust_atp.models.zoo.train_shapes --out DIR [--seed 0]
 
 Two stages, because a ViT and an LM trained end to end from scratch on one question per
-image never leave the answer prior on two CPU cores:
+image stayed at the answer prior (~41%) after 45 minutes on two CPU cores:
 
 (a) A `CLIPModel` (ViT at 96 px, patch 8: 144 patches + CLS; a word-level text tower).
     The vision tower learns where the signal is dense and cheap: per patch, from the
     generator's own ground truth (which colour, shape, background a patch holds, and
     whether it holds an object's centre, the unit counting needs), read by linear heads at
-    the layer LLaVA feeds its LM (-2). Beside that, the usual symmetric contrastive loss
-    between the CLS embedding and a caption of the scene, and a dense loss that ties each
+    the layer LLaVA feeds its LM (-2), plus the patch's row and column, which position
+    questions need (without these two heads, position questions were at 74% after 1500 LM
+    steps while colour questions were at 100%). Beside that, the usual symmetric contrastive
+    loss between the CLS embedding and a caption of the scene, and a dense loss that ties each
     projected patch (post_layernorm + visual_projection of the last layer, the space ATP's
     relevance term reads) to the text embedding of the object it shows ("a red circle") or
     of "background". No question text is used in stage (a).
@@ -19,11 +21,23 @@ image never leave the answer prior on two CPU cores:
     trains projector + LM on many questions per scene behind the LLaVA-1.5 chat prompt.
     Questions about one scene share its image prefix in one packed row: a block mask lets
     each question see the image and itself only, with positions restarted after the image,
-    which is exactly K independent examples at a fraction of the cost. Half the rows drop a
-    random share of the visual tokens (attention-masked, positions compacted) so that the
-    LM, like large VLMs, still answers from a subset of its visual tokens; without it a
-    tiny LM fails on any pruned input, whichever tokens are kept, and pruning methods
-    could not be told apart.
+    which is exactly K independent examples at a fraction of the cost. A small LM trained on
+    the answer loss alone settled on the answer prior (43-45% on validation after 500-600
+    steps, the loss flat from step 150), because finding the one object a question names among 144 tokens gives almost no
+    gradient at first. Two auxiliary losses remove that plateau: the projected visual tokens
+    are tied to the word embeddings of the colour and shape they show and of the half of the
+    image they lie in (in the spirit of LLaVA's projector alignment), and head 0 of every LM layer after the first is supervised
+    to attend, from the position that predicts the answer, to the patches of the objects the
+    question names (the generator knows them). Half the rows drop a random share of the
+    visual tokens (attention-masked, positions compacted) so that the LM, like large VLMs,
+    still answers from a subset of its visual tokens: a pruned input should not be out of
+    distribution for a model this small whichever tokens are kept, or the suite could not
+    tell pruning methods apart.
+    The LM's word embeddings stay untied from its output head (a run with tied embeddings
+    was at 60% on shape questions after 1700 steps against 95% after 1500 untied; the two
+    runs also differed in smaller settings). None of this touches what pruning methods read: CLS
+    attention and the CLIP spaces come from stage (a) alone. The LM stage runs under
+    bfloat16 autocast (1.25x faster here; weights and optimiser stay float32).
 
 Everything is seeded; the step counts, not wall time, bound training, so a rerun with the
 same seed, torch version and thread count reproduces the weights.
@@ -77,7 +91,7 @@ class Pool:
     """A fixed pool of rendered training scenes with their dense labels."""
 
     def __init__(self, seed: int, n: int):
-        self.scenes, images, labels = [], [], {k: [] for k in ("color", "shape", "background", "center")}
+        self.scenes, images, labels = [], [], {k: [] for k in ("color", "shape", "background", "center", "object")}
         for i in tqdm(range(n), desc="render scenes", unit="scene", leave=False):
             scene = shapes.make_scene(seed, "train", i)
             img, masks = shapes.render(scene, np.random.default_rng([seed, 0, i, 1]))
@@ -116,7 +130,13 @@ def train_clip(clip, tok, pool: Pool, steps: int, batch: int, seed: int, lr: flo
         "shape": torch.nn.Linear(d, len(shapes.SHAPES) + 1),
         "background": torch.nn.Linear(d, len(shapes.BACKGROUNDS)),
         "center": torch.nn.Linear(d, 2),
+        "row": torch.nn.Linear(d, shapes.GRID),
+        "col": torch.nn.Linear(d, shapes.GRID),
     })
+    # where a patch is must survive to layer -2: position questions read it from the features
+    grid = torch.arange(shapes.GRID ** 2)
+    where = {"row": grid // shapes.GRID, "col": grid % shapes.GRID}
+    class_weights = {k: torch.tensor([0.1] + [1.0] * (heads[k].out_features - 1)) for k in ("color", "shape", "center")}
     class_texts = [f"a {c} {s}" for c in shapes.COLOR_NAMES for s in shapes.SHAPES] + ["background"]
     class_ids = tok(class_texts, padding=True, return_tensors="pt")
     params = list(clip.parameters()) + list(heads.parameters())
@@ -130,8 +150,10 @@ def train_clip(clip, tok, pool: Pool, steps: int, batch: int, seed: int, lr: flo
         pixels = normalize(pool.images[idx])
         vis = clip.vision_model(pixel_values=pixels, output_hidden_states=True)
         feat = vis.hidden_states[-2][:, 1:]  # [B, 144, d]: the LLM-side features
-        loss_dense = sum(F.cross_entropy(heads[k](feat).flatten(0, 1), pool.labels[k][idx].flatten())
-                         for k in heads)
+        # object patches are few: background gets a tenth of the weight in the object heads
+        loss_dense = sum(F.cross_entropy(heads[k](feat).flatten(0, 1),
+                                         (where[k].expand(batch, -1) if k in where else pool.labels[k][idx]).flatten(),
+                                         weight=class_weights.get(k)) for k in heads)
         # contrastive captions, CLS embedding vs caption embedding
         caps = tok([pool.captions[i] for i in idx.tolist()], padding=True, return_tensors="pt")
         t = F.normalize(clip.get_text_features(**caps).pooler_output, dim=-1)
@@ -192,7 +214,8 @@ class Packer:
     def rows(self, qas: list[list[tuple[str, str]]], n_vis: int, keep_masks: torch.Tensor):
         """qas[b]: the (question, answer) pairs of row b; keep_masks: bool [B, n_vis].
 
-        Returns ids [B, L], image slot offset, 4D bool mask [B, 1, L, L], positions [B, L], labels [B, L].
+        Returns ids [B, L], image slot offset, 4D bool mask [B, 1, L, L], positions [B, L], labels [B, L],
+        and for each segment (row-major) the (row, position) that predicts its answer.
         """
         B = len(qas)
         P = len(self.head) + n_vis
@@ -203,6 +226,7 @@ class Packer:
         pos = torch.zeros((B, L), dtype=torch.long)
         mask = torch.zeros((B, 1, L, L), dtype=torch.bool)
         causal = torch.ones(L, L, dtype=torch.bool).tril()
+        answer_at = []
         for b, row in enumerate(segs):
             ids[b, :len(self.head)] = torch.tensor(self.head)
             prefix_keep = torch.cat([torch.ones(len(self.head), dtype=torch.bool), keep_masks[b]])
@@ -218,10 +242,50 @@ class Packer:
                 mask[b, 0, start:end, start:end] = causal[:len(seg), :len(seg)]
                 # predict the answer from the prompt's last token, and eos from the answer
                 labels[b, start + n_prompt - 1:end - 1] = torch.tensor(seg[n_prompt:])
+                answer_at.append((b, start + n_prompt - 1))
                 start = end
         idx = torch.arange(L)
         mask[:, 0, idx, idx] = True  # no empty row (padding, dropped tokens): keeps softmax finite
-        return ids, len(self.head), mask, pos, labels
+        return ids, len(self.head), mask, pos, labels, answer_at
+
+
+class AttentionProbe:
+    """Recomputes, for chosen query positions, head 0's attention row in chosen LM layers from
+    hooked q / k (with the model's rotary embedding), so that attention can be supervised
+    under sdpa without materialising every attention map."""
+
+    def __init__(self, lm, layers: tuple[int, ...]):
+        self.lm, self.layers, self.q, self.k, self.handles = lm, layers, {}, {}, []
+        for i in layers:
+            attn = lm.layers[i].self_attn
+            self.handles.append(attn.q_proj.register_forward_hook(lambda m, a, out, i=i: self.q.__setitem__(i, out)))
+            self.handles.append(attn.k_proj.register_forward_hook(lambda m, a, out, i=i: self.k.__setitem__(i, out)))
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+    def rows(self, pos: torch.Tensor, mask: torch.Tensor, at: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """Per layer: attention of head 0 at positions `at` over all keys, [len(at), L]."""
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        b_idx = torch.tensor([b for b, _ in at])
+        t_idx = torch.tensor([t for _, t in at])
+        out = []
+        for i in self.layers:
+            attn = self.lm.layers[i].self_attn
+            hd = attn.head_dim
+            B, L, _ = self.q[i].shape
+            q = self.q[i].float().view(B, L, -1, hd)[..., 0, :].unsqueeze(1)  # [B, 1, L, hd] (head 0)
+            k = self.k[i].float().view(B, L, -1, hd)[..., 0, :].unsqueeze(1)  # kv head 0 serves query head 0
+            cos, sin = self.lm.rotary_emb(q, pos)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            scores = torch.einsum("nd,nld->nl", q[b_idx, 0, t_idx], k[b_idx, 0]) * attn.scaling
+            scores = scores.masked_fill(~mask[b_idx, 0, t_idx], float("-inf"))
+            out.append(scores.softmax(-1))
+        self.q.clear()
+        self.k.clear()
+        return out
 
 
 def _lm_logits(llava, ids, img_offset, vis, mask, pos):
@@ -233,34 +297,74 @@ def _lm_logits(llava, ids, img_offset, vis, mask, pos):
     return llava.lm_head(hidden)
 
 
-def word_targets(tok, pool: Pool) -> dict[str, torch.Tensor]:
-    """Per patch, the vocabulary id of the colour and of the shape it shows ("background" if none)."""
-    bg = tok.convert_tokens_to_ids("background")
-    colors = torch.tensor([bg] + tok.convert_tokens_to_ids(list(shapes.COLOR_NAMES)))
-    shape_ids = torch.tensor([bg] + tok.convert_tokens_to_ids(list(shapes.SHAPES)))
-    return {"color": colors[pool.labels["color"]], "shape": shape_ids[pool.labels["shape"]],
-            "color_vocab": colors, "shape_vocab": shape_ids}
+def word_targets(tok, pool: Pool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per patch, which word of each small vocabulary describes it: its colour and its shape
+    ("background" if none), and the half of the image it lies in ("left" / "right", "top" /
+    "bottom"). key -> (class index per patch, [N_pool, P] or [P]; vocabulary ids)."""
+    ids = lambda words: torch.tensor(tok.convert_tokens_to_ids(list(words)))
+    grid = torch.arange(shapes.GRID ** 2)
+    half = shapes.GRID // 2
+    return {
+        "color": (pool.labels["color"], ids(("background",) + shapes.COLOR_NAMES)),
+        "shape": (pool.labels["shape"], ids(("background",) + shapes.SHAPES)),
+        "horizontal": ((grid % shapes.GRID >= half).long(), ids(("left", "right"))),
+        "vertical": ((grid // shapes.GRID >= half).long(), ids(("top", "bottom"))),
+    }
 
 
 def alignment_loss(llava, vis_tokens: torch.Tensor, targets: dict, idx: list[int]) -> torch.Tensor:
-    """Ties each projected visual token to the word embeddings of the colour and the shape it
-    shows: logits over those words are dot products with the LM's input embeddings."""
+    """Ties each projected visual token to the word embeddings of what it shows and where:
+    logits over each small vocabulary are dot products with the LM's input embeddings."""
     emb = llava.model.language_model.get_input_embeddings().weight
     loss = 0.0
-    for key in ("color", "shape"):
-        vocab = targets[key + "_vocab"]
+    for labels, vocab in targets.values():
+        target = labels[idx] if labels.dim() == 2 else labels.expand(len(idx), -1)
         logits = vis_tokens @ emb[vocab].T  # [B, N, |vocab|]
-        where = (targets[key][idx][..., None] == vocab).float().argmax(-1)
-        loss = loss + F.cross_entropy(logits.flatten(0, 1), where.flatten())
+        loss = loss + F.cross_entropy(logits.flatten(0, 1), target.flatten())
     return loss
 
 
+def attention_loss(probe, pool, idx, rows, keep, off, pos, mask, answer_at) -> torch.Tensor:
+    """Grounding: head 0 of LM layers 1.. attends, from the position that predicts the answer,
+    to the patches of the objects the question names (-log of the attention mass on them); in
+    the last layer a relation question's head looks at the answer object alone, not at the
+    reference object too. Questions naming no object (a count of zero, an absent pair) are
+    not supervised."""
+    sel, named, answer_obj = [], [], []
+    flat = [(b, qa) for b, row in enumerate(rows) for qa in row]
+    for (b, qa), (b2, t) in zip(flat, answer_at):
+        if not qa.targets:
+            continue
+        obj = pool.labels["object"][idx[b]] - 1  # -1: no object
+        visible = keep[b] & (obj >= 0)
+        hits = [torch.isin(obj, torch.tensor(ts)) & visible
+                for ts in (qa.targets, qa.targets[:1] if qa.question_type == "relation" else qa.targets)]
+        if not all(h.any() for h in hits):
+            continue
+        for h, out in zip(hits, (named, answer_obj)):
+            on = torch.zeros(mask.shape[-1], dtype=torch.bool)
+            on[off:off + len(obj)] = h
+            out.append(on)
+        sel.append((b2, t))
+    if not sel:
+        return torch.zeros(())
+    layers = probe.rows(pos, mask, sel)
+    loss = 0.0
+    for k, att in enumerate(layers):
+        target = torch.stack(answer_obj if k == len(layers) - 1 else named)
+        loss = loss - torch.log((att * target).sum(-1) + 1e-6).mean()
+    return loss / len(layers)
+
+
 def train_lm(llava, tok, pool: Pool, feats: torch.Tensor, steps: int, batch: int, per_image: int, seed: int,
-             lr: float = 1e-3, drop_share: float = 0.5, eval_every: int = 0, eval_fn=None) -> dict:
+             lr: float = 1e-3, drop_share: float = 0.5, attn_weight: float = 1.0, bf16: bool = False,
+             eval_every: int = 0, eval_fn=None) -> dict:
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng([seed, 7])
     packer = Packer(tok)
     targets = word_targets(tok, pool)
+    n_layers = llava.config.text_config.num_hidden_layers
+    probe = AttentionProbe(llava.model.language_model, tuple(range(1, n_layers))) if attn_weight else None
     n_vis = feats.shape[1]
     for p in llava.model.vision_tower.parameters():
         p.requires_grad_(False)
@@ -272,29 +376,33 @@ def train_lm(llava, tok, pool: Pool, feats: torch.Tensor, steps: int, batch: int
     bar = tqdm(range(steps), desc="stage b: llava", unit="step")
     for step in bar:
         idx = torch.randint(len(pool), (batch,), generator=gen).tolist()
-        qas = []
-        for i in idx:
-            row = [shapes.sample_question(pool.scenes[i], rng) for _ in range(per_image)]
-            qas.append([(qa.question, qa.answer) for qa in row])
+        rows = [[shapes.sample_question(pool.scenes[i], rng) for _ in range(per_image)] for i in idx]
+        qas = [[(qa.question, qa.answer) for qa in row] for row in rows]
         keep = torch.ones(batch, n_vis, dtype=torch.bool)
         for b in range(batch):
             if rng.random() < drop_share:
                 k = int(rng.integers(max(1, n_vis // 16), n_vis + 1))
                 keep[b] = False
                 keep[b, torch.from_numpy(rng.choice(n_vis, size=k, replace=False))] = True
-        ids, off, mask, pos, labels = packer.rows(qas, n_vis, keep)
-        vis = llava.model.multi_modal_projector(feats[idx])
-        logits = _lm_logits(llava, ids, off, vis, mask, pos)
-        loss_qa = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
-        loss_align = alignment_loss(llava, vis, targets, idx)
+        ids, off, mask, pos, labels, answer_at = packer.rows(qas, n_vis, keep)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            vis = llava.model.multi_modal_projector(feats[idx])
+            logits = _lm_logits(llava, ids, off, vis, mask, pos)
+        loss_qa = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+        loss_align = alignment_loss(llava, vis.float(), targets, idx)
         loss = loss_qa + 0.5 * loss_align
+        loss_attn = torch.zeros(())
+        if probe is not None:
+            loss_attn = attention_loss(probe, pool, idx, rows, keep, off, pos, mask, answer_at)
+            loss = loss + attn_weight * loss_attn
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         if step % 50 == 0 or step == steps - 1:
-            log = {"loss_qa": round(loss_qa.item(), 4), "loss_align": round(loss_align.item(), 4)}
+            log = {"loss_qa": round(loss_qa.item(), 4), "loss_align": round(loss_align.item(), 4),
+                   "loss_attn": round(loss_attn.item(), 4)}
             bar.set_postfix(log)
         if eval_every and eval_fn and (step + 1) % eval_every == 0:
             llava.eval()
@@ -319,7 +427,7 @@ def quick_accuracy(llava, tok, examples, feats) -> dict:
     hits: dict[str, list[int]] = {}
     for i in range(0, n, 128):
         chunk = examples[i:i + 128]
-        ids, off, mask, pos, labels = packer.rows([[(e.question, e.answers[0])] for e in chunk], feats.shape[1],
+        ids, off, mask, pos, labels, _ = packer.rows([[(e.question, e.answers[0])] for e in chunk], feats.shape[1],
                                                   torch.ones(len(chunk), feats.shape[1], dtype=torch.bool))
         logits = _lm_logits(llava, ids, off, llava.model.multi_modal_projector(feats[i:i + 128]), mask, pos)
         first = (labels != -100).int().argmax(1)
@@ -346,13 +454,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--pool", type=int, default=20000, help="training scenes rendered once")
-    ap.add_argument("--clip-steps", type=int, default=3000)
+    ap.add_argument("--pool", type=int, default=12000, help="training scenes rendered once")
+    ap.add_argument("--clip-steps", type=int, default=1000)
     ap.add_argument("--clip-batch", type=int, default=64)
-    ap.add_argument("--lm-steps", type=int, default=3000)
+    ap.add_argument("--lm-steps", type=int, default=2200)
     ap.add_argument("--lm-batch", type=int, default=32)
-    ap.add_argument("--questions-per-image", type=int, default=8)
+    ap.add_argument("--questions-per-image", type=int, default=12)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
+                    help="bfloat16 autocast in the LM stage (1.25x faster on a CPU with bf16 support)")
+    ap.add_argument("--attn-weight", type=float, default=1.0, help="weight of the LM grounding loss (0: off)")
     ap.add_argument("--eval-every", type=int, default=0, help="print validation accuracy every N LM steps")
     ap.add_argument("--clip-from", type=Path, help="reuse a trained stage-a CLIP model (DIR/clip) instead of training one")
     ap.add_argument("--no-eval", action="store_true", help="skip the final evaluation and model card")
@@ -382,7 +493,7 @@ def main(argv=None) -> int:
     feats = cache_features(llava.model.vision_tower, pool.images, llava_cfg.vision_feature_layer)
     val_set = eval_set(args.seed, "val", 1000, llava.model.vision_tower, llava_cfg.vision_feature_layer)
     log_b = train_lm(llava, lm_tok, pool, feats, args.lm_steps, args.lm_batch, args.questions_per_image, args.seed,
-                     eval_every=args.eval_every, eval_fn=lambda: quick_accuracy(llava, lm_tok, *val_set))
+                     attn_weight=args.attn_weight, bf16=args.bf16, eval_every=args.eval_every, eval_fn=lambda: quick_accuracy(llava, lm_tok, *val_set))
     t_b = time.time() - t0
     val = quick_accuracy(llava, lm_tok, *val_set)
     print(f"val first-token accuracy: {val}", file=sys.stderr)
