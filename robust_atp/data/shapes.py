@@ -230,21 +230,24 @@ def blank_image(value: int = 128) -> Image.Image:
 
 # ----------------------------------------------------------------------------- questions
 
+def _unique_by(scene, attr: str, rng) -> int | None:
+    """A random object whose `attr` no other object shares (so it names the object), or None."""
+    counts = Counter(getattr(o, attr) for o in scene.objects)
+    cands = [i for i, o in enumerate(scene.objects) if counts[getattr(o, attr)] == 1]
+    return cands[rng.integers(len(cands))] if cands else None
+
+
 def _q_color(scene, rng):
-    counts = Counter(o.shape for o in scene.objects)
-    cands = [i for i, o in enumerate(scene.objects) if counts[o.shape] == 1]
-    if not cands:
+    i = _unique_by(scene, "shape", rng)
+    if i is None:
         return None
-    i = cands[rng.integers(len(cands))]
     return QA(f"what color is the {scene.objects[i].shape}?", scene.objects[i].color, "color", (i,))
 
 
 def _q_shape(scene, rng):
-    counts = Counter(o.color for o in scene.objects)
-    cands = [i for i, o in enumerate(scene.objects) if counts[o.color] == 1]
-    if not cands:
+    i = _unique_by(scene, "color", rng)
+    if i is None:
         return None
-    i = cands[rng.integers(len(cands))]
     return QA(f"what shape is the {scene.objects[i].color} object?", scene.objects[i].shape, "shape", (i,))
 
 
