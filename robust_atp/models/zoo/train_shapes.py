@@ -168,16 +168,8 @@ def train_clip(clip, tok, pool: Pool, steps: int, batch: int, seed: int, lr: flo
         cls_target = torch.where(col > 0, (col - 1) * len(shapes.SHAPES) + (shp - 1), len(class_texts) - 1)
         loss_align = F.cross_entropy((clip.logit_scale.exp().clamp(max=100) * patches @ cls_t.T).flatten(0, 1),
                                      cls_target.flatten())
-        loss = loss_dense + loss_con + loss_align
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        if step % 50 == 0 or step == steps - 1:
-            log = {"loss_dense": round(loss_dense.item(), 4), "loss_contrastive": round(loss_con.item(), 4),
-                   "loss_align": round(loss_align.item(), 4)}
-            bar.set_postfix(log)
+        log = _update(opt, sched, params, loss_dense + loss_con + loss_align, step, steps, bar,
+                      {"loss_dense": loss_dense, "loss_contrastive": loss_con, "loss_align": loss_align}) or log
     clip.eval()
     return log
 
@@ -395,15 +387,8 @@ def train_lm(llava, tok, pool: Pool, feats: torch.Tensor, steps: int, batch: int
         if probe is not None:
             loss_attn = attention_loss(probe, pool, idx, rows, keep, off, pos, mask, answer_at)
             loss = loss + attn_weight * loss_attn
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        if step % 50 == 0 or step == steps - 1:
-            log = {"loss_qa": round(loss_qa.item(), 4), "loss_align": round(loss_align.item(), 4),
-                   "loss_attn": round(loss_attn.item(), 4)}
-            bar.set_postfix(log)
+        log = _update(opt, sched, params, loss, step, steps, bar,
+                      {"loss_qa": loss_qa, "loss_align": loss_align, "loss_attn": loss_attn}) or log
         if eval_every and eval_fn and (step + 1) % eval_every == 0:
             llava.eval()
             tqdm.write(f"step {step + 1}: val {eval_fn()}")
@@ -440,6 +425,20 @@ def quick_accuracy(llava, tok, examples, feats) -> dict:
     return out
 
 
+def _update(opt, sched, params, loss, step: int, steps: int, bar, parts: dict) -> dict | None:
+    """One optimiser step (grad-norm clip 1.0); every 50 steps and at the last, the rounded losses."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+    if step % 50 == 0 or step == steps - 1:
+        log = {k: round(v.item(), 4) for k, v in parts.items()}
+        bar.set_postfix(log)
+        return log
+    return None
+
+
 def _cosine(opt, steps: int, warmup: int):
     def f(s):
         if s < warmup:
@@ -464,6 +463,7 @@ def main(argv=None) -> int:
     ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                     help="bfloat16 autocast in the LM stage (1.25x faster on a CPU with bf16 support)")
     ap.add_argument("--attn-weight", type=float, default=1.0, help="weight of the LM grounding loss (0: off)")
+    ap.add_argument("--val", type=int, default=1000, help="validation questions for the printed first-token accuracy")
     ap.add_argument("--eval-every", type=int, default=0, help="print validation accuracy every N LM steps")
     ap.add_argument("--clip-from", type=Path, help="reuse a trained stage-a CLIP model (DIR/clip) instead of training one")
     ap.add_argument("--no-eval", action="store_true", help="skip the final evaluation and model card")
@@ -491,7 +491,7 @@ def main(argv=None) -> int:
     llava.model.vision_tower.load_state_dict(clip.vision_model.state_dict())
     llava.model.vision_tower.eval()
     feats = cache_features(llava.model.vision_tower, pool.images, llava_cfg.vision_feature_layer)
-    val_set = eval_set(args.seed, "val", 1000, llava.model.vision_tower, llava_cfg.vision_feature_layer)
+    val_set = eval_set(args.seed, "val", args.val, llava.model.vision_tower, llava_cfg.vision_feature_layer)
     log_b = train_lm(llava, lm_tok, pool, feats, args.lm_steps, args.lm_batch, args.questions_per_image, args.seed,
                      attn_weight=args.attn_weight, bf16=args.bf16, eval_every=args.eval_every, eval_fn=lambda: quick_accuracy(llava, lm_tok, *val_set))
     t_b = time.time() - t0
