@@ -92,13 +92,14 @@ def execute(suite, suite_path: Path, run_dir: Path, fresh: bool = False, progres
                        metrics=suite.metrics, batch_size=suite.batch_size, include_clean=suite.include_clean,
                        progress=progress)
     conditions = condition_names(image_conditions, suite.include_clean)
-    rows = summarize(store, examples, conditions, [m.label for m in methods], suite.metrics)
+    labels = [m.label for m in methods]
+    by_key = {(p.example_id, p.condition, p.method): p for p in store.rows()}  # read the store once
+    store.close()
+    rows = summarize(by_key, examples, conditions, labels, suite.metrics)
     manifest = build_manifest(suite, suite_path, examples, conditions, methods, stats)
     _write_atomic(run_dir / RESULTS, json.dumps({"manifest": manifest, "rows": rows}, indent=2) + "\n")
-    _write_atomic(run_dir / SAMPLES, "".join(json.dumps(s) + "\n" for s in samples(store, examples, conditions,
-                                                                                      [m.label for m in methods])))
-    store.close()
-    print(format_summary(rows, [m.label for m in methods]))
+    _write_atomic(run_dir / SAMPLES, "".join(json.dumps(s) + "\n" for s in samples(by_key, examples, conditions, labels)))
+    print(format_summary(rows, labels))
     print(f"\nwrote {run_dir / RESULTS} and {run_dir / SAMPLES} ({stats.units_run} of {stats.units_total} units "
           f"computed now, {stats.seconds:.1f}s)", file=sys.stderr)
     return 0
@@ -144,18 +145,15 @@ def _write_atomic(path: Path, text: str) -> None:
 
 # ----------------------------------------------------------------------------- results
 
-def summarize(store, examples, conditions: list[str], labels: list[str], metrics: list[str]) -> list[dict]:
-    """One row per (condition, method) over the current examples, in suite order."""
-    wanted = {ex.id for ex in examples}
-    acc: dict[tuple[str, str], list] = defaultdict(list)
-    for p in store.rows():
-        if p.example_id in wanted:
-            acc[(p.condition, p.method)].append(p)
+def summarize(by_key: dict, examples, conditions: list[str], labels: list[str], metrics: list[str]) -> list[dict]:
+    """One row per (condition, method) over the current examples, in suite order.
+
+    `by_key`: the store's predictions keyed by (example id, condition, method)."""
     rows = []
     for cond in conditions:
         corruption, severity = _split_condition(cond)
         for label in labels:
-            preds = acc.get((cond, label), [])
+            preds = [p for ex in examples if (p := by_key.get((ex.id, cond, label))) is not None]
             n = len(preds)
             row = {"condition": cond, "corruption": corruption, "severity": severity, "method": label,
                    "accuracy": _mean([p.score for p in preds]), "n": n,
@@ -165,8 +163,7 @@ def summarize(store, examples, conditions: list[str], labels: list[str], metrics
     return rows
 
 
-def samples(store, examples, conditions: list[str], labels: list[str]):
-    by_key = {(p.example_id, p.condition, p.method): p for p in store.rows()}
+def samples(by_key: dict, examples, conditions: list[str], labels: list[str]):
     for ex in examples:
         for cond in conditions:
             for label in labels:
