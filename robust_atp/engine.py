@@ -3,12 +3,14 @@
     for each batch of examples:
       for each image condition (clean, corruption x severity) with rows still missing:
         images_c = perturb(images, c)                 seeded by (suite seed, example id, condition)
-        vision = adapter.encode_images(images_c)      ONCE, shared by every method
-        for each method m with rows still missing:
-          keep = m.select(vision, text)  ->  answers = adapter.generate(kept tokens, questions)
+        vision = adapter.encode_images(images_c)      ONCE, shared by every method and text condition
+        for each text condition t on this image (clean question, perturbation x severity):
+          questions_t = perturb(questions, t)         seeded by (suite seed, example id, t)
+          for each method m with rows still missing:
+            keep = m.select(vision, text)  ->  answers = adapter.generate(kept tokens, questions_t)
         store.put(rows)                               one transaction: the resume point
 
-A unit of work is (batch, image condition). Batches are formed from the example order
+A unit of work is (batch, image condition) with all its text conditions. Batches are formed from the example order
 alone, so a resumed run recomputes a missing unit on exactly the examples an uninterrupted
 run would have used.
 """
@@ -25,6 +27,7 @@ from .data.base import Example, iter_batches
 from .errors import UserError
 from .metrics import score_all
 from .perturb.image import ImageCondition, condition_seed, corrupt
+from .perturb.text import TextCondition, perturb_text
 from .store import Prediction, RunStore
 
 CLEAN = "clean"
@@ -41,30 +44,54 @@ class EngineStats:
                                                    "select": 0.0, "generate": 0.0})
 
 
-def condition_names(image_conditions: list[ImageCondition], include_clean: bool = True) -> list[str]:
-    return ([CLEAN] if include_clean else []) + [c.name for c in image_conditions]
+def condition_name(image: ImageCondition | None, text: TextCondition | None) -> str:
+    """`clean`, `image:<c>@<s>`, `text:<p>@<s>` or `image:<c>@<s>+text:<p>@<s>`."""
+    parts = [c.name for c in (image, text) if c is not None]
+    return "+".join(parts) or CLEAN
+
+
+def condition_plan(image_conditions: list[ImageCondition], text_conditions: list[TextCondition] = (),
+                   include_clean: bool = True, cross: bool = False) -> list[tuple[ImageCondition | None, list]]:
+    """Per image condition (None = the clean image), the text conditions (None = the clean
+    question) evaluated on it: the clean image carries every text condition; a corrupted image
+    carries the clean question, and every text condition too when `cross`."""
+    plan = []
+    clean_texts = ([None] if include_clean else []) + list(text_conditions)
+    if clean_texts:
+        plan.append((None, clean_texts))
+    for ic in image_conditions:
+        plan.append((ic, [None] + (list(text_conditions) if cross else [])))
+    return plan
+
+
+def condition_names(image_conditions: list[ImageCondition], include_clean: bool = True,
+                    text_conditions: list[TextCondition] = (), cross: bool = False) -> list[str]:
+    return [condition_name(ic, tc) for ic, tcs in condition_plan(image_conditions, text_conditions, include_clean, cross)
+            for tc in tcs]
 
 
 def run_engine(*, examples: list[Example], methods: list, image_conditions: list[ImageCondition],
                adapter_factory: Callable[[], object], store: RunStore, seed: int, metrics: list[str],
-               batch_size: int, include_clean: bool = True, progress: bool = True) -> EngineStats:
+               batch_size: int, include_clean: bool = True, progress: bool = True,
+               text_conditions: list[TextCondition] = (), cross: bool = False) -> EngineStats:
     t0 = time.perf_counter()
     stats = EngineStats()
-    conds: list[ImageCondition | None] = ([None] if include_clean else []) + list(image_conditions)
+    conds = condition_plan(image_conditions, text_conditions, include_clean, cross)
     done = store.done()
     batches = list(iter_batches(examples, batch_size))
 
     def missing(batch, cname):
         return [m for m in methods if any((ex.id, cname, m.label) not in done for ex in batch)]
 
-    plan = [(b, c) for b in range(len(batches)) for c in conds if missing(batches[b], _cname(c))]
+    plan = [(b, c) for b in range(len(batches)) for c in conds
+            if any(missing(batches[b], condition_name(c[0], tc)) for tc in c[1])]
     stats.units_total = len(batches) * len(conds)
     if not plan:
         stats.seconds = time.perf_counter() - t0
         return stats
 
     adapter = adapter_factory()
-    text_kinds = {m.settings.get("text", "question") for m in methods if m.needs_text}
+    text_kinds = sorted({m.settings.get("text", "question") for m in methods if m.needs_text})
     bar = tqdm(total=len(plan), desc="evaluating", unit="unit", disable=not progress, dynamic_ncols=True)
     by_batch: dict[int, list] = {}
     for b, c in plan:
@@ -74,37 +101,37 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
         batch = batches[b]
         t = time.perf_counter()
         images = [_load_image(ex) for ex in batch]
-        questions = [ex.question for ex in batch]
         tm["load"] += time.perf_counter() - t
-        t = time.perf_counter()
-        texts = {kind: adapter.encode_texts(_texts(adapter, questions, kind)) for kind in sorted(text_kinds)}
-        tm["text"] += time.perf_counter() - t
-        for cond in todo:
-            cname = _cname(cond)
+        text_cache: dict = {}  # (text condition, kind) -> CLIP text embeddings of this batch
+        for image_cond, text_conds in todo:
             t = time.perf_counter()
-            imgs = images if cond is None else [
-                corrupt(im, cond, condition_seed(seed, ex.id, cname)) for im, ex in zip(images, batch)]
+            iname = CLEAN if image_cond is None else image_cond.name
+            imgs = images if image_cond is None else [
+                corrupt(im, image_cond, condition_seed(seed, ex.id, iname)) for im, ex in zip(images, batch)]
             tm["perturb"] += time.perf_counter() - t
             t = time.perf_counter()
             vision = adapter.encode_images(imgs)
             tm["vision"] += time.perf_counter() - t
             stats.vision_passes += 1
             rows = []
-            for m in missing(batch, cname):
+            for text_cond in text_conds:
+                cname = condition_name(image_cond, text_cond)
+                todo_methods = missing(batch, cname)
+                if not todo_methods:
+                    continue
                 t = time.perf_counter()
-                keys = [f"{seed}/{ex.id}/{m.label}" for ex in batch]
-                text = texts.get(m.settings.get("text", "question")) if m.needs_text else None
-                tokens = kept_tokens_of(m, vision, text, keys)
-                tm["select"] += time.perf_counter() - t
+                questions = [ex.question if text_cond is None else
+                             perturb_text(ex.question, text_cond, condition_seed(seed, ex.id, text_cond.name))
+                             for ex in batch]
+                tm["perturb"] += time.perf_counter() - t
                 t = time.perf_counter()
-                answers = adapter.generate(tokens, questions)
-                tm["generate"] += time.perf_counter() - t
-                stats.generations += len(batch)
-                for ex, ans, toks in zip(batch, answers, tokens):
-                    if (ex.id, cname, m.label) in done:
-                        continue
-                    scores = score_all(metrics, ans, ex.answers)
-                    rows.append(Prediction(ex.id, cname, m.label, ans, scores[metrics[0]], scores, len(toks)))
+                for kind in text_kinds:
+                    if (text_cond, kind) not in text_cache:
+                        text_cache[text_cond, kind] = adapter.encode_texts(_texts(adapter, questions, kind))
+                tm["text"] += time.perf_counter() - t
+                for m in todo_methods:
+                    text = text_cache[text_cond, m.settings.get("text", "question")] if m.needs_text else None
+                    rows += _method_rows(m, adapter, vision, text, questions, batch, cname, seed, metrics, done, stats)
             store.put(rows)
             done.update((r.example_id, r.condition, r.method) for r in rows)
             stats.units_run += 1
@@ -114,8 +141,26 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
     return stats
 
 
-def _cname(cond: ImageCondition | None) -> str:
-    return CLEAN if cond is None else cond.name
+def _method_rows(m, adapter, vision, text, questions, batch, cname, seed, metrics, done, stats) -> list[Prediction]:
+    """One method on one batch under one condition: select, generate, score."""
+    tm = stats.timings
+    t = time.perf_counter()
+    keys = [f"{seed}/{ex.id}/{m.label}" for ex in batch]
+    keep = m.select(vision, text, keys)
+    tokens = [vision.tokens[i, idx] for i, idx in enumerate(keep)]
+    tm["select"] += time.perf_counter() - t
+    t = time.perf_counter()
+    answers = adapter.generate(tokens, questions)
+    tm["generate"] += time.perf_counter() - t
+    stats.generations += len(batch)
+    rows = []
+    for ex, ans, idx in zip(batch, answers, keep):
+        if (ex.id, cname, m.label) in done:
+            continue
+        scores = score_all(metrics, ans, ex.answers)
+        rows.append(Prediction(ex.id, cname, m.label, ans, scores[metrics[0]], scores, len(idx),
+                               kept_indices=tuple(idx.tolist())))
+    return rows
 
 
 def _texts(adapter, questions: list[str], kind: str) -> list[str]:

@@ -74,24 +74,28 @@ def execute(suite, suite_path: Path, run_dir: Path, fresh: bool = False, progres
     from .engine import condition_names, run_engine
     from .models.base import load_adapter
     from .perturb.image import resolve_image_conditions
+    from .perturb.text import resolve_text_conditions
     from .prune.methods import validate_method
     from .store import RunStore
 
     torch.manual_seed(suite.seed)
     methods = [validate_method(m) for m in suite.methods]
     image_conditions = resolve_image_conditions(suite.perturbations.image)
+    text_conditions = resolve_text_conditions(suite.perturbations.text)
+    cross = suite.perturbations.cross
     examples = _load_dataset(suite, suite_path)
     _prepare_dir(run_dir, fresh)
     store = RunStore(run_dir / STORE)
     store.claim(suite.name, suite.config_hash())
     if progress:
-        print(f"{suite.name}: {len(examples)} examples x {len(image_conditions) + suite.include_clean} conditions "
+        n_cond = len(condition_names(image_conditions, suite.include_clean, text_conditions, cross))
+        print(f"{suite.name}: {len(examples)} examples x {n_cond} conditions "
               f"x {len(methods)} methods -> {run_dir}", file=sys.stderr)
     stats = run_engine(examples=examples, methods=methods, image_conditions=image_conditions,
                        adapter_factory=lambda: load_adapter(suite.model), store=store, seed=suite.seed,
                        metrics=suite.metrics, batch_size=suite.batch_size, include_clean=suite.include_clean,
-                       progress=progress)
-    conditions = condition_names(image_conditions, suite.include_clean)
+                       progress=progress, text_conditions=text_conditions, cross=cross)
+    conditions = condition_names(image_conditions, suite.include_clean, text_conditions, cross)
     labels = [m.label for m in methods]
     by_key = {(p.example_id, p.condition, p.method): p for p in store.rows()}  # read the store once
     store.close()
@@ -152,10 +156,12 @@ def summarize(by_key: dict, examples, conditions: list[str], labels: list[str], 
     rows = []
     for cond in conditions:
         corruption, severity = _split_condition(cond)
+        text, text_severity = _split_condition(cond, "text:")
         for label in labels:
             preds = [p for ex in examples if (p := by_key.get((ex.id, cond, label))) is not None]
             n = len(preds)
-            row = {"condition": cond, "corruption": corruption, "severity": severity, "method": label,
+            row = {"condition": cond, "corruption": corruption, "severity": severity, "text": text,
+                   "text_severity": text_severity, "method": label,
                    "accuracy": _mean([p.score for p in preds]), "n": n,
                    "kept_tokens": _mean([p.kept for p in preds])}
             row["metrics"] = {m: _mean([p.scores[m] for p in preds]) for m in metrics}
@@ -172,13 +178,17 @@ def samples(by_key: dict, examples, conditions: list[str], labels: list[str]):
                     continue
                 yield {"example_id": ex.id, "image_id": ex.image_id, "condition": cond, "method": label,
                        "question": ex.question, "answers": list(ex.answers), "question_type": ex.question_type,
-                       "prediction": p.prediction, "score": p.score, "kept_tokens": p.kept}
+                       "prediction": p.prediction, "score": p.score, "kept_tokens": p.kept,
+                       "kept_indices": None if p.kept_indices is None else list(p.kept_indices), **p.extra}
 
 
-def _split_condition(cond: str):
-    if cond.startswith("image:"):
-        name, sev = cond[len("image:"):].rsplit("@", 1)
-        return name, int(sev)
+def _split_condition(cond: str, kind: str = "image:"):
+    """The image corruption (or, with kind "text:", the text perturbation) of a condition name
+    and its severity; (None, 0) when that side is clean."""
+    for part in cond.split("+"):
+        if part.startswith(kind):
+            name, sev = part[len(kind):].rsplit("@", 1)
+            return name, int(sev)
     return None, 0
 
 
@@ -225,8 +235,8 @@ def _git_commit() -> str | None:
 def format_summary(rows: list[dict], labels: list[str]) -> str:
     """Per method: clean accuracy, mean over corruptions at each severity, and the gap to `full`."""
     by = defaultdict(list)
-    for r in rows:
-        if r["accuracy"] is not None:
+    for r in rows:  # image conditions with the clean question (text conditions are not in this table)
+        if r["accuracy"] is not None and not r.get("text"):
             by[(r["method"], r["severity"])].append(r)
     severities = sorted({r["severity"] for r in rows if r["severity"]})
     ref = labels[0]

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from .errors import UserError
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS predictions (
@@ -25,6 +25,8 @@ CREATE TABLE IF NOT EXISTS predictions (
     score      REAL NOT NULL,
     scores     TEXT NOT NULL,
     kept       INTEGER NOT NULL,
+    kept_idx   TEXT,                -- JSON list of kept token indices; NULL for merging methods
+    extra      TEXT NOT NULL,       -- JSON object of per-row measurements (object recall, FLOPs, ...)
     PRIMARY KEY (example_id, condition, method)
 ) WITHOUT ROWID;
 """
@@ -39,6 +41,8 @@ class Prediction:
     score: float
     scores: dict
     kept: int
+    kept_indices: tuple[int, ...] | None = None  # into the N visual tokens; None when tokens were merged
+    extra: dict = field(default_factory=dict)
 
 
 class RunStore:
@@ -60,6 +64,9 @@ class RunStore:
     def claim(self, suite_name: str, config_hash: str) -> None:
         """Bind an empty store to a suite config, or check that it already holds that config."""
         meta = self.meta()
+        if meta and meta.get("schema") != SCHEMA_VERSION:
+            raise UserError(f"{self.path.parent}: holds a run store of format {meta.get('schema')}, this version "
+                            f"writes format {SCHEMA_VERSION}; choose another --out or pass --fresh to discard it")
         if not meta:
             with self.conn:
                 self.conn.executemany("INSERT INTO meta VALUES (?, ?)", [
@@ -80,15 +87,19 @@ class RunStore:
             self.conn.executemany(
                 # only a repeated key is skipped (rows are deterministic, so it holds the same
                 # answer); OR IGNORE would also drop a row violating NOT NULL without a word
-                "INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(example_id, condition, method) DO NOTHING",
                 [(r.example_id, r.condition, r.method, r.prediction, float(r.score),
-                  json.dumps(r.scores, sort_keys=True), int(r.kept)) for r in rows])
+                  json.dumps(r.scores, sort_keys=True), int(r.kept),
+                  None if r.kept_indices is None else json.dumps([int(i) for i in r.kept_indices]),
+                  json.dumps(r.extra, sort_keys=True)) for r in rows])
 
     def rows(self) -> Iterator[Prediction]:
-        for ex, cond, meth, pred, score, scores, kept in self.conn.execute(
-                "SELECT example_id, condition, method, prediction, score, scores, kept FROM predictions"):
-            yield Prediction(ex, cond, meth, pred, score, json.loads(scores), kept)
+        for ex, cond, meth, pred, score, scores, kept, idx, extra in self.conn.execute(
+                "SELECT example_id, condition, method, prediction, score, scores, kept, kept_idx, extra "
+                "FROM predictions"):
+            yield Prediction(ex, cond, meth, pred, score, json.loads(scores), kept,
+                             None if idx is None else tuple(json.loads(idx)), json.loads(extra))
 
     def count(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]

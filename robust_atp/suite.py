@@ -90,8 +90,26 @@ class ImagePerturbCfg(Strict):
         return self
 
 
+class TextPerturbCfg(Strict):
+    preset: str | None = None
+    perturbations: list[str] | None = None
+    severities: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
+
+    _sev = field_validator("severities")(ImagePerturbCfg._sev.__func__)
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.preset is None) == (self.perturbations is None):
+            raise ValueError("give exactly one of 'preset' or 'perturbations'")
+        return self
+
+
 class PerturbCfg(Strict):
     image: ImagePerturbCfg | None = None
+    text: TextPerturbCfg | None = None
+    # image x text conditions as well; by default each text condition runs on the clean image
+    # and each image condition with the clean question
+    cross: bool = False
 
 
 class Suite(Strict):
@@ -201,10 +219,12 @@ def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Sui
                              "give one of them a distinct 'label'")
         seen[method.label] = i
     from .perturb.image import resolve_image_conditions
-    try:
-        resolve_image_conditions(suite.perturbations.image)
-    except SuiteError as e:
-        raise SuiteError(f"{path}: perturbations.image{e}") from None
+    from .perturb.text import resolve_text_conditions
+    for field, resolve in (("image", resolve_image_conditions), ("text", resolve_text_conditions)):
+        try:
+            resolve(getattr(suite.perturbations, field))
+        except SuiteError as e:
+            raise SuiteError(f"{path}: perturbations.{field}{e}") from None
     from .data.base import loader_names
     if suite.dataset.loader not in loader_names():
         raise SuiteError(f"{path}: dataset.loader: unknown loader {suite.dataset.loader!r}; "

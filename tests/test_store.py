@@ -52,3 +52,23 @@ def test_not_a_database_is_a_user_error(tmp_path):
     p.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(UserError, match="not a usable run store"):
         RunStore(p)
+
+
+def test_kept_indices_and_extra_round_trip(tmp_path):
+    s = RunStore(tmp_path / "p.sqlite")
+    s.put([Prediction("e0", "clean", "atp", "red", 1.0, {}, 3, kept_indices=(0, 5, 9), extra={"object_recall": 0.5}),
+           Prediction("e1", "clean", "tome", "red", 1.0, {}, 3)])
+    got = {r.example_id: r for r in s.rows()}
+    assert got["e0"].kept_indices == (0, 5, 9) and got["e0"].extra == {"object_recall": 0.5}
+    assert got["e1"].kept_indices is None and got["e1"].extra == {}
+    s.close()
+
+
+def test_store_of_another_format_is_refused(tmp_path):
+    s = RunStore(tmp_path / "p.sqlite")
+    s.claim("demo", "abc")
+    with s.conn:
+        s.conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
+    with pytest.raises(UserError, match="format 1"):
+        s.claim("demo", "abc")
+    s.close()

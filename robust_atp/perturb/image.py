@@ -40,8 +40,8 @@ class ImageCondition:
         return f"image:{self.corruption}@{self.severity}"
 
 
-def load_preset(name: str) -> dict:
-    """A preset by name (corruptions/<name>.yaml) or by path."""
+def load_preset(name: str, key: str = "corruptions") -> dict:
+    """A preset by name (corruptions/<name>.yaml) or by path; `key` names the list it must hold."""
     path = Path(name)
     if not path.suffix:
         path = PRESET_DIR / f"{name}.yaml"
@@ -52,8 +52,8 @@ def load_preset(name: str) -> dict:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise SuiteError(f".preset: {path}: malformed YAML ({e})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("corruptions"), list):
-        raise SuiteError(f".preset: {path}: must be a mapping with a 'corruptions' list")
+    if not isinstance(data, dict) or not isinstance(data.get(key), list):
+        raise SuiteError(f".preset: {path}: must be a mapping with a '{key}' list")
     return data
 
 
