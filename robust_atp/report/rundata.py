@@ -58,7 +58,8 @@ def load_run(path: str | Path) -> RunData:
     path = Path(path)
     results = path / RESULTS if path.is_dir() else path
     if not results.is_file():
-        raise UserError(f"{results}: no such file")
+        what = "no results.json in this run directory" if path.is_dir() else "no such run directory or results.json"
+        raise UserError(f"{results if path.is_dir() else path}: {what}")
     try:
         data = json.loads(results.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
