@@ -150,3 +150,42 @@ def test_a_real_run_builds_both_reports_and_no_report_skips_them(tmp_path):
         (other / name).unlink()
     assert main([str(suite), "--out", str(other), "--no-progress", "--no-report"]) == 0  # resumes: nothing to run
     assert not (other / "report.html").exists() and not (other / "report.pdf").exists()
+
+
+SCHEMA_SUITE = """
+name: t
+dataset: {loader: shapes, split: test, limit: 4}
+model: {checkpoint: zoo:shapes_vlm/llava, clip: zoo:shapes_vlm/clip}
+methods: [{name: full}]
+"""
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("stats: {confidence: 0.95, bootstrap: 10000, cluster_by: image_id, correction: holm, seed: 1}",
+     "stats.seed: unknown key"),
+    ("stats: {bootstrapp: 100}", "stats.bootstrapp: unknown key (did you mean 'bootstrap'?)"),
+    ("stats: {confidence: 1.5}", "stats.confidence: Input should be less than 1"),
+    ("stats: {correction: bonferroni}", "stats.correction: Input should be 'holm'"),
+    ("report: {formats: [html, docx]}", "report.formats[1]: Input should be 'html' or 'pdf'"),
+])
+def test_suite_stats_and_report_sections_are_validated(tmp_path, capsys, extra, message):
+    from robust_atp.run import main
+
+    path = tmp_path / "s.yaml"
+    path.write_text(textwrap.dedent(SCHEMA_SUITE) + extra + "\n")
+    assert main([str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith(f"error: {path}: ") and message in err, err
+
+
+def test_suite_stats_and_report_defaults_leave_the_config_hash_alone(tmp_path):
+    from robust_atp.suite import load_suite
+
+    path = tmp_path / "s.yaml"
+    path.write_text(textwrap.dedent(SCHEMA_SUITE))
+    plain = load_suite(path)
+    assert plain.stats.model_dump() == {"confidence": 0.95, "bootstrap": 10_000, "cluster_by": "image_id",
+                                        "correction": "holm"}
+    assert plain.report.formats == ["html", "pdf"]
+    path.write_text(textwrap.dedent(SCHEMA_SUITE) + "stats: {bootstrap: 500}\nreport: {formats: [html]}\n")
+    assert load_suite(path).config_hash() == plain.config_hash()

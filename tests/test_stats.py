@@ -202,3 +202,39 @@ def test_jaccard():
     assert jaccard([1, 2, 3], [2, 3, 4]) == pytest.approx(0.5)
     assert jaccard([], []) == 1.0 and jaccard([1], [2]) == 0.0
 
+
+
+# ----------------------------------------------------------------------------- properties
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+NAMES = st.from_regex(r"[a-z][a-z_]{0,12}", fullmatch=True)
+SEVS = st.integers(1, 5)
+
+
+@given(img=st.one_of(st.none(), st.tuples(NAMES, SEVS)), txt=st.one_of(st.none(), st.tuples(NAMES, SEVS)))
+def test_parse_condition_round_trips(img, txt):
+    parts = ([f"image:{img[0]}@{img[1]}"] if img else []) + ([f"text:{txt[0]}@{txt[1]}"] if txt else [])
+    name = "+".join(parts) or "clean"
+    c = parse_condition(name)
+    assert (c.name, c.image, c.text) == (name, img, txt)
+    assert c.severity == (txt[1] if txt else img[1] if img else 0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0.0, 1 / 3, 2 / 3, 1.0]), st.sampled_from([0.0, 1 / 3, 2 / 3, 1.0])),
+                min_size=1, max_size=40))
+def test_paired_test_is_symmetric_and_a_probability(pairs):
+    a, b = np.array(pairs).T
+    p_ab, _ = paired_pvalues(a[:, None], b[:, None], np.arange(len(a)), n_perm=500, seed=0)
+    p_ba, _ = paired_pvalues(b[:, None], a[:, None], np.arange(len(a)), n_perm=500, seed=0)
+    assert 0 < p_ab[0] <= 1 and p_ab[0] == pytest.approx(p_ba[0])
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.floats(0, 1), min_size=1, max_size=60))
+def test_holm_adjusted_p_is_at_least_raw_p(p):
+    reject, adj = holm(p)
+    assert np.all(adj >= np.array(p) - 1e-12) and np.all(adj <= 1)
+    assert np.array_equal(reject, adj <= 0.05)
