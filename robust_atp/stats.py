@@ -134,7 +134,9 @@ def is_binary(x: np.ndarray) -> bool:
 
 
 def mcnemar_exact(a: np.ndarray, b: np.ndarray) -> float:
-    """Two-sided exact McNemar p-value for paired 0/1 scores `a, b: [E]` (statsmodels)."""
+    """Two-sided exact McNemar p-value for paired 0/1 scores `a, b: [E]` (statsmodels).
+    It treats examples as independent: with many questions per image, prefer soft-score handling
+    (`signflip_pvalues`, which flips whole images) or check the clustered bootstrap CI beside it."""
     keep = ~(np.isnan(a) | np.isnan(b))
     a, b = a[keep].astype(bool), b[keep].astype(bool)
     table = [[np.sum(a & b), np.sum(a & ~b)], [np.sum(~a & b), np.sum(~a & ~b)]]
@@ -176,17 +178,20 @@ def signflip_pvalues(D: np.ndarray, clusters: np.ndarray, n_perm: int = 10_000, 
 def paired_pvalues(A: np.ndarray, B: np.ndarray, clusters: np.ndarray, n_perm: int = 10_000,
                    seed: int = 0) -> tuple[np.ndarray, list[str]]:
     """Per column of `A, B: [E, K]` (paired scores), the p-value of A == B and the test used:
-    McNemar exact when both columns are 0/1, else the sign-flip permutation test."""
+    exact McNemar when both columns are 0/1 and every example has its own image, else the sign-flip
+    permutation test over images (McNemar assumes independent examples, which questions sharing
+    an image are not)."""
     A, B = _as_matrix(A), _as_matrix(B)
-    binary = [is_binary(A[:, k]) and is_binary(B[:, k]) for k in range(A.shape[1])]
+    independent = np.bincount(clusters).max() <= 1 if len(clusters) else True
+    exact = [independent and is_binary(A[:, k]) and is_binary(B[:, k]) for k in range(A.shape[1])]
     p = np.ones(A.shape[1])
-    soft = [k for k, b in enumerate(binary) if not b]
-    if soft:
-        p[soft] = signflip_pvalues(A[:, soft] - B[:, soft], clusters, n_perm, seed)
-    for k, b in enumerate(binary):
-        if b:
+    flip = [k for k, e in enumerate(exact) if not e]
+    if flip:
+        p[flip] = signflip_pvalues(A[:, flip] - B[:, flip], clusters, n_perm, seed)
+    for k, e in enumerate(exact):
+        if e:
             p[k] = mcnemar_exact(A[:, k], B[:, k])
-    return p, ["mcnemar_exact" if b else "sign_flip" for b in binary]
+    return p, ["mcnemar_exact" if e else "sign_flip" for e in exact]
 
 
 def holm(pvalues, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:

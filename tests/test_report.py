@@ -133,6 +133,7 @@ batch_size: 8
 """
 
 
+@pytest.mark.slow
 def test_a_real_run_builds_both_reports_and_no_report_skips_them(tmp_path):
     from robust_atp.run import main
 

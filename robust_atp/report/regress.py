@@ -2,7 +2,7 @@
 
 A (condition, method) fails when its accuracy drops by more than `max_drop` points AND the drop is
 significant after Holm across every compared (condition, method): exact McNemar for 0/1 scores,
-the sign-flip permutation test (clustered by image) for soft scores.
+the sign-flip permutation test over images for soft scores or questions sharing an image.
 
     python -m robust_atp.regress BASELINE CURRENT [--max-drop POINTS] [--alpha A] [--junit FILE]
 
@@ -68,7 +68,8 @@ def markdown(rows: list[dict], baseline: str, current: str, max_drop: float, alp
              f"Baseline `{baseline}` vs current `{current}`: {len(rows)} (condition, method) pairs, "
              f"{sum(r['n'] for r in rows)} paired predictions. A pair fails when accuracy drops by more than "
              f"{max_drop:g} points and the drop is significant at alpha {alpha:g} after Holm "
-             f"(exact McNemar for 0/1 scores, sign-flip permutation for soft scores).", ""]
+             f"(exact McNemar for 0/1 scores, image-level sign-flip permutation for soft scores or shared "
+             f"images).", ""]
     lines += [f"> note: {n}" for n in notes] + ([""] if notes else [])
     rest = sorted((r for r in rows if not r["failed"]), key=lambda r: -r["drop"])[:MAX_SHOWN]
     shown = failed + rest

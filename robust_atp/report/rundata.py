@@ -47,7 +47,7 @@ class RunData:
         X = np.full((len(examples), len(col)), np.nan)
         for s in self.samples:
             k = col.get((s["condition"], s["method"]))
-            if k is not None and s.get("score") is not None:
+            if k is not None:
                 X[examples[s["example_id"]], k] = float(s["score"])
         return X, col, list(examples), cluster_index(cluster_of)
 
@@ -81,6 +81,8 @@ def load_run(path: str | Path) -> RunData:
                 raise UserError(f"{samples_path}: line {i}: not valid JSON ({e.msg})") from None
             if not isinstance(s, dict) or not {"example_id", "condition", "method", "score"} <= s.keys():
                 raise UserError(f"{samples_path}: line {i}: needs example_id, condition, method and score")
+            if isinstance(s["score"], bool) or not isinstance(s["score"], (int, float)):
+                raise UserError(f"{samples_path}: line {i}: score: must be a number, got {s['score']!r}")
             samples.append(s)
     if not samples:
         raise UserError(f"{samples_path}: no samples")
