@@ -190,3 +190,21 @@ def test_suite_stats_and_report_defaults_leave_the_config_hash_alone(tmp_path):
     assert plain.report.formats == ["html", "pdf"]
     path.write_text(textwrap.dedent(SCHEMA_SUITE) + "stats: {bootstrap: 500}\nreport: {formats: [html]}\n")
     assert load_suite(path).config_hash() == plain.config_hash()
+
+
+def test_text_and_crossed_conditions_and_measured_flops(tmp_path):
+    """Runs from the text-perturbation and cost work: `text:` and crossed conditions, `flops_ratio` rows."""
+    conds = ["clean", "image:fog@1", "text:keyboard@1", "text:keyboard@3", "image:fog@1+text:keyboard@1"]
+    run = write_fake_run(tmp_path / "run", n=16, conditions=conds)
+    res = json.loads((run / "results.json").read_text())
+    for r in res["rows"]:
+        r["flops_ratio"] = {"full": 1.0, "atp@0.25": 0.31, "random@0.25": 0.30}[r["method"]]
+    (run / "results.json").write_text(json.dumps(res))
+    a = analyze(load_run(run), n_boot=200)
+    assert {c["family"] for c in a.comparisons} == {None, "image:fog", "text:keyboard", "image:fog@1+text:keyboard"}
+    assert [c["cost_ratio"] for c in a.cost] == [1.0, 0.31, 0.30] and all(c["measured_flops"] for c in a.cost)
+    assert not any("flops_ratio" in n for n in a.notes)
+    paths = build_report(run, ("html",), n_boot=200)
+    html = paths["html"].read_text()
+    assert "text:keyboard@3" in html and "image:fog@1+text:keyboard@1" in html
+    assert (run / "plots" / "accuracy_vs_cost.png").is_file() and (run / "plots" / "kept_overlays.png").is_file()
