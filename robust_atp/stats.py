@@ -10,6 +10,7 @@ and seeded by a `numpy.random.Generator` built from a `seed` argument.
 from __future__ import annotations
 
 import itertools
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,7 +117,8 @@ def bootstrap_ci(X: np.ndarray, clusters: np.ndarray, n_boot: int = 10_000, conf
     means = np.concatenate(chunks)
     # a resample can miss every example of a sparse column (NaN mean): only then pay for nanquantile
     quantile = np.nanquantile if np.isnan(means).any() else np.quantile
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():  # an all-missing column gives NaN bounds, which is the answer
+        warnings.simplefilter("ignore", RuntimeWarning)
         lo, hi = quantile(means, [tail, 1 - tail], axis=0)
     return est, lo, hi
 
