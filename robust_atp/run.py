@@ -1,10 +1,11 @@
 """Run a suite: `python -m robust_atp.run SUITE [--out DIR] [--limit N] [--batch-size B]
-[--device cpu|cuda] [--fresh]`.
+[--device cpu|cuda] [--fresh] [--no-report]`.
 
 Writes into the run directory (default reports/<suite name>/):
   predictions.sqlite  every prediction, the resume point (rerunning continues where a run stopped)
   results.json        manifest + one row per (condition, method)
   samples.jsonl       one line per (example, condition, method)
+  report.html, report.pdf, plots/   the statistics report (`--no-report` skips it)
 and prints a summary table. A user error prints one line and exits with status 2.
 """
 from __future__ import annotations
@@ -33,6 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--device", help="cpu, cuda, cuda:N or mps (overrides model.device)")
     ap.add_argument("--fresh", action="store_true", help="discard an existing run in the run directory")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("--no-report", action="store_true", help="skip report.html / report.pdf / plots/")
     return ap.parse_args(argv)
 
 
@@ -62,10 +64,12 @@ def _run(args) -> int:
         overrides["model.device"] = args.device
     suite = load_suite(args.suite, overrides)
     run_dir = args.out or Path("reports") / suite.name
-    return execute(suite, Path(args.suite), run_dir, fresh=args.fresh, progress=not args.no_progress)
+    return execute(suite, Path(args.suite), run_dir, fresh=args.fresh, progress=not args.no_progress,
+                   report=not args.no_report)
 
 
-def execute(suite, suite_path: Path, run_dir: Path, fresh: bool = False, progress: bool = True) -> int:
+def execute(suite, suite_path: Path, run_dir: Path, fresh: bool = False, progress: bool = True,
+            report: bool = True) -> int:
     import torch
     from transformers.utils import logging as hf_logging
 
@@ -106,6 +110,10 @@ def execute(suite, suite_path: Path, run_dir: Path, fresh: bool = False, progres
     print(format_summary(rows, labels))
     print(f"\nwrote {run_dir / RESULTS} and {run_dir / SAMPLES} ({stats.units_run} of {stats.units_total} units "
           f"computed now, {stats.seconds:.1f}s)", file=sys.stderr)
+    if report and suite.report.formats:
+        from .report.html import build_report
+
+        build_report(run_dir, suite.report.formats, log=lambda s: print(s, file=sys.stderr))
     return 0
 
 
@@ -129,7 +137,7 @@ def _prepare_dir(run_dir: Path, fresh: bool) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"{run_dir}: exists and is not a directory")
     if fresh:
-        for name in (STORE, STORE + "-wal", STORE + "-shm", RESULTS, SAMPLES):
+        for name in (STORE, STORE + "-wal", STORE + "-shm", RESULTS, SAMPLES, "report.html", "report.pdf"):
             (run_dir / name).unlink(missing_ok=True)
         if (run_dir / "plots").is_dir():
             shutil.rmtree(run_dir / "plots")

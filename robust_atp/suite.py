@@ -112,6 +112,19 @@ class PerturbCfg(Strict):
     cross: bool = False
 
 
+class StatsCfg(Strict):
+    """How the report's statistics are computed (see robust_atp.stats)."""
+
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    bootstrap: int = Field(default=10_000, ge=100, le=1_000_000)  # resamples (and sign-flip permutations)
+    cluster_by: Literal["image_id", "example_id"] = "image_id"
+    correction: Literal["holm"] = "holm"
+
+
+class ReportCfg(Strict):
+    formats: list[Literal["html", "pdf"]] = Field(default_factory=lambda: ["html", "pdf"])
+
+
 class Suite(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
@@ -122,6 +135,8 @@ class Suite(Strict):
     metrics: list[str] = Field(default_factory=lambda: ["exact_match"], min_length=1)
     batch_size: int = Field(default=16, gt=0)
     include_clean: bool = True
+    stats: StatsCfg = Field(default_factory=StatsCfg)
+    report: ReportCfg = Field(default_factory=ReportCfg)
 
     def config_hash(self) -> str:
         """What the predictions depend on. Batch size is left out (answers are batch-size
@@ -129,6 +144,8 @@ class Suite(Strict):
         limit extends a run instead of invalidating it)."""
         d = self.model_dump(mode="json")
         d.pop("batch_size")
+        d.pop("stats")  # statistics and report formats are computed from predictions, never change them
+        d.pop("report")
         d["dataset"].pop("limit")
         d["model"].pop("device")
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
