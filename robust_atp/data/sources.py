@@ -87,20 +87,27 @@ def lazy_image(path: Path):
 
 
 def hf_dataset(source: str, split: str, config: str | None = None):
-    """`datasets.load_dataset` for `hf:<id>`; a local directory in the hub layout works as well
-    (its configs are sub-directories, as on the hub)."""
+    """`datasets.load_dataset` for `hf:<id>`. A local directory in the hub's parquet layout
+    works too (<dir>/<config or data>/<split>-*.parquet), e.g. a `huggingface-cli download`."""
     import datasets
 
     ref = hf_id(source)
     local = Path(ref).expanduser()
     try:
         if local.is_dir():
-            return datasets.load_dataset(str(local), data_dir=config, split=split)
+            pattern = local / (config or "data") / f"{split}-*.parquet"
+            if not any(pattern.parent.glob(pattern.name)):
+                raise DataMissing(f"{source!r}: missing {pattern.relative_to(local)} (looked in {local.resolve()}); "
+                                  f"download from https://huggingface.co/datasets/{local.name}")
+            return datasets.load_dataset("parquet", data_files={split: str(pattern)}, split=split)
         return datasets.load_dataset(ref, config, split=split)
+    except DataMissing:
+        raise
     except (FileNotFoundError, ValueError, ConnectionError, OSError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataMissing(f"{source!r}: cannot load split {split!r}"
-                          f"{f' of config {config!r}' if config else ''} ({msg})") from None
+                          f"{f' of config {config!r}' if config else ''} ({msg}); "
+                          f"download from https://huggingface.co/datasets/{ref}") from None
 
 
 def _hf_row_image(ds, index: int) -> Image.Image:
