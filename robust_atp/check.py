@@ -31,8 +31,8 @@ def check_suite(suite, suite_path: Path, out=None) -> int:
         f"{f', limit {d.limit}' if d.limit else ''}")
     n, data_note = _count_examples(suite, suite_path)
     say(f"  data: {data_note}")
-    say(f"  model: {suite.model.adapter} {_describe_ref(suite.model.checkpoint)}"
-        f"{f', clip {_describe_ref(suite.model.clip)}' if suite.model.clip else ''}, "
+    clip = f", clip {_describe_ref(suite.model.clip, 'model.clip')}" if suite.model.clip else ""
+    say(f"  model: {suite.model.adapter} {_describe_ref(suite.model.checkpoint, 'model.checkpoint')}{clip}, "
         f"{suite.model.dtype} on {suite.model.device} (weights not loaded)")
     say(f"  methods ({len(methods)}): {', '.join(m.label for m in methods)}")
     shown = ", ".join(conditions[:6]) + (f", ... ({len(conditions) - 6} more)" if len(conditions) > 6 else "")
@@ -89,10 +89,10 @@ def _bind_options(loader: str, kwargs: dict, suite_path: Path) -> None:
         raise UserError(f"{suite_path}: dataset.options: {e}") from None
 
 
-def _describe_ref(ref: str) -> str:
+def _describe_ref(ref: str, field: str) -> str:
     from .models.base import resolve_checkpoint
 
-    resolved = resolve_checkpoint(ref)
+    resolved = resolve_checkpoint(ref, field)
     if resolved == ref and not Path(ref).expanduser().exists():
         return f"{ref} (hub id, fetched on the first run)"
     return f"{ref} (local: {resolved})"

@@ -49,6 +49,17 @@ def _tokenize(captions: dict[str, list[str]], use_java: bool) -> dict[str, list[
     return {k: [simple_tokenize(c) for c in v] for k, v in captions.items()}
 
 
+_REF_CACHE: dict = {}  # the references are the same for every (condition, method) of a run
+
+
+def _tokenized_refs(references: dict[str, list[str]], ids: list[str], use_java: bool) -> dict[str, list[str]]:
+    key = (use_java, tuple((k, tuple(references[k])) for k in ids))
+    if key not in _REF_CACHE:
+        _REF_CACHE.clear()
+        _REF_CACHE[key] = _tokenize({k: [" ".join(r.split()) for r in references[k]] for k in ids}, use_java)
+    return _REF_CACHE[key]
+
+
 def corpus_scores(predictions: dict[str, str], references: dict[str, list[str]], meteor: bool = True,
                   use_java: bool | None = None) -> dict:
     """CIDEr-D and BLEU-1..4 over the whole set (ids present in both dicts); METEOR too when
@@ -62,7 +73,7 @@ def corpus_scores(predictions: dict[str, str], references: dict[str, list[str]],
     use_java = java_available() if use_java is None else use_java
     # CoreNLP's tokenizer reads one caption a line: a newline inside a caption would shift them
     res = _tokenize({k: [" ".join(predictions[k].split()) or "."] for k in ids}, use_java)
-    gts = _tokenize({k: [" ".join(r.split()) for r in references[k]] for k in ids}, use_java)
+    gts = _tokenized_refs(references, ids, use_java)
     res = {k: [v[0] if v and v[0] else ""] for k, v in res.items()}
     cider, _ = Cider().compute_score(gts, res)
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
