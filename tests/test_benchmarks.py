@@ -273,3 +273,18 @@ def test_easy_vqa_external_package():
     assert len(ex) == 5 and ex[0].question.endswith("?") and len(ex[0].answers) == 1
     assert ex[0].image().size == (64, 64)
     assert {e.answer_type for e in load_examples("easy_vqa", split="test", limit=50)} == {"yes/no", "other"}
+
+
+def test_malformed_records_are_one_line_data_errors(tmp_path):
+    root = write_vqav2(tmp_path / "vqa")
+    qpath = root / "v2_OpenEnded_mscoco_val2014_questions.json"
+    data = json.loads(qpath.read_text())
+    data["questions"][0]["image_id"] = "COCO_42"
+    qpath.write_text(json.dumps(data))
+    with pytest.raises(DataError, match="question 42000: image_id must be an integer, got 'COCO_42'"):
+        load_examples("vqav2", split="val", source=str(root))
+    del data["questions"][0]["question"]
+    data["questions"][0]["image_id"] = 42
+    qpath.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"question record 42000: missing field\(s\) question"):
+        load_examples("vqav2", split="val", source=str(root))

@@ -35,6 +35,8 @@ def load_coco_captions(split: str = "test", limit: int | None = None, source: st
         refs = tuple(str(s["raw"]).strip() for s in im.get("sentences") or () if isinstance(s, dict) and s.get("raw"))
         if not refs:
             continue
+        if not isinstance(im.get("filename"), str):
+            raise DataError(f"{path}: image {im.get('imgid', '?')}: missing 'filename'")
         fp = str(im.get("filepath") or "")
         if fp not in dirs:
             dirs[fp] = require(images_root, source, fp, COCO_URL) if fp else images_root

@@ -24,6 +24,14 @@ def coco_file(coco_split: str, image_id) -> str:
     return f"COCO_{coco_split}_{int(image_id):012d}.jpg"
 
 
+def _image_id(q: dict) -> int:
+    try:
+        return int(q["image_id"])
+    except (KeyError, TypeError, ValueError):
+        raise DataError(f"question {q.get('question_id', '?')}: image_id must be an integer, "
+                        f"got {q.get('image_id')!r}") from None
+
+
 def answers_of(annotation: dict | None) -> tuple[str, ...]:
     if not annotation:
         return ()
@@ -31,6 +39,9 @@ def answers_of(annotation: dict | None) -> tuple[str, ...]:
 
 
 def _example(q: dict, ann: dict, image, **meta) -> Example:
+    missing = [k for k in ("question_id", "image_id", "question") if q.get(k) is None]
+    if missing:
+        raise DataError(f"question record {q.get('question_id', '?')}: missing field(s) {', '.join(missing)}")
     return Example(id=str(q["question_id"]), image_id=str(q["image_id"]), image=image, question=str(q["question"]),
                    answers=answers_of(ann), question_type=str(ann.get("question_type") or ""),
                    answer_type=str(ann.get("answer_type") or ""),
@@ -85,7 +96,7 @@ def load_vqav2(split: str = "val", limit: int | None = None, source: str | None 
         ann = anns.get(q.get("question_id"))
         if not answers_of(ann):
             continue
-        out.append(_example(q, ann, lazy_image(inside(images, coco_file(cs, q["image_id"])))))
+        out.append(_example(q, ann, lazy_image(inside(images, coco_file(cs, _image_id(q))))))
         if limit is not None and len(out) >= limit:
             break
     return out
@@ -136,7 +147,7 @@ def load_vqacp(split: str = "test", limit: int | None = None, source: str | None
                             f"got {cs!r}")
         if cs not in dirs:
             dirs[cs] = require(coco, source, cs, COCO_URL)
-        out.append(_example(q, ann, lazy_image(inside(dirs[cs], coco_file(cs, q["image_id"]))), coco_split=cs))
+        out.append(_example(q, ann, lazy_image(inside(dirs[cs], coco_file(cs, _image_id(q)))), coco_split=cs))
         if limit is not None and len(out) >= limit:
             break
     return out
@@ -174,6 +185,6 @@ def load_rephrasings(split: str = "val", limit: int | None = None, source: str |
             break
         qs.sort(key=lambda q: (q.get("rephrasing_of") is not None, q["question_id"]))
         for i, q in enumerate(qs):
-            out.append(_example(q, anns[q["question_id"]], lazy_image(inside(images, coco_file("val2014", q["image_id"]))),
-                                rephrasing_group=str(g), rephrasing=i))
+            image = lazy_image(inside(images, coco_file("val2014", _image_id(q))))
+            out.append(_example(q, anns[q["question_id"]], image, rephrasing_group=str(g), rephrasing=i))
     return out
