@@ -35,6 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--fresh", action="store_true", help="discard an existing run in the run directory")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     ap.add_argument("--no-report", action="store_true", help="skip report.html / report.pdf / plots/")
+    ap.add_argument("--check", action="store_true",
+                    help="validate the suite, look for its data and print the plan; loads no weights")
     return ap.parse_args(argv)
 
 
@@ -63,6 +65,9 @@ def _run(args) -> int:
     if args.device:
         overrides["model.device"] = args.device
     suite = load_suite(args.suite, overrides)
+    if args.check:
+        from .check import check_suite
+        return check_suite(suite, Path(args.suite))
     run_dir = args.out or Path("reports") / suite.name
     return execute(suite, Path(args.suite), run_dir, fresh=args.fresh, progress=not args.no_progress,
                    report=not args.no_report)
@@ -119,6 +124,7 @@ def execute(suite, suite_path: Path, run_dir: Path, fresh: bool = False, progres
 
 def _load_dataset(suite, suite_path: Path):
     from .data.base import load_examples
+    from .data.sources import DataMissing
 
     d = suite.dataset
     kwargs = dict(d.options)
@@ -129,6 +135,8 @@ def _load_dataset(suite, suite_path: Path):
         return load_examples(d.loader, **kwargs)
     except TypeError as e:
         raise UserError(f"{suite_path}: dataset.options: {e}") from None
+    except DataMissing as e:
+        raise UserError(f"{suite_path}: dataset.source: {e}") from None
     except (ValueError, FileNotFoundError) as e:
         raise UserError(f"{suite_path}: dataset: {e}") from None
 
@@ -160,7 +168,12 @@ def _write_atomic(path: Path, text: str) -> None:
 def summarize(by_key: dict, examples, conditions: list[str], labels: list[str], metrics: list[str]) -> list[dict]:
     """One row per (condition, method) over the current examples, in suite order.
 
-    `by_key`: the store's predictions keyed by (example id, condition, method)."""
+    `by_key`: the store's predictions keyed by (example id, condition, method). `metrics` holds
+    each metric's mean over rows, or its group-level value where `metrics.aggregate` gives one;
+    `breakdown` (when present) holds per answer / question type, GQA-OOD head / tail / all,
+    CS(k) and captioning scores."""
+    from .metrics import aggregate
+
     rows = []
     for cond in conditions:
         corruption, severity = _split_condition(cond)
@@ -173,6 +186,10 @@ def summarize(by_key: dict, examples, conditions: list[str], labels: list[str], 
                    "accuracy": _mean([p.score for p in preds]), "n": n,
                    "kept_tokens": _mean([p.kept for p in preds])}
             row["metrics"] = {m: _mean([p.scores[m] for p in preds]) for m in metrics}
+            group = aggregate(metrics, examples, {p.example_id: (p.prediction, p.scores) for p in preds})
+            row["metrics"].update(group["metrics"])  # group-level values (corpus CIDEr-D, balanced GQA)
+            if group["breakdown"]:
+                row["breakdown"] = group["breakdown"]
             rows.append(row)
     return rows
 

@@ -48,7 +48,7 @@ def load_examples(loader: str, **kwargs) -> list[Example]:
 
 
 def _import_builtin_loaders() -> None:
-    from . import shapes  # noqa: F401  (registers itself)
+    from . import coco, easy_vqa, gqa, shapes, vqav2  # noqa: F401  (each registers itself)
 
 
 def iter_batches(items: list, size: int) -> Iterator[list]:

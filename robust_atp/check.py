@@ -1,0 +1,98 @@
+"""`python -m robust_atp.run SUITE --check`: validate a suite and print what it would run.
+
+Loads no weights and downloads nothing. The suite is validated as a run would (methods,
+loader, presets, metrics); the dataset is looked for where `dataset.source` points: local
+files are read (question files only; images stay on disk) and counted, a hub dataset is
+named but not fetched. Data that is simply not downloaded on this machine is reported with
+where to get it, and the check still succeeds (exit 0): the configuration is valid. An
+invalid configuration is a one-line error and exit 2, as for a run.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def check_suite(suite, suite_path: Path, out=None) -> int:
+    from .engine import condition_names
+    from .perturb.image import resolve_image_conditions
+    from .perturb.text import resolve_text_conditions
+    from .prune.methods import validate_method
+
+    out = out or sys.stdout
+    say = lambda line="": print(line, file=out)
+    methods = [validate_method(m) for m in suite.methods]
+    image_conditions = resolve_image_conditions(suite.perturbations.image)
+    text_conditions = resolve_text_conditions(suite.perturbations.text)
+    conditions = condition_names(image_conditions, suite.include_clean, text_conditions, suite.perturbations.cross)
+    d = suite.dataset
+    say(f"suite {suite.name} ({suite_path}): valid")
+    say(f"  dataset: loader {d.loader}, split {d.split}, source {d.source or '-'}"
+        f"{f', limit {d.limit}' if d.limit else ''}")
+    n, data_note = _count_examples(suite, suite_path)
+    say(f"  data: {data_note}")
+    clip = f", clip {_describe_ref(suite.model.clip, 'model.clip')}" if suite.model.clip else ""
+    say(f"  model: {suite.model.adapter} {_describe_ref(suite.model.checkpoint, 'model.checkpoint')}{clip}, "
+        f"{suite.model.dtype} on {suite.model.device} (weights not loaded)")
+    say(f"  methods ({len(methods)}): {', '.join(m.label for m in methods)}")
+    shown = ", ".join(conditions[:6]) + (f", ... ({len(conditions) - 6} more)" if len(conditions) > 6 else "")
+    say(f"  conditions ({len(conditions)}): {shown}")
+    say(f"  metrics: {', '.join(suite.metrics)}")
+    per_example = len(conditions) * len(methods)
+    if n is None:
+        bound = f" (at most {d.limit * per_example})" if d.limit else ""
+        say(f"  plan: ? examples x {len(conditions)} conditions x {len(methods)} methods = "
+            f"{per_example} generations per example{bound}")
+    else:
+        say(f"  plan: {n} examples x {len(conditions)} conditions x {len(methods)} methods = "
+            f"{n * per_example} generations")
+    return 0
+
+
+def _count_examples(suite, suite_path: Path):
+    from .data.base import load_examples
+    from .data.sources import DataMissing, is_hf
+    from .errors import UserError
+
+    d = suite.dataset
+    src = d.source
+    kwargs = dict(d.options, split=d.split, limit=d.limit)
+    if src is not None:
+        kwargs["source"] = src
+    _bind_options(d.loader, kwargs, suite_path)
+    if is_hf(src) and not Path(src[3:]).expanduser().is_dir():
+        return None, (f"hub dataset {src[3:]!r}: fetched by `datasets` on the first run (not checked: --check "
+                      "downloads nothing)")
+    try:
+        examples = load_examples(d.loader, **kwargs)
+    except DataMissing as e:
+        return None, (f"not found here: dataset.source: {e}. The configuration is valid; "
+                      "download the data to run it")
+    except TypeError as e:
+        raise UserError(f"{suite_path}: dataset.options: {e}") from None
+    except (ValueError, FileNotFoundError) as e:
+        raise UserError(f"{suite_path}: dataset: {e}") from None
+    return len(examples), f"found, {len(examples)} examples"
+
+
+def _bind_options(loader: str, kwargs: dict, suite_path: Path) -> None:
+    """The loader's signature accepts the suite's dataset options (checked without reading data)."""
+    import inspect
+
+    from .data.base import _LOADERS, _import_builtin_loaders
+    from .errors import UserError
+
+    _import_builtin_loaders()
+    try:
+        inspect.signature(_LOADERS[loader]).bind(**kwargs)
+    except TypeError as e:
+        raise UserError(f"{suite_path}: dataset.options: {e}") from None
+
+
+def _describe_ref(ref: str, field: str) -> str:
+    from .models.base import resolve_checkpoint
+
+    resolved = resolve_checkpoint(ref, field)
+    if resolved == ref and not Path(ref).expanduser().exists():
+        return f"{ref} (hub id, fetched on the first run)"
+    return f"{ref} (local: {resolved})"
