@@ -152,6 +152,11 @@ def _write_atomic(path: Path, text: str) -> None:
 def summarize(by_key: dict, examples, conditions: list[str], labels: list[str], metrics: list[str]) -> list[dict]:
     """One row per (condition, method) over the current examples, in suite order.
 
+    Cost columns are means over the rows' `extra` (see `measure`): `prefill_tflops`,
+    `vision_tflops`, `scorer_tflops`, and `flops_ratio` = mean prefill / mean prefill of the
+    method labelled `full` under the same condition (None without one). `object_recall` is the
+    mean over rows that have one (selection methods on examples with boxes).
+
     `by_key`: the store's predictions keyed by (example id, condition, method)."""
     rows = []
     for cond in conditions:
@@ -165,7 +170,18 @@ def summarize(by_key: dict, examples, conditions: list[str], labels: list[str], 
                    "accuracy": _mean([p.score for p in preds]), "n": n,
                    "kept_tokens": _mean([p.kept for p in preds])}
             row["metrics"] = {m: _mean([p.scores[m] for p in preds]) for m in metrics}
+            for key in ("prefill_flops", "vision_flops", "scorer_flops"):
+                mean = _mean([p.extra[key] for p in preds if p.extra.get(key) is not None])
+                row[key.replace("_flops", "_tflops")] = None if mean is None else round(mean / 1e12, 9)
+            row["flops_ratio"] = None  # filled below from the same condition's `full`
+            row["object_recall"] = _mean([p.extra["object_recall"] for p in preds
+                                          if p.extra.get("object_recall") is not None])
             rows.append(row)
+    # mean prefill of a method / mean prefill of `full` under the same condition
+    full = {r["condition"]: r["prefill_tflops"] for r in rows if r["method"] == "full" and r["prefill_tflops"]}
+    for r in rows:
+        if r["prefill_tflops"] is not None and r["condition"] in full:
+            r["flops_ratio"] = round(r["prefill_tflops"] / full[r["condition"]], 6)
     return rows
 
 
@@ -233,7 +249,8 @@ def _git_commit() -> str | None:
 
 
 def format_summary(rows: list[dict], labels: list[str]) -> str:
-    """Per method: clean accuracy, mean over corruptions at each severity, and the gap to `full`."""
+    """Per method: clean accuracy, mean over corruptions at each severity, the gap to `full`,
+    the prefill FLOPs ratio and the object recall."""
     by = defaultdict(list)
     for r in rows:  # image conditions with the clean question (text conditions are not in this table)
         if r["accuracy"] is not None and not r.get("text"):
@@ -242,6 +259,7 @@ def format_summary(rows: list[dict], labels: list[str]) -> str:
     ref = labels[0]
     head = ["method", "tokens", "clean"] + [f"sev{s}" for s in severities] + (["corrupted", "d_clean", "d_corrupt"]
                                                                               if severities else ["d_clean"])
+    head += ["flops", "recall"]
     lines = []
     for label in labels:
         clean = by.get((label, 0), [])
@@ -258,11 +276,16 @@ def format_summary(rows: list[dict], labels: list[str]) -> str:
             cells += [d_clean, _delta(by, label, ref, severities)]
         else:
             cells.append(d_clean)
+        ratio = _mean([r["flops_ratio"] for r in clean if r.get("flops_ratio") is not None])
+        recall = _mean([r["object_recall"] for r in clean if r.get("object_recall") is not None])
+        cells += ["-" if ratio is None else f"{ratio:.3f}", _pct(recall)]
         lines.append(cells)
     widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
     fmt = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     note = (f"accuracy in %; sevN = mean over corruptions at severity N; d_* = method - {ref} in points"
             if severities else f"accuracy in %; d_clean = method - {ref} in points")
+    note += ("\nflops = LLM prefill FLOPs / full's (clean); recall = % of the patches covering the objects a "
+             "question names that the method kept (clean; selection methods only)")
     return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(c) for c in lines] + [note])
 
 
