@@ -98,7 +98,8 @@ def scorer_flops(method: str, settings: dict, n: int, k: int, *, d: int, c: int,
             macs += a * b * c + m * (c + d)
             m -= min(m - k, a)
     elif method == "visionzip":
-        k_ctx = max(1, int(settings.get("contextual", 0.15625) * k + 0.5)) if k < n else 0
+        share = settings.get("contextual", 0.15625)
+        k_ctx = min(max(1, int(share * k + 0.5)), k) if k < n and share > 0 else 0
         macs += (n - k + k_ctx) * k_ctx * c + (n - k + k_ctx) * d
     elif method == "divprune":
         macs += n * n * d + k * n

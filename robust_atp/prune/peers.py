@@ -106,11 +106,12 @@ def _tome(p: ToMeParams):
 @register_method("visionzip", VisionZipParams, kind="merge")
 def _visionzip(p: VisionZipParams):
     """VisionZip: the K_d tokens with the most CLS attention, then K_c contextual tokens merged
-    from the rest (K_c = round(contextual * K), at least 1 when anything is left)."""
+    from the rest (K_c = round(contextual * K), at least 1 when anything is left, so every token
+    is represented; contextual 0 makes it a pure CLS-attention selection)."""
     def merge(vision, text, keys):
         n = vision.tokens.shape[1]
         k = p.count(n)
-        k_ctx = min(max(1, int(p.contextual * k + 0.5)), k - 1) if 1 < k < n else 0
+        k_ctx = min(max(1, int(p.contextual * k + 0.5)), k) if k < n and p.contextual > 0 else 0
         dominant = select_topk(cls_attention(vision.cls_attn, p.layer, p.heads), k - k_ctx)
         out = []
         for x, metric, dom in zip(vision.tokens, vision.vit_features, dominant):
