@@ -104,24 +104,3 @@ def test_fastv_equals_an_explicit_eager_reference(tiny_dir, tiny_adapter, shapes
         assert not torch.allclose(logits[0], full_logits[0], atol=1e-3)
     else:  # a cut after the last layer drops nothing the LM head reads
         assert all(torch.equal(a, b) for a, b in zip(logits, full_logits)) and texts == full_texts
-
-
-def test_fastv_runs_through_the_engine(tmp_path):
-    import json
-    import textwrap
-
-    from robust_atp.run import main
-
-    suite = tmp_path / "fastv.yaml"
-    suite.write_text(textwrap.dedent("""
-        name: fastv
-        dataset: {loader: shapes, split: val, limit: 4}
-        model: {checkpoint: zoo:shapes_vlm/llava, clip: zoo:shapes_vlm/clip, generation: {max_new_tokens: 3}}
-        methods: [{name: full}, {name: fastv, keep: 0.25}, {name: fastv, keep: 1.0}]
-        batch_size: 4
-    """))
-    assert main([str(suite), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
-    rows = {r["method"]: r for r in json.loads((tmp_path / "run" / "results.json").read_text())["rows"]}
-    assert rows["fastv@0.25"]["kept_tokens"] == 36 and rows["fastv@1"]["kept_tokens"] == 144
-    assert rows["fastv@1"]["accuracy"] == rows["full"]["accuracy"] and rows["fastv@1"]["flops_ratio"] == 1.0
-    assert 0.25 < rows["fastv@0.25"]["flops_ratio"] < 1.0  # layers 0..1 still see all 144 tokens
