@@ -114,9 +114,9 @@ def test_uniform_grid_is_a_lattice_when_it_can_be():
 def test_divprune_starts_far_and_stays_diverse():
     f = torch.tensor([[1.0, 0.0], [0.99, 0.1], [0.0, 1.0], [-1.0, 0.0], [0.98, 0.15]])
     # token 3 is farthest from its nearest neighbour; then the token farthest from it (0); then 2
-    assert select_diverse(f, 1).tolist() == [3]
-    assert select_diverse(f, 2).tolist() == [0, 3]
-    assert select_diverse(f, 3).tolist() == [0, 2, 3]
+    assert select_diverse(f[None], 1).tolist() == [[3]]
+    assert select_diverse(f[None], 2).tolist() == [[0, 3]]
+    assert select_diverse(f[None], 3).tolist() == [[0, 2, 3]]
 
 
 def test_tome_merges_the_best_linked_pair_size_weighted():

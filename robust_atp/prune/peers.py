@@ -131,7 +131,7 @@ def _divprune(p: DivPruneParams):
     """DivPrune: greedy max-min diversity selection on the visual tokens (cosine distance)."""
     def select(vision, text, keys):
         n = vision.tokens.shape[1]
-        return [select_diverse(x, p.count(n)) for x in vision.tokens]
+        return list(select_diverse(vision.tokens, p.count(n)))
     return select, False
 
 

@@ -62,22 +62,22 @@ def select_grid(grid: tuple[int, int], k: int) -> torch.Tensor:
 
 
 def select_diverse(features: torch.Tensor, k: int) -> torch.Tensor:
-    """DivPrune's greedy max-min diversity on cosine distance. features [N, C] -> [k] ascending.
+    """DivPrune's greedy max-min diversity on cosine distance. features [B, N, C] -> [B, k] ascending.
 
     Starts from the token farthest from its nearest neighbour, then repeatedly adds the token
     whose distance to the kept set is largest; ties go to the lower index.
     """
-    n = features.shape[0]
+    b, n, _ = features.shape
     k = max(1, min(k, n))
     f = torch.nn.functional.normalize(features.float(), dim=-1)
-    dist = 1 - f @ f.T  # [N, N]
-    first = dist.masked_fill(torch.eye(n, dtype=torch.bool, device=f.device), float("inf")).amin(-1).argmax()
-    chosen = [int(first)]
-    to_set = dist[first].clone()  # each token's distance to the kept set
-    to_set[first] = -float("inf")
-    for _ in range(k - 1):
-        nxt = int(to_set.argmax())
-        chosen.append(nxt)
-        to_set = torch.minimum(to_set, dist[nxt])
-        to_set[chosen] = -float("inf")
-    return torch.tensor(sorted(chosen), dtype=torch.long, device=features.device)
+    dist = 1 - f @ f.transpose(1, 2)  # [B, N, N]
+    eye = torch.eye(n, dtype=torch.bool, device=f.device)
+    rows = torch.arange(b, device=f.device)
+    nxt = dist.masked_fill(eye, float("inf")).amin(-1).argmax(-1)  # [B]; argmax: first maximum
+    chosen = torch.zeros(b, n, dtype=torch.bool, device=f.device)
+    to_set = torch.full((b, n), float("inf"), device=f.device)  # each token's distance to the kept set
+    for _ in range(k):
+        chosen[rows, nxt] = True
+        to_set = torch.minimum(to_set, dist[rows, nxt]).masked_fill(chosen, -float("inf"))
+        nxt = to_set.argmax(-1)
+    return chosen.nonzero()[:, 1].view(b, k)
