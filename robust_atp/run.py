@@ -158,7 +158,7 @@ def summarize(by_key: dict, examples, conditions: list[str], labels: list[str], 
     mean over rows that have one (selection methods on examples with boxes).
 
     `by_key`: the store's predictions keyed by (example id, condition, method)."""
-    rows = []
+    rows, prefill = [], {}
     for cond in conditions:
         corruption, severity = _split_condition(cond)
         text, text_severity = _split_condition(cond, "text:")
@@ -171,17 +171,19 @@ def summarize(by_key: dict, examples, conditions: list[str], labels: list[str], 
                    "kept_tokens": _mean([p.kept for p in preds])}
             row["metrics"] = {m: _mean([p.scores[m] for p in preds]) for m in metrics}
             for key in ("prefill_flops", "vision_flops", "scorer_flops"):
-                mean = _mean([p.extra[key] for p in preds if p.extra.get(key) is not None])
-                row[key.replace("_flops", "_tflops")] = None if mean is None else round(mean / 1e12, 9)
+                xs = [p.extra[key] for p in preds if p.extra.get(key) is not None]
+                row[key.replace("_flops", "_tflops")] = round(sum(xs) / len(xs) / 1e12, 9) if xs else None
+                if key == "prefill_flops" and xs:
+                    prefill[cond, label] = sum(xs) / len(xs)
             row["flops_ratio"] = None  # filled below from the same condition's `full`
             row["object_recall"] = _mean([p.extra["object_recall"] for p in preds
                                           if p.extra.get("object_recall") is not None])
             rows.append(row)
     # mean prefill of a method / mean prefill of `full` under the same condition
-    full = {r["condition"]: r["prefill_tflops"] for r in rows if r["method"] == "full" and r["prefill_tflops"]}
     for r in rows:
-        if r["prefill_tflops"] is not None and r["condition"] in full:
-            r["flops_ratio"] = round(r["prefill_tflops"] / full[r["condition"]], 6)
+        full = prefill.get((r["condition"], "full"))
+        if full and (r["condition"], r["method"]) in prefill:
+            r["flops_ratio"] = round(prefill[r["condition"], r["method"]] / full, 6)
     return rows
 
 
