@@ -49,7 +49,7 @@ def test_vision_tower_flops_match_flop_counter(eager_tiny):
     n = a.num_visual_tokens
     px = torch.randn(1, 3, vc.image_size, vc.image_size)
     tower = a.vision_tower
-    # the tower without its post_layernorm-free last layer: LLaVA reads layer -2, but runs them all
+    # the whole tower runs (LLaVA reads layer -2), then the projector on the patch tokens
     counted = _counted(lambda: a.model.model.multi_modal_projector(tower(px, output_hidden_states=True)
                                                                    .hidden_states[-2][:, 1:]))
     proj = {"in": vc.hidden_size, "out": a.model.config.text_config.hidden_size, "layers": 2}
@@ -89,3 +89,24 @@ def test_object_recall_is_the_kept_share_of_object_patches():
     assert object_recall(torch.tensor([0, 1, 5, 9]), mask) == 0.5
     assert object_recall(torch.arange(16), mask) == 1.0
     assert object_recall(torch.tensor([0]), torch.zeros(16, dtype=torch.bool)) is None
+
+
+def test_results_rows_average_cost_and_recall_and_ratio_to_full():
+    from types import SimpleNamespace
+
+    from robust_atp.run import summarize
+    from robust_atp.store import Prediction
+
+    exs = [SimpleNamespace(id="a"), SimpleNamespace(id="b")]
+    p = lambda ex, m, flops, rec: Prediction(ex, "clean", m, "x", 1.0, {"exact_match": 1.0}, 4,
+                                             extra={"prefill_flops": flops, "object_recall": rec})
+    by = {(e, "clean", m): p(e, m, f, r) for e, m, f, r in [("a", "full", 4e12, 1.0), ("b", "full", 6e12, None),
+                                                              ("a", "tome@0.25", 1e12, None), ("b", "tome@0.25", 2e12, None),
+                                                              ("a", "atp@0.25", 2e12, 0.5), ("b", "atp@0.25", 2e12, 0.25)]}
+    rows = {r["method"]: r for r in summarize(by, exs, ["clean"], ["full", "tome@0.25", "atp@0.25"], ["exact_match"])}
+    assert rows["full"]["prefill_tflops"] == 5.0 and rows["full"]["flops_ratio"] == 1.0
+    assert rows["full"]["object_recall"] == 1.0  # the mean over rows that have one
+    assert rows["tome@0.25"]["flops_ratio"] == 0.3 and rows["tome@0.25"]["object_recall"] is None
+    assert rows["atp@0.25"]["flops_ratio"] == 0.4 and rows["atp@0.25"]["object_recall"] == 0.375
+    no_full = summarize(by, exs, ["clean"], ["atp@0.25"], ["exact_match"])
+    assert no_full[0]["flops_ratio"] is None  # a suite without `full` has no ratio
