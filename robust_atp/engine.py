@@ -25,7 +25,9 @@ from tqdm import tqdm
 
 from .data.base import Example, iter_batches
 from .errors import UserError
+from .measure import row_measurements
 from .metrics import score_all
+from .models.fastv import FastVSpec
 from .perturb.image import ImageCondition, condition_seed, corrupt
 from .perturb.text import TextCondition, perturb_text
 from .store import Prediction, RunStore
@@ -142,24 +144,32 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
 
 
 def _method_rows(m, adapter, vision, text, questions, batch, cname, seed, metrics, done, stats) -> list[Prediction]:
-    """One method on one batch under one condition: select, generate, score."""
+    """One method on one batch under one condition: select (or merge), generate, score, measure."""
     tm = stats.timings
     t = time.perf_counter()
     keys = [f"{seed}/{ex.id}/{m.label}" for ex in batch]
-    keep = m.select(vision, text, keys)
-    tokens = [vision.tokens[i, idx] for i, idx in enumerate(keep)]
+    kept = m.apply(vision, text, keys)
     tm["select"] += time.perf_counter() - t
     t = time.perf_counter()
-    answers = adapter.generate(tokens, questions)
+    tokens = [k.tokens for k in kept]
+    if m.fastv_layer is not None:  # pruned inside the LLM: the adapter reports what it kept
+        spec = FastVSpec(m.fastv_layer, m.fastv_k(vision.tokens.shape[1]))
+        answers = adapter.generate(tokens, questions, fastv=spec)
+        indices = spec.kept
+    else:
+        answers = adapter.generate(tokens, questions)
+        indices = [k.indices for k in kept]
     tm["generate"] += time.perf_counter() - t
     stats.generations += len(batch)
+    n_llm = [len(i) if i is not None else len(k) for i, k in zip(indices, kept)]
+    extras = row_measurements(m, adapter, vision, indices, questions, batch, n_llm, m.fastv_layer)
     rows = []
-    for ex, ans, idx in zip(batch, answers, keep):
+    for ex, ans, idx, n, extra in zip(batch, answers, indices, n_llm, extras):
         if (ex.id, cname, m.label) in done:
             continue
         scores = score_all(metrics, ans, ex.answers)
-        rows.append(Prediction(ex.id, cname, m.label, ans, scores[metrics[0]], scores, len(idx),
-                               kept_indices=tuple(idx.tolist())))
+        rows.append(Prediction(ex.id, cname, m.label, ans, scores[metrics[0]], scores, n,
+                               kept_indices=None if idx is None else tuple(idx.tolist()), extra=extra))
     return rows
 
 
@@ -178,6 +188,5 @@ def _load_image(ex: Example):
 
 @torch.inference_mode()
 def kept_tokens_of(method, vision, text, keys) -> list[torch.Tensor]:
-    """The visual tokens a method hands the LLM: per example [K_i, D]."""
-    keep = method.select(vision, text, keys)
-    return [vision.tokens[i, idx] for i, idx in enumerate(keep)]
+    """The visual tokens a method hands the LLM: per example [K_i, D] (selected or merged)."""
+    return [k.tokens for k in method.apply(vision, text, keys)]

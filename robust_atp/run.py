@@ -171,10 +171,15 @@ def summarize(by_key: dict, examples, conditions: list[str], labels: list[str], 
     `by_key`: the store's predictions keyed by (example id, condition, method). `metrics` holds
     each metric's mean over rows, or its group-level value where `metrics.aggregate` gives one;
     `breakdown` (when present) holds per answer / question type, GQA-OOD head / tail / all,
-    CS(k) and captioning scores."""
+    CS(k) and captioning scores.
+
+    Cost columns are means over the rows' `extra` (see `measure`): `prefill_tflops`,
+    `vision_tflops`, `scorer_tflops`, and `flops_ratio` = mean prefill / mean prefill of the
+    method labelled `full` under the same condition (None without one). `object_recall` is the
+    mean over rows that have one (selection methods on examples with boxes)."""
     from .metrics import aggregate
 
-    rows = []
+    rows, prefill = [], {}
     for cond in conditions:
         corruption, severity = _split_condition(cond)
         text, text_severity = _split_condition(cond, "text:")
@@ -190,7 +195,20 @@ def summarize(by_key: dict, examples, conditions: list[str], labels: list[str], 
             row["metrics"].update(group["metrics"])  # group-level values (corpus CIDEr-D, balanced GQA)
             if group["breakdown"]:
                 row["breakdown"] = group["breakdown"]
+            for key in ("prefill_flops", "vision_flops", "scorer_flops"):
+                xs = [p.extra[key] for p in preds if p.extra.get(key) is not None]
+                row[key.replace("_flops", "_tflops")] = round(sum(xs) / len(xs) / 1e12, 9) if xs else None
+                if key == "prefill_flops" and xs:
+                    prefill[cond, label] = sum(xs) / len(xs)
+            row["flops_ratio"] = None  # filled below from the same condition's `full`
+            row["object_recall"] = _mean([p.extra["object_recall"] for p in preds
+                                          if p.extra.get("object_recall") is not None])
             rows.append(row)
+    # mean prefill of a method / mean prefill of `full` under the same condition
+    for r in rows:
+        full = prefill.get((r["condition"], "full"))
+        if full and (r["condition"], r["method"]) in prefill:
+            r["flops_ratio"] = round(prefill[r["condition"], r["method"]] / full, 6)
     return rows
 
 
@@ -258,7 +276,8 @@ def _git_commit() -> str | None:
 
 
 def format_summary(rows: list[dict], labels: list[str]) -> str:
-    """Per method: clean accuracy, mean over corruptions at each severity, and the gap to `full`."""
+    """Per method: clean accuracy, mean over corruptions at each severity, the gap to `full`,
+    the prefill FLOPs ratio and the object recall."""
     by = defaultdict(list)
     for r in rows:  # image conditions with the clean question (text conditions are not in this table)
         if r["accuracy"] is not None and not r.get("text"):
@@ -267,6 +286,7 @@ def format_summary(rows: list[dict], labels: list[str]) -> str:
     ref = labels[0]
     head = ["method", "tokens", "clean"] + [f"sev{s}" for s in severities] + (["corrupted", "d_clean", "d_corrupt"]
                                                                               if severities else ["d_clean"])
+    head += ["flops", "recall"]
     lines = []
     for label in labels:
         clean = by.get((label, 0), [])
@@ -283,11 +303,16 @@ def format_summary(rows: list[dict], labels: list[str]) -> str:
             cells += [d_clean, _delta(by, label, ref, severities)]
         else:
             cells.append(d_clean)
+        ratio = _mean([r["flops_ratio"] for r in clean if r.get("flops_ratio") is not None])
+        recall = _mean([r["object_recall"] for r in clean if r.get("object_recall") is not None])
+        cells += ["-" if ratio is None else f"{ratio:.3f}", _pct(recall)]
         lines.append(cells)
     widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
     fmt = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     note = (f"accuracy in %; sevN = mean over corruptions at severity N; d_* = method - {ref} in points"
             if severities else f"accuracy in %; d_clean = method - {ref} in points")
+    note += ("\nflops = LLM prefill FLOPs / full's (clean); recall = % of the patches covering the objects a "
+             "question names that the method kept (clean; selection methods only)")
     return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(c) for c in lines] + [note])
 
 

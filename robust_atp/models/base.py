@@ -20,6 +20,7 @@ class VisionOutput:
     clip_patches: [B, N, P]     patches in the CLIP joint space (post_layernorm + visual_projection)
     vit_features: [B, N, C]     the ViT features the projector reads (for merging methods)
     grid:         (rows, cols)  the patch grid, rows * cols == N
+    image_sizes:  B (width, height) of the input images, before the processor's resize / crop
     """
 
     tokens: torch.Tensor
@@ -27,6 +28,7 @@ class VisionOutput:
     clip_patches: torch.Tensor
     vit_features: torch.Tensor
     grid: tuple[int, int]
+    image_sizes: list[tuple[int, int]] | None = None
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -41,8 +43,18 @@ class Adapter(Protocol):
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         """CLIP text embeddings [B, P]."""
 
-    def generate(self, visual_tokens: list[torch.Tensor], questions: list[str]) -> list[str]:
-        """Greedy answers; example i's LLM sees exactly visual_tokens[i] ([K_i, D]) in place of the image."""
+    def generate(self, visual_tokens: list[torch.Tensor], questions: list[str], fastv=None) -> list[str]:
+        """Greedy answers; example i's LLM sees exactly visual_tokens[i] ([K_i, D]) in place of the image.
+        fastv: a `FastVSpec` to drop visual tokens inside the LLM (fills in `fastv.kept`)."""
+
+    def prompt_length(self, question: str) -> int:
+        """Text tokens of the prompt around the image (the LLM sees these plus the visual tokens)."""
+
+    def patch_geometry(self) -> dict:
+        """How an image reaches the patch grid: {'shortest_edge': S, 'crop': (h, w), 'grid': (rows, cols)}."""
+
+    def cost_configs(self) -> dict:
+        """Configs the cost model reads: {'llm': text config, 'vision': vision config, 'clip_text': ... | None}."""
 
 
 _ADAPTERS: dict[str, Callable] = {}

@@ -14,6 +14,7 @@ from PIL import Image
 from ..errors import UserError
 from ..perturb.image import to_rgb
 from .base import VisionOutput, register_adapter, resolve_checkpoint
+from .fastv import FastVHooks
 
 
 def pick_device(name: str) -> torch.device:
@@ -146,7 +147,24 @@ class LlavaAdapter:
         else:
             clip_patches = torch.empty(tokens.shape[0], tokens.shape[1], 0, device=self.device)
         return VisionOutput(tokens=tokens, cls_attn=cls_attn, clip_patches=clip_patches, vit_features=feats,
-                            grid=self.grid)
+                            grid=self.grid, image_sizes=[im.size for im in images])
+
+    def patch_geometry(self) -> dict:
+        """CLIPImageProcessor: resize the shortest edge to S, centre-crop (h, w), cut into the grid."""
+        ip = self.processor.image_processor
+        get = lambda d, k: d.get(k) if isinstance(d, dict) else getattr(d, k, None)  # dict or SizeDict
+        s = get(ip.size, "shortest_edge") or min(get(ip.size, "height"), get(ip.size, "width"))
+        crop = ip.crop_size if getattr(ip, "do_center_crop", True) else None
+        h, w = (get(crop, "height"), get(crop, "width")) if crop is not None else (s, s)
+        return {"shortest_edge": int(s), "crop": (int(h), int(w)), "grid": self.grid}
+
+    def cost_configs(self) -> dict:
+        mc = self.model.config
+        return {"llm": mc.text_config, "vision": mc.vision_config,
+                "projector": {"in": mc.vision_config.hidden_size, "out": mc.text_config.hidden_size,
+                              "layers": 2},
+                "clip_text": self.clip.config.text_config if self.clip is not None else None,
+                "clip_projection": self.clip.config.projection_dim if self.clip is not None else None}
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
@@ -183,8 +201,12 @@ class LlavaAdapter:
             rows.append(torch.cat([before, torch.full((n_visual,), self.image_token_id), after]))
         return _left_pad(rows, self.pad_token_id)
 
+    def prompt_length(self, question: str) -> int:
+        before, after = self.prompt_ids(question)
+        return len(before) + len(after)
+
     @torch.inference_mode()
-    def generate(self, visual_tokens: list[torch.Tensor], questions: list[str]) -> list[str]:
+    def generate(self, visual_tokens: list[torch.Tensor], questions: list[str], fastv=None) -> list[str]:
         embed = self.model.get_input_embeddings()
         seqs = []
         for toks, q in zip(visual_tokens, questions):
@@ -195,7 +217,14 @@ class LlavaAdapter:
         inputs = torch.stack([torch.cat([pad.expand(length - len(s), -1), s]) for s in seqs])
         mask = torch.stack([torch.cat([torch.zeros(length - len(s), dtype=torch.long),
                                        torch.ones(len(s), dtype=torch.long)]) for s in seqs]).to(self.device)
-        out = self.model.generate(inputs_embeds=inputs, attention_mask=mask, generation_config=self.generation_config)
+        if fastv is None:
+            out = self.model.generate(inputs_embeds=inputs, attention_mask=mask, generation_config=self.generation_config)
+        else:
+            pads = [length - len(s) for s in seqs]
+            spans = [(p + len(self.prompt_ids(q)[0]), len(t)) for p, q, t in zip(pads, questions, visual_tokens)]
+            with FastVHooks(list(self.model.model.language_model.layers), fastv, spans, pads):
+                out = self.model.generate(inputs_embeds=inputs, attention_mask=mask,
+                                          generation_config=self.generation_config)
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
 

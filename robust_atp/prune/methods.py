@@ -9,7 +9,10 @@ model code):
     text                 [B, P]        CLIP text embeddings (only for methods with needs_text)
     keys                 B strings     per-example seed keys (suite seed, example id, label)
 
-and returns, per example, the kept indices into the N tokens: unique, ascending.
+A selection method returns, per example, the kept indices into the N tokens (unique,
+ascending); a merging method returns, per example, a `Kept` (new tokens + the number of
+tokens each stands for). `Method.apply` gives both as `Kept`. FastV (`inside_llm`) keeps every
+token here and asks the adapter to drop tokens inside the LLM.
 """
 from __future__ import annotations
 
@@ -21,27 +24,50 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import SuiteError
 from ..seeding import stable_seed
+from .merge import Kept
 from .scores import atp_scores, clip_relevance, cls_attention
 from .select import budget, select_adaptive, select_topk
 
 Selector = Callable[[object, "torch.Tensor | None", list[str]], list[torch.Tensor]]
+Merger = Callable[[object, "torch.Tensor | None", list[str]], list[Kept]]
 
 
 @dataclass(frozen=True)
 class Method:
+    """`select` (indices) for selection methods, `merge` (Kept) for merging ones; `fastv_layer`
+    is set for a method that prunes inside the LLM after that decoder layer."""
+
     name: str
     label: str
     needs_text: bool
-    select: Selector
+    select: Selector | None
     settings: dict
+    merge: Merger | None = None
+    fastv_layer: int | None = None
+
+    @property
+    def merges(self) -> bool:
+        return self.merge is not None
+
+    def apply(self, vision, text, keys) -> list[Kept]:
+        """The tokens handed to the LLM, per example."""
+        if self.merge is not None:
+            return self.merge(vision, text, keys)
+        return [Kept.select(vision.tokens[i], idx) for i, idx in enumerate(self.select(vision, text, keys))]
+
+    def fastv_k(self, n: int) -> int:
+        """Visual tokens FastV keeps after `fastv_layer`, out of n."""
+        return budget(n, self.settings.get("keep"), self.settings.get("k"))
 
 
-_REGISTRY: dict[str, tuple[type[BaseModel], Callable[[BaseModel], tuple[Selector, bool]]]] = {}
+_REGISTRY: dict[str, tuple[type[BaseModel], Callable, str]] = {}
 
 
-def register_method(name: str, params: type[BaseModel]):
+def register_method(name: str, params: type[BaseModel], kind: str = "select"):
+    """kind: 'select' (factory returns (select, needs_text)), 'merge' (returns (merge,
+    needs_text)) or 'llm' (returns (select, needs_text); the params carry `layer`)."""
     def deco(factory):
-        _REGISTRY[name] = (params, factory)
+        _REGISTRY[name] = (params, factory, kind)
         return factory
     return deco
 
@@ -216,7 +242,7 @@ def validate_method(cfg) -> Method:
         near = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
         hint = f" (did you mean '{near[0]}'?)" if near else ""
         raise SuiteError(f".name: unknown method {name!r}{hint}; known: {', '.join(method_names())}")
-    schema, factory = _REGISTRY[name]
+    schema, factory, kind = _REGISTRY[name]
     try:
         params = schema.model_validate(raw)
     except ValidationError as e:
@@ -225,6 +251,10 @@ def validate_method(cfg) -> Method:
         field_and_msg = line[2:]
         raise SuiteError("." + field_and_msg if not field_and_msg.startswith("<root>") else
                          ": " + field_and_msg.split(": ", 1)[1]) from None
-    select, needs_text = factory(params)
-    return Method(name=name, label=_label(name, params), needs_text=needs_text, select=select,
-                  settings=params.model_dump())
+    fn, needs_text = factory(params)
+    return Method(name=name, label=_label(name, params), needs_text=needs_text,
+                  select=None if kind == "merge" else fn, settings=params.model_dump(),
+                  merge=fn if kind == "merge" else None, fastv_layer=params.layer if kind == "llm" else None)
+
+
+from . import peers  # noqa: E402,F401  (registers the peer methods)

@@ -44,3 +44,40 @@ def select_adaptive(scores: torch.Tensor, mass: float, k_min: int = 1, k_max: in
     k = torch.where(total.squeeze(-1) > 0, reached.float().argmax(-1) + 1, torch.full_like(total.squeeze(-1), k_min).long())
     k = k.clamp(min=k_min, max=k_max)
     return [order[b, : int(k[b])].sort().values for b in range(scores.shape[0])]
+
+
+def select_grid(grid: tuple[int, int], k: int) -> torch.Tensor:
+    """k patches spread evenly over a rows x cols grid: ceil(sqrt(k * rows / cols)) evenly spaced
+    rows, each holding an even share of the k patches at evenly spaced columns (cell centres).
+    Returns [k] row-major indices, ascending, unique."""
+    rows, cols = grid
+    k = max(1, min(k, rows * cols))
+    r = min(rows, math.ceil(math.sqrt(k * rows / cols)))
+    out = []
+    for t in range(r):
+        row = (2 * t + 1) * rows // (2 * r)
+        c = (t + 1) * k // r - t * k // r  # this row's share; the shares sum to k
+        out += [row * cols + (2 * j + 1) * cols // (2 * c) for j in range(c)]
+    return torch.tensor(out, dtype=torch.long)
+
+
+def select_diverse(features: torch.Tensor, k: int) -> torch.Tensor:
+    """DivPrune's greedy max-min diversity on cosine distance. features [B, N, C] -> [B, k] ascending.
+
+    Starts from the token farthest from its nearest neighbour, then repeatedly adds the token
+    whose distance to the kept set is largest; ties go to the lower index.
+    """
+    b, n, _ = features.shape
+    k = max(1, min(k, n))
+    f = torch.nn.functional.normalize(features.float(), dim=-1)
+    dist = 1 - f @ f.transpose(1, 2)  # [B, N, N]
+    eye = torch.eye(n, dtype=torch.bool, device=f.device)
+    rows = torch.arange(b, device=f.device)
+    nxt = dist.masked_fill(eye, float("inf")).amin(-1).argmax(-1)  # [B]; argmax: first maximum
+    chosen = torch.zeros(b, n, dtype=torch.bool, device=f.device)
+    to_set = torch.full((b, n), float("inf"), device=f.device)  # each token's distance to the kept set
+    for _ in range(k):
+        chosen[rows, nxt] = True
+        to_set = torch.minimum(to_set, dist[rows, nxt]).masked_fill(chosen, -float("inf"))
+        nxt = to_set.argmax(-1)
+    return chosen.nonzero()[:, 1].view(b, k)

@@ -1,0 +1,58 @@
+"""Every registered method through the engine (CLI) on the demo model and on a tiny random
+LlavaConfig model: rows carry kept tokens, FLOPs ratio and object recall as documented."""
+import json
+import textwrap
+
+import pytest
+
+from robust_atp.prune.methods import method_names
+from robust_atp.run import main
+
+MERGING = {"pool", "tome", "visionzip"}
+
+
+def _suite(tmp_path, checkpoint, clip):
+    methods = ["{name: full}", "{name: fastv, keep: 1.0}"] + [
+        f"{{name: {m}, keep: 0.25}}" for m in method_names() if m != "full"]
+    p = tmp_path / "all.yaml"
+    p.write_text(textwrap.dedent(f"""
+        name: all_methods
+        dataset: {{loader: shapes, split: val, limit: 4}}
+        model: {{checkpoint: "{checkpoint}", clip: "{clip}", generation: {{max_new_tokens: 3}}}}
+        methods: [{", ".join(methods)}]
+        batch_size: 4
+    """))
+    return p
+
+
+@pytest.mark.parametrize("model", ["demo", "tiny"])
+def test_every_method_runs_through_the_engine(model, tmp_path, request):
+    if model == "demo":
+        ckpt, clip, n = "zoo:shapes_vlm/llava", "zoo:shapes_vlm/clip", 144
+    else:
+        tiny = request.getfixturevalue("tiny_dir")
+        ckpt, clip, n = tiny / "llava", tiny / "clip", 36
+    run = tmp_path / "run"
+    assert main([str(_suite(tmp_path, ckpt, clip)), "--out", str(run), "--no-progress"]) == 0
+    rows = {r["method"]: r for r in json.loads((run / "results.json").read_text())["rows"]}
+    assert set(rows) == {"full", "fastv@1"} | {f"{m}@0.25" for m in method_names() if m != "full"}
+    full = rows["full"]
+    assert full["flops_ratio"] == 1.0 and full["object_recall"] == 1.0 and full["prefill_tflops"] > 0
+    assert rows["fastv@1"]["accuracy"] == full["accuracy"] and rows["fastv@1"]["flops_ratio"] == 1.0
+    for name in method_names():
+        if name == "full":
+            continue
+        r = rows[f"{name}@0.25"]
+        assert r["n"] == 4 and 0 <= r["accuracy"] <= 1
+        if name != "pool":
+            assert r["kept_tokens"] == n // 4
+        if name == "fastv":  # the tiny LLM has 2 layers: a cut after layer 1 (the default) saves nothing
+            assert r["flops_ratio"] < 1.0 if model == "demo" else r["flops_ratio"] == 1.0
+        else:
+            assert r["flops_ratio"] < 0.5
+        assert (r["object_recall"] is None) == (name in MERGING)
+    samples = [json.loads(s) for s in (run / "samples.jsonl").read_text().splitlines()]
+    for s in samples:
+        name = s["method"].split("@")[0]
+        assert (s["kept_indices"] is None) == (name in MERGING)
+        assert s["prefill_flops"] > 0 and s["vision_flops"] > 0
