@@ -92,12 +92,11 @@ def test_object_recall_is_the_kept_share_of_object_patches():
 
 
 def test_results_rows_average_cost_and_recall_and_ratio_to_full():
-    from types import SimpleNamespace
-
+    from robust_atp.data.base import Example
     from robust_atp.run import summarize
     from robust_atp.store import Prediction
 
-    exs = [SimpleNamespace(id="a"), SimpleNamespace(id="b")]
+    exs = [Example(id=i, image_id=i, image=None, question="q", answers=("x",)) for i in ("a", "b")]
     p = lambda ex, m, flops, rec: Prediction(ex, "clean", m, "x", 1.0, {"exact_match": 1.0}, 4,
                                              extra={"prefill_flops": flops, "object_recall": rec})
     by = {(e, "clean", m): p(e, m, f, r) for e, m, f, r in [("a", "full", 4e12, 1.0), ("b", "full", 6e12, None),
