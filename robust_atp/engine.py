@@ -2,7 +2,8 @@
 
     for each batch of examples:
       for each image condition (clean, corruption x severity) with rows still missing:
-        images_c = perturb(images, c)                 seeded by (suite seed, example id, condition)
+        images_c = perturb(images, c)                 seeded by (suite seed, example id, condition);
+                                                      read from the corruption cache when there
         vision = adapter.encode_images(images_c)      ONCE, shared by every method and text condition
         for each text condition t on this image (clean question, perturbation x severity):
           questions_t = perturb(questions, t)         seeded by (suite seed, example id, t)

@@ -183,3 +183,19 @@ def test_preview_writes_a_corruption_by_severity_grid(tmp_path, shapes_examples)
     assert preview(["--corruption", "all", "--image", str(src), "--out", str(out_all), "--resolution", "64"]) == 0
     assert Image.open(out_all).size[1] > 20 * CELL
     assert preview(["--corruption", "fogg", "--image", str(src), "--out", str(out)]) == 2
+
+
+def test_resolution_is_a_validated_part_of_the_config_hash():
+    from pathlib import Path
+
+    from robust_atp.errors import SuiteError
+    from robust_atp.suite import load_suite
+
+    demo = Path(__file__).resolve().parents[1] / "suites" / "demo.yaml"
+    native = load_suite(demo)
+    assert native.perturbations.image.resolution is None
+    assert "resolution" not in json.dumps(native.model_dump(mode="json")["perturbations"]["text"])
+    at224 = load_suite(demo, {"perturbations.image.resolution": 224})
+    assert at224.config_hash() != native.config_hash()
+    with pytest.raises(SuiteError, match=r"perturbations\.image\.resolution: .*greater than or equal to 32"):
+        load_suite(demo, {"perturbations.image.resolution": 16})
