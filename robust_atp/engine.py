@@ -2,7 +2,8 @@
 
     for each batch of examples:
       for each image condition (clean, corruption x severity) with rows still missing:
-        images_c = perturb(images, c)                 seeded by (suite seed, example id, condition)
+        images_c = perturb(images, c)                 seeded by (suite seed, example id, condition);
+                                                      read from the corruption cache when there
         vision = adapter.encode_images(images_c)      ONCE, shared by every method and text condition
         for each text condition t on this image (clean question, perturbation x severity):
           questions_t = perturb(questions, t)         seeded by (suite seed, example id, t)
@@ -28,7 +29,8 @@ from .errors import UserError
 from .measure import row_measurements
 from .metrics import score_all
 from .models.fastv import FastVSpec
-from .perturb.image import ImageCondition, condition_seed, corrupt
+from .perturb.cache import CorruptionCache
+from .perturb.image import ImageCondition, canonicalize, condition_seed
 from .perturb.text import TextCondition, perturb_text
 from .store import Prediction, RunStore
 
@@ -41,6 +43,8 @@ class EngineStats:
     units_run: int = 0
     vision_passes: int = 0
     generations: int = 0
+    corruption_hits: int = 0  # corrupted images read from the cache
+    corruption_computed: int = 0  # corrupted images computed now
     seconds: float = 0.0
     timings: dict = field(default_factory=lambda: {"load": 0.0, "perturb": 0.0, "vision": 0.0, "text": 0.0,
                                                    "select": 0.0, "generate": 0.0})
@@ -75,7 +79,8 @@ def condition_names(image_conditions: list[ImageCondition], include_clean: bool 
 def run_engine(*, examples: list[Example], methods: list, image_conditions: list[ImageCondition],
                adapter_factory: Callable[[], object], store: RunStore, seed: int, metrics: list[str],
                batch_size: int, include_clean: bool = True, progress: bool = True,
-               text_conditions: list[TextCondition] = (), cross: bool = False) -> EngineStats:
+               text_conditions: list[TextCondition] = (), cross: bool = False, resolution: int | None = None,
+               cache: CorruptionCache | None = None) -> EngineStats:
     t0 = time.perf_counter()
     stats = EngineStats()
     conds = condition_plan(image_conditions, text_conditions, include_clean, cross)
@@ -93,6 +98,7 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
         return stats
 
     adapter = adapter_factory()
+    cache = cache if cache is not None else CorruptionCache()
     text_kinds = sorted({m.settings.get("text", "question") for m in methods if m.needs_text})
     bar = tqdm(total=len(plan), desc="evaluating", unit="unit", disable=not progress, dynamic_ncols=True)
     by_batch: dict[int, list] = {}
@@ -108,8 +114,14 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
         for image_cond, text_conds in todo:
             t = time.perf_counter()
             iname = CLEAN if image_cond is None else image_cond.name
-            imgs = images if image_cond is None else [
-                corrupt(im, image_cond, condition_seed(seed, ex.id, iname)) for im, ex in zip(images, batch)]
+            if image_cond is None:
+                imgs = [canonicalize(im, resolution) for im in images]
+            else:
+                hits = cache.hits
+                imgs = [cache.get(im, image_cond, condition_seed(seed, ex.id, iname), resolution)[0]
+                        for im, ex in zip(images, batch)]
+                stats.corruption_hits += cache.hits - hits
+                stats.corruption_computed += len(imgs) - (cache.hits - hits)
             tm["perturb"] += time.perf_counter() - t
             t = time.perf_counter()
             vision = adapter.encode_images(imgs)

@@ -37,6 +37,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--no-report", action="store_true", help="skip report.html / report.pdf / plots/")
     ap.add_argument("--check", action="store_true",
                     help="validate the suite, look for its data and print the plan; loads no weights")
+    ap.add_argument("--no-cache", action="store_true",
+                    help="compute every corrupted image; read and write no corruption cache "
+                         "(default cache: $ROBUST_ATP_CACHE or ~/.cache/robust_atp/corruptions)")
     return ap.parse_args(argv)
 
 
@@ -70,11 +73,11 @@ def _run(args) -> int:
         return check_suite(suite, Path(args.suite))
     run_dir = args.out or Path("reports") / suite.name
     return execute(suite, Path(args.suite), run_dir, fresh=args.fresh, progress=not args.no_progress,
-                   report=not args.no_report)
+                   report=not args.no_report, use_cache=not args.no_cache)
 
 
 def execute(suite, suite_path: Path, run_dir: Path, fresh: bool = False, progress: bool = True,
-            report: bool = True) -> int:
+            report: bool = True, use_cache: bool = True) -> int:
     import torch
     from transformers.utils import logging as hf_logging
 
@@ -82,6 +85,7 @@ def execute(suite, suite_path: Path, run_dir: Path, fresh: bool = False, progres
 
     from .engine import condition_names, run_engine
     from .models.base import load_adapter
+    from .perturb.cache import CorruptionCache
     from .perturb.image import resolve_image_conditions
     from .perturb.text import resolve_text_conditions
     from .prune.methods import validate_method
@@ -92,6 +96,8 @@ def execute(suite, suite_path: Path, run_dir: Path, fresh: bool = False, progres
     image_conditions = resolve_image_conditions(suite.perturbations.image)
     text_conditions = resolve_text_conditions(suite.perturbations.text)
     cross = suite.perturbations.cross
+    resolution = suite.perturbations.image.resolution if suite.perturbations.image else None
+    cache = CorruptionCache(enabled=use_cache)
     examples = _load_dataset(suite, suite_path)
     _prepare_dir(run_dir, fresh)
     store = RunStore(run_dir / STORE)
@@ -103,18 +109,20 @@ def execute(suite, suite_path: Path, run_dir: Path, fresh: bool = False, progres
     stats = run_engine(examples=examples, methods=methods, image_conditions=image_conditions,
                        adapter_factory=lambda: load_adapter(suite.model), store=store, seed=suite.seed,
                        metrics=suite.metrics, batch_size=suite.batch_size, include_clean=suite.include_clean,
-                       progress=progress, text_conditions=text_conditions, cross=cross)
+                       progress=progress, text_conditions=text_conditions, cross=cross,
+                       resolution=resolution, cache=cache)
     conditions = condition_names(image_conditions, suite.include_clean, text_conditions, cross)
     labels = [m.label for m in methods]
     by_key = {(p.example_id, p.condition, p.method): p for p in store.rows()}  # read the store once
     store.close()
     rows = summarize(by_key, examples, conditions, labels, suite.metrics)
-    manifest = build_manifest(suite, suite_path, examples, conditions, methods, stats)
+    manifest = build_manifest(suite, suite_path, examples, conditions, methods, stats, cache)
     _write_atomic(run_dir / RESULTS, json.dumps({"manifest": manifest, "rows": rows}, indent=2) + "\n")
     _write_atomic(run_dir / SAMPLES, "".join(json.dumps(s) + "\n" for s in samples(by_key, examples, conditions, labels)))
     print(format_summary(rows, labels))
     print(f"\nwrote {run_dir / RESULTS} and {run_dir / SAMPLES} ({stats.units_run} of {stats.units_total} units "
-          f"computed now, {stats.seconds:.1f}s)", file=sys.stderr)
+          f"computed now, {stats.seconds:.1f}s; corrupted images: {stats.corruption_computed} computed, "
+          f"{stats.corruption_hits} from the cache{f' {cache.root}' if use_cache else ' (off)'})", file=sys.stderr)
     if report and suite.report.formats:
         from .report.html import build_report
 
@@ -239,11 +247,12 @@ def _mean(xs):
     return round(sum(xs) / len(xs), 6) if xs else None
 
 
-def build_manifest(suite, suite_path: Path, examples, conditions, methods, stats) -> dict:
+def build_manifest(suite, suite_path: Path, examples, conditions, methods, stats, cache=None) -> dict:
     from importlib import metadata
 
     versions = {"python": sys.version.split()[0]}
-    for dist in ("robust_atp", "torch", "transformers", "numpy", "imagecorruptions-imaug", "pillow", "pydantic"):
+    for dist in ("robust_atp", "torch", "transformers", "numpy", "imagecorruptions-imaug", "nlpaug", "nltk", "pillow",
+                 "pydantic"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -262,7 +271,9 @@ def build_manifest(suite, suite_path: Path, examples, conditions, methods, stats
         "config": suite.model_dump(mode="json"),
         "engine": {"units_total": stats.units_total, "units_run": stats.units_run,
                    "vision_passes": stats.vision_passes, "generations": stats.generations,
-                   "seconds": round(stats.seconds, 2), "timings": {k: round(v, 2) for k, v in stats.timings.items()}},
+                   "seconds": round(stats.seconds, 2), "timings": {k: round(v, 2) for k, v in stats.timings.items()},
+                   "corruption_cache": {"hits": stats.corruption_hits, "computed": stats.corruption_computed,
+                                        "root": str(cache.root) if cache is not None and cache.enabled else None}},
     }
 
 

@@ -74,6 +74,9 @@ class ImagePerturbCfg(Strict):
     preset: str | None = None
     corruptions: list[str] | None = None
     severities: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
+    # resize the shorter side to this and centre-crop a square before corrupting (clean too);
+    # None: native size. Corruption kernels are in pixels, so this fixes what a severity means.
+    resolution: int | None = Field(default=None, ge=32, le=4096)
 
     @field_validator("severities")
     @classmethod
@@ -148,6 +151,9 @@ class Suite(Strict):
         d.pop("report")
         d["dataset"].pop("limit")
         d["model"].pop("device")
+        image = d["perturbations"].get("image")
+        if image and image.get("resolution") is None:
+            image.pop("resolution")  # suites that predate the option keep their hash
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

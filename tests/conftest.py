@@ -1,8 +1,14 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
 
+if "ROBUST_ATP_CACHE" not in os.environ:  # corrupted images of test runs stay out of ~/.cache
+    os.environ["ROBUST_ATP_CACHE"] = tempfile.mkdtemp(prefix="robust_atp_cache_")
+    atexit.register(shutil.rmtree, os.environ["ROBUST_ATP_CACHE"], True)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -1,15 +1,25 @@
 """ImageNet-C-style image corruptions, seeded per (suite seed, example, condition).
 
-The `imagecorruptions` module (from the imagecorruptions-imaug distribution) draws most of
-its noise from NumPy's global generator; glass_blur draws inside numba and impulse_noise
-builds its own generator unless given `seed=`. So each call runs under one lock, with the
-global generator reseeded from the condition's seed and `seed=` passed where the function
-takes it: the output depends on (seed, example, condition) only, never on call order.
+All 19 corruptions of the `imagecorruptions` module (from the imagecorruptions-imaug
+distribution: the 15 common ones and the 4 extra speckle_noise, gaussian_blur, spatter,
+saturate) plus `occlusion` (grey squares covering a graded share of the image), at
+severities 1-5.
+
+Determinism: the module draws most of its noise from NumPy's global generator; glass_blur
+draws inside numba (its own generator, seeded from `seed=`) and impulse_noise builds a fresh
+unseeded generator unless given `seed=`. So each call runs under `seeded_global_rngs` (one
+lock, the global generators seeded from the condition's seed, then restored) and `seed=` is
+passed where the function takes it: the output depends on (image, condition, seed, resolution)
+only, never on call order, batch or process.
+
+Resolution: blur radii and noise grains are in absolute pixels, so a severity means more on a
+small image than on a large one. `resolution: R` resizes the shorter side to R (bicubic) and
+centre-crops R x R before corrupting (the clean image too), as ImageNet-C fixed its images at
+224; `None` keeps the native size, which must be at least 32 px a side.
 """
 from __future__ import annotations
 
 import inspect
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,15 +28,23 @@ import yaml
 from PIL import Image
 
 from ..errors import SuiteError
-from ..seeding import stable_seed
+from ..seeding import seeded_global_rngs, stable_seed
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "corruptions"
-_LOCK = threading.Lock()
 MIN_SIDE = 32  # the library's floor: its kernels assume at least this many pixels
+OCCLUSION_SHARE = (0.05, 0.10, 0.20, 0.30, 0.40)  # of the pixels, per severity
+OCCLUSION_GREY = 128
 
 
 def corruption_names(subset: str = "all") -> list[str]:
+    """"common" (the 15 of ImageNet-C), "extra" (its 4 held-out ones), "occlusion", or "all"."""
     from imagecorruptions import get_corruption_names
+    if subset == "all":
+        return get_corruption_names("all") + ["occlusion"]
+    if subset == "extra":
+        return get_corruption_names("validation")
+    if subset == "occlusion":
+        return ["occlusion"]
     return get_corruption_names(subset)
 
 
@@ -93,22 +111,54 @@ def condition_seed(suite_seed: int, example_id: str, condition: str) -> int:
     return stable_seed(suite_seed, example_id, condition)
 
 
+def canonicalize(img: Image.Image, resolution: int | None) -> Image.Image:
+    """RGB; with a resolution, the shorter side resized to it (bicubic) and the centre cropped
+    to resolution x resolution."""
+    rgb = to_rgb(img)
+    if resolution is None or rgb.size == (resolution, resolution):
+        return rgb
+    w, h = rgb.size
+    scale = resolution / min(w, h)
+    nw, nh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
+    rgb = rgb.resize((nw, nh), Image.BICUBIC)
+    left, top = (nw - resolution) // 2, (nh - resolution) // 2
+    return rgb.crop((left, top, left + resolution, top + resolution))
+
+
+def occlusion(img: Image.Image, severity: int, seed: int) -> np.ndarray:
+    """Grey squares (side: an eighth of the shorter side) dropped uniformly at random until
+    they cover OCCLUSION_SHARE[severity - 1] of the pixels (overshooting by under one square)."""
+    arr = np.array(img, dtype=np.uint8)
+    h, w = arr.shape[:2]
+    side = max(2, round(min(h, w) / 8))
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((h, w), dtype=bool)
+    target = OCCLUSION_SHARE[severity - 1] * h * w
+    while mask.sum() < target:
+        y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+        mask[y:y + side, x:x + side] = True
+    arr[mask] = OCCLUSION_GREY
+    return arr
+
+
 _TAKES_SEED: dict[str, bool] = {}
 
 
-def corrupt(img: Image.Image, cond: ImageCondition, seed: int) -> Image.Image:
-    """The corrupted RGB image; depends on (image, condition, seed) only."""
+def corrupt(img: Image.Image, cond: ImageCondition, seed: int, resolution: int | None = None) -> Image.Image:
+    """The corrupted RGB image; depends on (image, condition, seed, resolution) only."""
+    rgb = canonicalize(img, resolution)
+    if min(rgb.size) < MIN_SIDE:
+        raise ValueError(f"image is {rgb.size[0]}x{rgb.size[1]} px; corruptions need at least {MIN_SIDE} px a side "
+                         f"(or set perturbations.image.resolution to resize every image first)")
+    if cond.corruption == "occlusion":
+        return Image.fromarray(occlusion(rgb, cond.severity, seed), "RGB")
     from imagecorruptions import corruption_dict
 
-    rgb = to_rgb(img)
-    if min(rgb.size) < MIN_SIDE:
-        raise ValueError(f"image is {rgb.size[0]}x{rgb.size[1]} px; corruptions need at least {MIN_SIDE} px a side")
     fn = corruption_dict[cond.corruption]
     if cond.corruption not in _TAKES_SEED:
         _TAKES_SEED[cond.corruption] = "seed" in inspect.signature(fn).parameters
     kwargs = {"seed": seed % 2**32} if _TAKES_SEED[cond.corruption] else {}
-    with _LOCK:
-        np.random.seed(seed % 2**32)
+    with seeded_global_rngs(seed):
         out = fn(rgb, cond.severity, **kwargs)
     arr = np.asarray(out)
     if arr.ndim == 2:
