@@ -31,7 +31,7 @@ def test_real_suite_checks(name, capsys, monkeypatch, tmp_path):
     assert "llava-hf/llava-1.5-7b-hf (hub id" in out
     assert "plan: " in out and "conditions" in out and "methods" in out
     if name == "vqa_c":
-        assert "hub dataset 'lmms-lab/VQAv2'" in out and "conditions (46)" in out and "methods (6)" in out
+        assert "hub dataset 'lmms-lab/VQAv2'" in out and "conditions (64)" in out and "methods (9)" in out
     else:
         assert "not found here: dataset.source:" in out and "download from http" in out
         assert "The configuration is valid" in out
@@ -43,11 +43,11 @@ def test_check_counts_local_data(tmp_path, capsys):
     assert main([str(suite), "--check"]) == 0
     out = capsys.readouterr().out
     assert "data: found, 6 examples" in out
-    assert "plan: 6 examples x 16 conditions x 5 methods = 480 generations" in out
+    assert "plan: 6 examples x 16 conditions x 7 methods = 672 generations" in out
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda r: r["methods"].append({"name": "atp", "keep": 1.5}), "methods[6].keep"),
+    (lambda r: r["methods"].append({"name": "atp", "keep": 1.5}), "methods[9].keep"),
     (lambda r: r["dataset"].update(loader="vqa2"), "dataset.loader: unknown loader 'vqa2'"),
     (lambda r: r.update(metrics=["vqa_acc"]), "metrics[0]: unknown metric 'vqa_acc'"),
     (lambda r: r["perturbations"]["image"].update(preset="imagenet_x"), "unknown preset 'imagenet_x'"),
@@ -72,7 +72,8 @@ def test_a_real_run_without_data_is_one_line(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_tiny_vqa_c_end_to_end(tmp_path, tiny_dir):
-    """vqa_c.yaml with the official VQA v2 files of a fixture, a tiny random LLaVA, two corruptions."""
+    """vqa_c.yaml with the official VQA v2 files of a fixture, a tiny random LLaVA, two corruptions
+    and two question perturbations, every method of the suite."""
     root = write_vqav2(tmp_path / "vqav2")
 
     def edit(r):
@@ -80,6 +81,7 @@ def test_tiny_vqa_c_end_to_end(tmp_path, tiny_dir):
         r["model"].update(checkpoint=str(tiny_dir / "llava"), clip=str(tiny_dir / "clip"), dtype="float32",
                           device="cpu", generation={"max_new_tokens": 3})
         r["perturbations"]["image"] = {"corruptions": ["gaussian_noise", "fog"], "severities": [3]}
+        r["perturbations"]["text"] = {"perturbations": ["keyboard", "paraphrase"], "severities": [1]}
         r["batch_size"] = 3
 
     suite = variant(tmp_path, "vqa_c", edit)
@@ -87,11 +89,12 @@ def test_tiny_vqa_c_end_to_end(tmp_path, tiny_dir):
     assert main([str(suite), "--out", str(run), "--no-progress"]) == 0
     res = json.loads((run / "results.json").read_text())
     assert res["manifest"]["n_examples"] == 5
-    assert res["manifest"]["conditions"] == ["clean", "image:gaussian_noise@3", "image:fog@3"]
+    assert res["manifest"]["conditions"] == ["clean", "text:keyboard@1", "text:paraphrase@1",
+                                             "image:gaussian_noise@3", "image:fog@3"]
     rows = res["rows"]
-    assert len(rows) == 3 * 6
+    assert len(rows) == 5 * 9
     samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 5 * 3 * 6
+    assert len(samples) == 5 * 5 * 9
     for s in samples:  # the stored score is the official metric of the stored prediction
         assert s["score"] == pytest.approx(vqa_accuracy(s["prediction"], tuple(s["answers"])))
         assert len(s["answers"]) == 10
