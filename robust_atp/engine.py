@@ -176,9 +176,11 @@ def _method_rows(m, adapter, vision, text, questions, batch, cname, seed, metric
     n_llm = [len(i) if i is not None else len(k) for i, k in zip(indices, kept)]
     extras = row_measurements(m, adapter, vision, indices, questions, batch, n_llm, m.fastv_layer)
     rows = []
-    for ex, ans, idx, n, extra in zip(batch, answers, indices, n_llm, extras):
+    for ex, ans, idx, n, extra, q in zip(batch, answers, indices, n_llm, extras, questions):
         if (ex.id, cname, m.label) in done:
             continue
+        if q != ex.question:  # a text condition: keep the question the model was asked
+            extra = {**extra, "question_asked": q}
         scores = score_all(metrics, ans, ex.answers)
         rows.append(Prediction(ex.id, cname, m.label, ans, scores[metrics[0]], scores, n,
                                kept_indices=None if idx is None else tuple(idx.tolist()), extra=extra))

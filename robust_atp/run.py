@@ -119,7 +119,7 @@ def execute(suite, suite_path: Path, run_dir: Path, fresh: bool = False, progres
     manifest = build_manifest(suite, suite_path, examples, conditions, methods, stats, cache)
     _write_atomic(run_dir / RESULTS, json.dumps({"manifest": manifest, "rows": rows}, indent=2) + "\n")
     _write_atomic(run_dir / SAMPLES, "".join(json.dumps(s) + "\n" for s in samples(by_key, examples, conditions, labels)))
-    print(format_summary(rows, labels))
+    print(format_summary(rows, labels, method_budgets(methods)))
     print(f"\nwrote {run_dir / RESULTS} and {run_dir / SAMPLES} ({stats.units_run} of {stats.units_total} units "
           f"computed now, {stats.seconds:.1f}s; corrupted images: {stats.corruption_computed} computed, "
           f"{stats.corruption_hits} from the cache{f' {cache.root}' if use_cache else ' (off)'})", file=sys.stderr)
@@ -286,45 +286,64 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def format_summary(rows: list[dict], labels: list[str]) -> str:
-    """Per method: clean accuracy, mean over corruptions at each severity, the gap to `full`,
-    the prefill FLOPs ratio and the object recall."""
-    by = defaultdict(list)
-    for r in rows:  # image conditions with the clean question (text conditions are not in this table)
-        if r["accuracy"] is not None and not r.get("text"):
-            by[(r["method"], r["severity"])].append(r)
-    severities = sorted({r["severity"] for r in rows if r["severity"]})
+def format_summary(rows: list[dict], labels: list[str], keeps: dict[str, str] | None = None) -> str:
+    """Per method: its budget, kept tokens, clean accuracy, the mean over corruptions at each
+    severity and over all, the mean over question perturbations, the gaps to the first method
+    (`full` in every shipped suite), the prefill FLOPs ratio and the object recall.
+
+    `keeps`: label -> the budget as written in the suite (keep ratio, k=N, mass=x)."""
+    by = defaultdict(list)  # (method, image severity or "text") -> rows
+    for r in rows:
+        if r["accuracy"] is None or (r.get("text") and r["severity"]):
+            continue  # crossed image x text conditions are in results.json, not in this table
+        by[(r["method"], "text" if r.get("text") else r["severity"])].append(r)
+    severities = sorted({r["severity"] for r in rows if r["severity"] and not r.get("text")})
+    has_text = any(key[1] == "text" for key in by)
     ref = labels[0]
-    head = ["method", "tokens", "clean"] + [f"sev{s}" for s in severities] + (["corrupted", "d_clean", "d_corrupt"]
-                                                                              if severities else ["d_clean"])
-    head += ["flops", "recall"]
+    head = ["method", "keep", "tokens", "clean"] + [f"sev{s}" for s in severities]
+    head += (["corrupted"] if severities else []) + (["text"] if has_text else []) + ["d_clean"]
+    head += (["d_corrupt"] if severities else []) + (["d_text"] if has_text else []) + ["flops", "recall"]
     lines = []
     for label in labels:
         clean = by.get((label, 0), [])
         kept = _mean([r["kept_tokens"] for r in clean]) if clean else None
-        cells = [label, f"{kept:.1f}" if kept is not None else "-", _pct(_mean([r["accuracy"] for r in clean]))]
-        cor_all = []
-        for s in severities:
-            rs = by.get((label, s), [])
-            cor_all += rs
-            cells.append(_pct(_mean([r["accuracy"] for r in rs])))
-        d_clean = _delta(by, label, ref, [0])
+        cells = [label, (keeps or {}).get(label, "-"), f"{kept:.1f}" if kept is not None else "-",
+                 _pct(_mean([r["accuracy"] for r in clean]))]
+        cells += [_pct(_mean([r["accuracy"] for r in by.get((label, s), [])])) for s in severities]
         if severities:
-            cells.append(_pct(_mean([r["accuracy"] for r in cor_all])))
-            cells += [d_clean, _delta(by, label, ref, severities)]
-        else:
-            cells.append(d_clean)
+            cells.append(_pct(_mean([r["accuracy"] for s in severities for r in by.get((label, s), [])])))
+        if has_text:
+            cells.append(_pct(_mean([r["accuracy"] for r in by.get((label, "text"), [])])))
+        cells.append(_delta(by, label, ref, [0]))
+        if severities:
+            cells.append(_delta(by, label, ref, severities))
+        if has_text:
+            cells.append(_delta(by, label, ref, ["text"]))
         ratio = _mean([r["flops_ratio"] for r in clean if r.get("flops_ratio") is not None])
         recall = _mean([r["object_recall"] for r in clean if r.get("object_recall") is not None])
         cells += ["-" if ratio is None else f"{ratio:.3f}", _pct(recall)]
         lines.append(cells)
     widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
     fmt = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-    note = (f"accuracy in %; sevN = mean over corruptions at severity N; d_* = method - {ref} in points"
-            if severities else f"accuracy in %; d_clean = method - {ref} in points")
+    note = "accuracy in %"
+    if severities:
+        note += "; sevN = mean over corruptions at severity N"
+    if has_text:
+        note += "; text = mean over question perturbations (clean image)"
+    note += f"; d_* = method - {ref} in points"
     note += ("\nflops = LLM prefill FLOPs / full's (clean); recall = % of the patches covering the objects a "
              "question names that the method kept (clean; selection methods only)")
     return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(c) for c in lines] + [note])
+
+
+def method_budgets(methods) -> dict[str, str]:
+    """label -> the method's budget as the suite wrote it: a keep ratio, k=N or mass=x ("1" for full)."""
+    out = {}
+    for m in methods:
+        st = m.settings
+        out[m.label] = (f"{st['keep']:g}" if st.get("keep") is not None else f"k={st['k']}" if st.get("k") is not None
+                        else f"mass={st['mass']:g}" if st.get("mass") is not None else "1")
+    return out
 
 
 def _pct(x):
