@@ -98,6 +98,7 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
         return stats
 
     adapter = adapter_factory()
+    check_method_layers(methods, adapter)
     cache = cache if cache is not None else CorruptionCache()
     text_kinds = sorted({m.settings.get("text", "question") for m in methods if m.needs_text})
     bar = tqdm(total=len(plan), desc="evaluating", unit="unit", disable=not progress, dynamic_ncols=True)
@@ -145,7 +146,8 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
                 tm["text"] += time.perf_counter() - t
                 for m in todo_methods:
                     text = text_cache[text_cond, m.settings.get("text", "question")] if m.needs_text else None
-                    rows += _method_rows(m, adapter, vision, text, questions, batch, cname, seed, metrics, done, stats)
+                    rows += _method_rows(m, adapter, vision, text, questions, batch, cname, seed, metrics, done, stats,
+                                         resolution)
             store.put(rows)
             done.update((r.example_id, r.condition, r.method) for r in rows)
             stats.units_run += 1
@@ -155,7 +157,8 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
     return stats
 
 
-def _method_rows(m, adapter, vision, text, questions, batch, cname, seed, metrics, done, stats) -> list[Prediction]:
+def _method_rows(m, adapter, vision, text, questions, batch, cname, seed, metrics, done, stats,
+                 resolution: int | None = None) -> list[Prediction]:
     """One method on one batch under one condition: select (or merge), generate, score, measure."""
     tm = stats.timings
     t = time.perf_counter()
@@ -174,7 +177,7 @@ def _method_rows(m, adapter, vision, text, questions, batch, cname, seed, metric
     tm["generate"] += time.perf_counter() - t
     stats.generations += len(batch)
     n_llm = [len(i) if i is not None else len(k) for i, k in zip(indices, kept)]
-    extras = row_measurements(m, adapter, vision, indices, questions, batch, n_llm, m.fastv_layer)
+    extras = row_measurements(m, adapter, vision, indices, questions, batch, n_llm, m.fastv_layer, resolution)
     rows = []
     for ex, ans, idx, n, extra, q in zip(batch, answers, indices, n_llm, extras, questions):
         if (ex.id, cname, m.label) in done:
@@ -185,6 +188,27 @@ def _method_rows(m, adapter, vision, text, questions, batch, cname, seed, metric
         rows.append(Prediction(ex.id, cname, m.label, ans, scores[metrics[0]], scores, n,
                                kept_indices=None if idx is None else tuple(idx.tolist()), extra=extra))
     return rows
+
+
+def check_method_layers(methods, adapter) -> None:
+    """Each method's `layer` setting exists in this model, or one UserError line naming it
+    (checked once the model is loaded, before any work: the suite alone cannot know the depth).
+    ViT layers index the CLS attention of every layer (negative counts from the end); FastV's
+    LLM layer must leave a layer after it to prune for."""
+    cfgs = adapter.cost_configs() if hasattr(adapter, "cost_configs") else {}
+    n_vit = getattr(cfgs.get("vision"), "num_hidden_layers", None)
+    n_llm = getattr(cfgs.get("llm"), "num_hidden_layers", None)
+    for m in methods:
+        layer = m.settings.get("layer")
+        if layer is None:
+            continue
+        if m.fastv_layer is not None:
+            if n_llm is not None and not 0 <= layer < n_llm - 1:
+                raise UserError(f"method {m.label!r}: layer {layer} leaves no LLM layer to prune in: the model has "
+                                f"{n_llm} decoder layers, so layer must be in 0..{n_llm - 2}")
+        elif n_vit is not None and not -n_vit <= layer < n_vit:
+            raise UserError(f"method {m.label!r}: layer {layer} is outside the vision tower's {n_vit} layers "
+                            f"(use {-n_vit}..{n_vit - 1})")
 
 
 def _texts(adapter, questions: list[str], kind: str) -> list[str]:

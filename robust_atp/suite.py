@@ -151,9 +151,14 @@ class Suite(Strict):
         d.pop("report")
         d["dataset"].pop("limit")
         d["model"].pop("device")
-        image = d["perturbations"].get("image")
+        # suites that predate an option and leave it at its default keep their hash
+        image, pert = d["perturbations"].get("image"), d["perturbations"]
         if image and image.get("resolution") is None:
-            image.pop("resolution")  # suites that predate the option keep their hash
+            image.pop("resolution")
+        if pert.get("text") is None:
+            pert.pop("text", None)
+        if pert.get("cross") is False:
+            pert.pop("cross", None)
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -83,6 +83,35 @@ def test_patch_mask_maps_boxes_through_resize_and_crop():
     assert m.sum() == 1 and m[1, 1]
 
 
+def test_patch_mask_truncates_the_long_side_as_the_processor_does():
+    from transformers import CLIPImageProcessor
+    from PIL import Image
+
+    # 640x427 at 336: the processor resizes to 503x336 (int, not round: 503.6), then crops 336x336
+    proc = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+    img = Image.new("RGB", (640, 427), (0, 0, 0))
+    img.paste((255, 255, 255), (124, 0, 125, 427))  # a 1-px column at x = 124
+    px = proc(images=[img], return_tensors="np", do_normalize=False, do_rescale=False)["pixel_values"][0]
+    lit = [int(c) for c in ((px.max(0) > 100).any(0)).nonzero()[0]]
+    # truncated: 124 * 503 / 640 - 83 = 14.5, in patch 1; rounding (504, offset 84) would give 13.7, patch 0
+    assert min(lit) >= 14
+    m = patch_mask([(124, 0, 125, 1)], (640, 427), 336, (336, 336), (24, 24)).view(24, 24)
+    assert m.sum() == 1 and m[0, 1]
+
+
+def test_object_recall_follows_the_canonical_resolution():
+    from robust_atp.perturb.image import canonical_boxes
+
+    box = [(40, 8, 56, 24)]
+    native = patch_mask(box, (96, 96), 48, (48, 48), (6, 6))
+    # 96 -> 192 canonical, then the processor brings 192 to 48: the same patches
+    boxes, size = canonical_boxes(box, (96, 96), 192)
+    assert size == (192, 192) and torch.equal(patch_mask(boxes, size, 48, (48, 48), (6, 6)), native)
+    # a 192x96 image canonicalised to 96: resized to 192x96 (no change), centre 96x96 cropped (x 48..143)
+    boxes, size = canonical_boxes([(48, 0, 64, 16)], (192, 96), 96)
+    assert size == (96, 96) and boxes == [(0.0, 0.0, 16.0, 16.0)]
+
+
 def test_object_recall_is_the_kept_share_of_object_patches():
     mask = torch.zeros(16, dtype=torch.bool)
     mask[[1, 2, 5, 6]] = True

@@ -170,3 +170,23 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
     a, b = read_samples(whole), read_samples(killed)
     assert len(a) == len(b) == total
     assert a == b
+
+
+def test_a_layer_the_model_does_not_have_is_one_user_error():
+    from types import SimpleNamespace
+
+    from robust_atp.engine import check_method_layers
+    from robust_atp.errors import UserError
+    from robust_atp.prune.methods import validate_method
+    from robust_atp.suite import MethodCfg
+
+    adapter = SimpleNamespace(cost_configs=lambda: {"vision": SimpleNamespace(num_hidden_layers=4),
+                                                    "llm": SimpleNamespace(num_hidden_layers=4)})
+    ok = [validate_method(MethodCfg(name=n, keep=0.25, layer=l))
+          for n, l in (("atp", -4), ("cls", 3), ("visionzip", 0), ("fastv", 2))]
+    check_method_layers(ok, adapter)
+    for name, layer, msg in (("visionzip", 12, "outside the vision tower's 4 layers"),
+                             ("atp", -5, "outside the vision tower's 4 layers"),
+                             ("fastv", 3, "must be in 0..2"), ("fastv", 9, "must be in 0..2")):
+        with pytest.raises(UserError, match=msg):
+            check_method_layers([validate_method(MethodCfg(name=name, keep=0.25, layer=layer))], adapter)

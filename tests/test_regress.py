@@ -84,6 +84,37 @@ def test_unreadable_input_exits_2(tmp_path, capsys):
         assert err.count("\n") == 1 and expected[name] in err and str(path) in err, (name, err)
     assert main([str(good), str(good), "--alpha", "2"]) == 2
     assert "--alpha" in capsys.readouterr().err
+    nan = tmp_path / "nan"
+    nan.mkdir()
+    (nan / "results.json").write_text((good / "results.json").read_text())
+    (nan / "samples.jsonl").write_text((good / "samples.jsonl").read_text().replace('"score": 1.0', '"score": NaN', 1))
+    assert main([str(good), str(nan)]) == 2
+    assert "score: must be a finite number, got nan" in capsys.readouterr().err
+
+
+def test_predictions_missing_from_the_current_run_fail_the_gate(tmp_path, capsys):
+    """A method, a condition or examples the baseline has and the current run lacks fail the gate
+    (exit 1), whatever the accuracy of what remains."""
+    base = write_fake_run(tmp_path / "base", n=30, kept_indices=False)
+    lines = [json.loads(x) for x in (base / "samples.jsonl").read_text().splitlines()]
+    conditions = list(dict.fromkeys(s["condition"] for s in lines))
+    some_example = lines[0]["example_id"]
+    cur = tmp_path / "cur"
+    cur.mkdir()
+    (cur / "results.json").write_text((base / "results.json").read_text())
+    kept = [s for s in lines if s["method"] != "random@0.25" and s["condition"] != conditions[-1]
+            and not (s["example_id"] == some_example and s["condition"] == "clean")]
+    (cur / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in kept))
+    rows = {(r["condition"], r["method"]): r for r in compare(load_run(base), load_run(cur))}
+    assert rows["clean", "random@0.25"]["missing"] == 30 and rows["clean", "random@0.25"]["failed"]
+    assert rows[conditions[-1], "full"]["missing"] == 30
+    assert rows["clean", "full"]["missing"] == 1 and rows["clean", "full"]["failed"]
+    assert not rows[conditions[1], "full"]["failed"]  # complete and unchanged
+    junit = tmp_path / "gate.xml"
+    assert main([str(base), str(cur), "--junit", str(junit)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("## Regression gate: FAIL") and "30 of 30 predictions missing" in out
+    assert ET.parse(junit).getroot().find("testsuite/testcase/failure").get("type") == "MissingPredictions"
 
 
 def _run(suite_text: str, tmp_path: Path, name: str) -> Path:

@@ -1,6 +1,7 @@
 """Suite validation: each user error is one line naming the file and field, exit status 2."""
 import subprocess
 import sys
+import re
 import textwrap
 
 import pytest
@@ -104,3 +105,26 @@ def test_shipped_suites_are_valid():
 
     for p in sorted(Path(__file__).resolve().parents[1].joinpath("suites").glob("*.yaml")):
         load_suite(p)
+
+
+@pytest.mark.parametrize("block, field", [
+    ("image: {corruptions: [fog, snow, fog], severities: [1]}", "perturbations.image.corruptions[2]: 'fog' is listed twice"),
+    ("text: {perturbations: [keyboard, keyboard], severities: [1]}",
+     "perturbations.text.perturbations[1]: 'keyboard' is listed twice"),
+])
+def test_a_condition_listed_twice_is_refused(tmp_path, block, field):
+    p = tmp_path / "s.yaml"
+    p.write_text(f"name: s\ndataset: {{loader: shapes}}\nmodel: {{checkpoint: x}}\nmethods: [{{name: full}}]\n"
+                 f"perturbations:\n  {block}\n")
+    with pytest.raises(SuiteError, match=re.escape(f"{p}: {field}")):
+        load_suite(p)
+
+
+def test_config_hash_of_a_suite_without_text_or_cross_is_unchanged_by_those_options():
+    """demo_ci's committed baseline was written before `text` and `cross` existed: same hash."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    baseline = json.loads((root / "reports" / "baselines" / "demo_ci" / "results.json").read_text())
+    assert load_suite(root / "suites" / "demo_ci.yaml").config_hash() == baseline["manifest"]["config_hash"]

@@ -88,6 +88,9 @@ def resolve_image_conditions(cfg) -> list[ImageCondition]:
             hint = f" (did you mean '{near[0]}'?)" if near else ""
             where = ".preset" if cfg.preset else f".corruptions[{i}]"
             raise SuiteError(f"{where}: unknown corruption {c!r}{hint}")
+        if c in names[:i]:  # a repeated condition would be generated and reported twice
+            where = ".preset" if cfg.preset else f".corruptions[{i}]"
+            raise SuiteError(f"{where}: {c!r} is listed twice")
     return [ImageCondition(c, s) for c in names for s in cfg.severities]
 
 
@@ -123,6 +126,20 @@ def canonicalize(img: Image.Image, resolution: int | None) -> Image.Image:
     rgb = rgb.resize((nw, nh), Image.BICUBIC)
     left, top = (nw - resolution) // 2, (nh - resolution) // 2
     return rgb.crop((left, top, left + resolution, top + resolution))
+
+
+def canonical_boxes(boxes: list, size: tuple[int, int], resolution: int | None) -> tuple[list, tuple[int, int]]:
+    """Boxes (x0, y0, x1, y1) of an image of `size` (w, h) in the coordinates of its
+    `canonicalize`d version, and that version's size (boxes may reach outside it)."""
+    w, h = size
+    if resolution is None or size == (resolution, resolution):
+        return boxes, size
+    scale = resolution / min(w, h)
+    nw, nh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
+    left, top = (nw - resolution) // 2, (nh - resolution) // 2
+    sx, sy = nw / w, nh / h
+    out = [(x0 * sx - left, y0 * sy - top, x1 * sx - left, y1 * sy - top) for x0, y0, x1, y1 in boxes]
+    return out, (resolution, resolution)
 
 
 def occlusion(img: Image.Image, severity: int, seed: int) -> np.ndarray:

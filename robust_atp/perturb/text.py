@@ -64,6 +64,9 @@ def resolve_text_conditions(cfg) -> list[TextCondition]:
             where = ".preset" if cfg.preset else f".perturbations[{i}]"
             raise SuiteError(f"{where}: unknown text perturbation {name!r}{hint}; "
                              f"known: {', '.join(sorted(TEXT_PERTURBATIONS)) or 'none'}")
+        if name in names[:i]:  # a repeated condition would be generated and reported twice
+            where = ".preset" if cfg.preset else f".perturbations[{i}]"
+            raise SuiteError(f"{where}: {name!r} is listed twice")
     if "synonym" in names:
         from .wordnet import check_installed
         try:

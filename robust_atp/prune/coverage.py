@@ -13,10 +13,10 @@ def patch_mask(boxes: list, image_size: tuple[int, int], shortest_edge: int, cro
                grid: tuple[int, int]) -> torch.Tensor:
     """Patches any box overlaps (positive area), after resize and crop. -> [rows * cols] bool."""
     w, h = image_size
-    scale = shortest_edge / min(w, h)
     ch, cw = crop
-    # the processor rounds the resized size, then crops its centre
-    rw, rh = round(w * scale), round(h * scale)
+    # as transformers' CLIP processor: the short side becomes S, the long side int(S * long / short)
+    # (truncated), then the centre is cropped
+    rw, rh = (shortest_edge, int(shortest_edge * h / w)) if w <= h else (int(shortest_edge * w / h), shortest_edge)
     ox, oy = (rw - cw) // 2, (rh - ch) // 2
     rows, cols = grid
     ph, pw = ch / rows, cw / cols

@@ -3,6 +3,8 @@
 A (condition, method) fails when its accuracy drops by more than `max_drop` points AND the drop is
 significant after Holm across every compared (condition, method): exact McNemar for 0/1 scores,
 the sign-flip permutation test over images for soft scores or questions sharing an image.
+It also fails when the current run lacks predictions the baseline has (a method, a condition or
+examples gone missing would otherwise pass unseen).
 
     python -m robust_atp.regress BASELINE CURRENT [--max-drop POINTS] [--alpha A] [--junit FILE]
 
@@ -26,11 +28,15 @@ MAX_SHOWN = 15  # rows of the markdown table besides the failures
 
 def compare(baseline: RunData, current: RunData, max_drop: float = 1.0, alpha: float = 0.05,
             n_perm: int = 10_000, seed: int = 0) -> list[dict]:
-    """One row per (condition, method) present in both runs, in the baseline's order:
-    n paired examples, both accuracies on those pairs, drop in points, test, p, Holm p, failed."""
+    """One row per (condition, method) of the baseline, in its order: n paired examples (of
+    n_baseline), both accuracies on those pairs, drop in points, test, p, Holm p, missing (baseline
+    predictions the current run lacks) and failed (a gated drop, or anything missing)."""
     base = {(s["example_id"], s["condition"], s["method"]): s for s in baseline.samples}
     cur = {(s["example_id"], s["condition"], s["method"]): float(s["score"]) for s in current.samples}
     shared = [k for k in base if k in cur]
+    n_base: dict[tuple[str, str], int] = {}
+    for _, c, m in base:
+        n_base[c, m] = n_base.get((c, m), 0) + 1
     if not shared:
         raise UserError(f"{current.run_dir}: no (example, condition, method) pairs in common with {baseline.run_dir}")
     cols = list(dict.fromkeys((c, m) for _, c, m in shared))
@@ -53,17 +59,31 @@ def compare(baseline: RunData, current: RunData, max_drop: float = 1.0, alpha: f
         present = ~np.isnan(B[:, k])
         b, cu = float(B[present, k].mean()), float(C[present, k].mean())
         drop = 100 * (b - cu)
-        rows.append({"condition": c, "method": m, "n": int(present.sum()), "baseline": b, "current": cu,
-                     "drop": drop, "test": tests[k], "p": float(p[k]), "p_holm": float(p_adj[k]),
-                     "failed": bool(drop > max_drop and p_adj[k] < alpha)})
+        missing = n_base[c, m] - int(present.sum())
+        rows.append({"condition": c, "method": m, "n": int(present.sum()), "n_baseline": n_base[c, m],
+                     "baseline": b, "current": cu, "drop": drop, "test": tests[k], "p": float(p[k]),
+                     "p_holm": float(p_adj[k]), "missing": missing,
+                     "failed": bool((drop > max_drop and p_adj[k] < alpha) or missing)})
+    for c, m in sorted(set(n_base) - set(col), key=lambda cm: order.get(cm, len(order))):
+        rows.append({"condition": c, "method": m, "n": 0, "n_baseline": n_base[c, m], "baseline": float("nan"),
+                     "current": float("nan"), "drop": float("nan"), "test": "-", "p": float("nan"),
+                     "p_holm": float("nan"), "missing": n_base[c, m], "failed": True})
     return rows
+
+
+def _status(r: dict) -> str:
+    if r["missing"]:
+        return f"**FAIL** ({r['missing']} of {r['n_baseline']} predictions missing)"
+    return "**FAIL**" if r["failed"] else "ok"
 
 
 def markdown(rows: list[dict], baseline: str, current: str, max_drop: float, alpha: float,
              notes: list[str] = ()) -> str:
     """A PR-comment summary: verdict, the gated drops, then the largest other drops."""
     failed = [r for r in rows if r["failed"]]
-    verdict = f"FAIL: {len(failed)} significant drop(s)" if failed else "PASS"
+    n_missing = sum(1 for r in failed if r["missing"])
+    verdict = (f"FAIL: {len(failed) - n_missing} significant drop(s), {n_missing} pair(s) with missing predictions"
+               if failed else "PASS")
     lines = [f"## Regression gate: {verdict}", "",
              f"Baseline `{baseline}` vs current `{current}`: {len(rows)} (condition, method) pairs, "
              f"{sum(r['n'] for r in rows)} paired predictions. A pair fails when accuracy drops by more than "
@@ -72,13 +92,14 @@ def markdown(rows: list[dict], baseline: str, current: str, max_drop: float, alp
              f"images).", ""]
     lines += [f"> note: {n}" for n in notes] + ([""] if notes else [])
     rest = sorted((r for r in rows if not r["failed"]), key=lambda r: -r["drop"])[:MAX_SHOWN]
+    pct = lambda x: "-" if x != x else f"{100 * x:.1f}"  # NaN: nothing to compare
     shown = failed + rest
     lines += ["| condition | method | n | baseline % | current % | drop (points) | test | p (Holm) | status |",
               "|---|---|---:|---:|---:|---:|---|---:|---|"]
     for r in shown:
-        lines.append(f"| {r['condition']} | {r['method']} | {r['n']} | {100 * r['baseline']:.1f} | "
-                     f"{100 * r['current']:.1f} | {r['drop']:+.1f} | {r['test']} | {r['p_holm']:.3g} | "
-                     f"{'**FAIL**' if r['failed'] else 'ok'} |")
+        drop = "-" if r["drop"] != r["drop"] else f"{r['drop']:+.1f}"
+        lines.append(f"| {r['condition']} | {r['method']} | {r['n']} | {pct(r['baseline'])} | "
+                     f"{pct(r['current'])} | {drop} | {r['test']} | {r['p_holm']:.3g} | {_status(r)} |")
     if len(rows) > len(shown):
         lines.append(f"\n{len(rows) - len(shown)} more pairs, none gated (smaller drops).")
     return "\n".join(lines) + "\n"
@@ -94,7 +115,10 @@ def junit(rows: list[dict], max_drop: float, alpha: float) -> str:
         case = ET.SubElement(suite, "testcase", classname=r["condition"], name=r["method"], time="0")
         detail = (f"accuracy {100 * r['baseline']:.1f}% -> {100 * r['current']:.1f}% ({r['drop']:+.1f} points "
                   f"drop, n={r['n']}); {r['test']} p={r['p']:.3g}, Holm p={r['p_holm']:.3g}")
-        if r["failed"]:
+        if r["missing"]:
+            ET.SubElement(case, "failure", message=f"{r['missing']} of {r['n_baseline']} baseline predictions "
+                                                   "missing from the current run", type="MissingPredictions").text = detail
+        elif r["failed"]:
             ET.SubElement(case, "failure", message=f"drop over {max_drop:g} points, significant at {alpha:g} "
                                                    f"after Holm", type="AccuracyRegression").text = detail
         else:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,6 +65,8 @@ def load_run(path: str | Path) -> RunData:
         data = json.loads(results.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{results}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise UserError(f"{results}: cannot read ({e.strerror})") from None
     if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
         raise UserError(f"{results}: rows: missing (not a run's results.json)")
     manifest = data.get("manifest") if isinstance(data.get("manifest"), dict) else {}
@@ -71,19 +74,25 @@ def load_run(path: str | Path) -> RunData:
     if not samples_path.is_file():
         raise UserError(f"{samples_path}: no such file (the per-example rows are needed)")
     samples = []
-    with samples_path.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                s = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{samples_path}: line {i}: not valid JSON ({e.msg})") from None
-            if not isinstance(s, dict) or not {"example_id", "condition", "method", "score"} <= s.keys():
-                raise UserError(f"{samples_path}: line {i}: needs example_id, condition, method and score")
-            if isinstance(s["score"], bool) or not isinstance(s["score"], (int, float)):
-                raise UserError(f"{samples_path}: line {i}: score: must be a number, got {s['score']!r}")
-            samples.append(s)
+    try:
+        lines = samples_path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"{samples_path}: not UTF-8 text") from None
+    except OSError as e:
+        raise UserError(f"{samples_path}: cannot read ({e.strerror})") from None
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            s = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{samples_path}: line {i}: not valid JSON ({e.msg})") from None
+        if not isinstance(s, dict) or not {"example_id", "condition", "method", "score"} <= s.keys():
+            raise UserError(f"{samples_path}: line {i}: needs example_id, condition, method and score")
+        if (isinstance(s["score"], bool) or not isinstance(s["score"], (int, float))
+                or not math.isfinite(s["score"])):
+            raise UserError(f"{samples_path}: line {i}: score: must be a finite number, got {s['score']!r}")
+        samples.append(s)
     if not samples:
         raise UserError(f"{samples_path}: no samples")
     conditions = _ordered(manifest.get("conditions"), (s["condition"] for s in samples))
