@@ -12,8 +12,11 @@ MERGING = {"pool", "tome", "visionzip"}
 
 
 def _suite(tmp_path, checkpoint, clip):
-    methods = ["{name: full}", "{name: fastv, keep: 1.0}"] + [
-        f"{{name: {m}, keep: 0.25}}" for m in method_names() if m != "full"]
+    # FastV cuts after LLM layer 0: the tiny LLM has 2 layers, and a cut after the last one prunes nothing
+    fastv = "layer: 0, label: "
+    methods = ["{name: full}", "{name: fastv, keep: 1.0, " + fastv + "fastv@1}"] + [
+        f"{{name: {m}, keep: 0.25" + (", " + fastv + "fastv@0.25" if m == "fastv" else "") + "}"
+        for m in method_names() if m != "full"]
     p = tmp_path / "all.yaml"
     p.write_text(textwrap.dedent(f"""
         name: all_methods
@@ -46,8 +49,8 @@ def test_every_method_runs_through_the_engine(model, tmp_path, request):
         assert r["n"] == 4 and 0 <= r["accuracy"] <= 1
         if name != "pool":
             assert r["kept_tokens"] == n // 4
-        if name == "fastv":  # the tiny LLM has 2 layers: a cut after layer 1 (the default) saves nothing
-            assert r["flops_ratio"] < 1.0 if model == "demo" else r["flops_ratio"] == 1.0
+        if name == "fastv":  # every token through layer 0, then K
+            assert 0.25 < r["flops_ratio"] < 1.0
         else:
             assert r["flops_ratio"] < 0.5
         assert (r["object_recall"] is None) == (name in MERGING)

@@ -83,6 +83,9 @@ def test_tiny_vqa_c_end_to_end(tmp_path, tiny_dir):
         r["perturbations"]["image"] = {"corruptions": ["gaussian_noise", "fog"], "severities": [3]}
         r["perturbations"]["text"] = {"perturbations": ["keyboard", "paraphrase"], "severities": [1]}
         r["batch_size"] = 3
+        for m in r["methods"]:  # the tiny LLM has 2 layers: FastV cuts after the first
+            if m["name"] == "fastv":
+                m.update(layer=0, label=f"fastv@{m['keep']:g}")
 
     suite = variant(tmp_path, "vqa_c", edit)
     run = tmp_path / "run"
