@@ -64,16 +64,28 @@ def test_missing_root_and_files_are_one_line(tmp_path):
         load_examples("vqav2", split="validation", source=f"hf:{tmp_path}")
 
 
-def test_image_paths_stay_inside_the_root(tmp_path):
-    root = write_vqav2(tmp_path / "vqa")
-    with pytest.raises(DataError, match="leaves the dataset root"):
-        load_examples("vqav2", split="val", source=str(root), image_dir="../..")
+def test_image_paths_from_data_files_stay_inside_the_root(tmp_path):
     root = write_karpathy(tmp_path / "coco")
     data = json.loads((root / "dataset_coco.json").read_text())
     data["images"][0]["filename"] = "../../../etc/passwd"
     (root / "dataset_coco.json").write_text(json.dumps(data))
     with pytest.raises(DataError, match="leaves the dataset root"):
         load_examples("coco_captions", split="test", source=str(root))
+
+
+def test_coco_images_may_be_linked_in_or_configured_elsewhere(tmp_path):
+    """COCO images kept once: a symlinked val2014 inside the root, or `image_dir` pointing outside."""
+    root = write_vqav2(tmp_path / "vqa")
+    shared = tmp_path / "coco_val2014"
+    (root / "val2014").rename(shared)
+    (root / "val2014").symlink_to(shared, target_is_directory=True)
+    linked = load_examples("vqav2", split="val", source=str(root))
+    pixels = [e.image().tobytes() for e in linked]
+    assert linked and all(pixels)
+    (root / "val2014").unlink()
+    elsewhere = load_examples("vqav2", split="val", source=str(root), image_dir=str(shared))
+    assert [e.id for e in elsewhere] == [e.id for e in linked]
+    assert [e.image().tobytes() for e in elsewhere] == pixels
 
 
 def test_malformed_json_is_a_data_error(tmp_path):

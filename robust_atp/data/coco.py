@@ -23,7 +23,7 @@ def load_coco_captions(split: str = "test", limit: int | None = None, source: st
         raise DataError(f"unknown Karpathy split {split!r}; one of {', '.join(_SPLITS)}")
     root = local_root(source, KARPATHY_URL)
     path = require(root, source, ["dataset_coco.json", "caption_datasets/dataset_coco.json"], KARPATHY_URL)
-    images_root = require(root, source, image_root, COCO_URL) if image_root else root
+    images_root = require(root, source, image_root, COCO_URL, configured=True) if image_root else root
     data = read_json(path)
     images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, list):

@@ -49,7 +49,7 @@ def load_gqa(split: str = "testdev", limit: int | None = None, source: str | Non
         return _load_gqa_hf(source, split, questions, limit)
     root = local_root(source, GQA_URL)
     qpath = require(root, source, f"{split}_{questions}_questions.json", GQA_URL)
-    images = require(root, source, image_dir, GQA_URL)
+    images = require(root, source, image_dir, GQA_URL, configured=True)
     out = []
     for qid, q in _questions(qpath).items():
         if _answered(q):
@@ -91,7 +91,7 @@ def load_gqa_ood(split: str = "testdev", limit: int | None = None, source: str |
     root = local_root(source, GQA_OOD_URL)
     files = {part: _questions(require(root, source, f"ood_{split}_{part}.json", GQA_OOD_URL))
              for part in ("all", "head", "tail")}
-    images = require(root, source, image_dir, GQA_URL)
+    images = require(root, source, image_dir, GQA_URL, configured=True)
     out = []
     for qid, q in files[subset].items():
         if not _answered(q):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 
 from PIL import Image
@@ -41,11 +42,19 @@ def local_root(source: str | None, download: str) -> Path:
     return root
 
 
-def require(root: Path, source: str, candidates, download: str) -> Path:
-    """The first of `candidates` (paths relative to root) that exists, or one DataMissing line."""
+def require(root: Path, source: str, candidates, download: str, configured: bool = False) -> Path:
+    """The first of `candidates` that exists, or one DataMissing line.
+
+    Candidates are names inside root; a `configured` one comes from the suite (an option such as
+    `image_dir`), not from a data file, so it may also be absolute or lead elsewhere (COCO images
+    kept once and shared by several datasets)."""
     candidates = [candidates] if isinstance(candidates, str) else list(candidates)
     for rel in candidates:
-        p = inside(root, rel)
+        if configured:
+            p = Path(str(rel)).expanduser()
+            p = p if p.is_absolute() else root / p
+        else:
+            p = inside(root, rel)
         if p.exists():
             return p
     names = " or ".join(candidates)
@@ -57,12 +66,14 @@ def _missing(source, names, where, download):
 
 
 def inside(root: Path, rel: str) -> Path:
-    """root/rel, refused if it resolves outside root (a data file naming '../x' or an absolute path)."""
-    base = root.resolve()
-    p = (base / str(rel)).resolve()
-    if p != base and base not in p.parents:
-        raise DataError(f"{rel!r}: path leaves the dataset root {base}")
-    return p
+    """root/rel for a name read from a data file, refused when it is absolute or climbs out of
+    root with '..'. The check is on the name, not on the resolved path: a root whose folders are
+    symlinks (COCO images linked in) is the user's own layout, and a data file cannot make links."""
+    name = str(rel)
+    norm = os.path.normpath(name)
+    if os.path.isabs(name) or norm == os.pardir or norm.startswith(os.pardir + os.sep):
+        raise DataError(f"{name!r}: path leaves the dataset root {root}")
+    return root / norm
 
 
 def read_json(path: Path):

@@ -64,7 +64,7 @@ def _questions(data, path: Path) -> list:
 
 def _image_dir(root: Path, source: str, image_dir: str | None, coco_split: str) -> Path:
     if image_dir is not None:
-        return require(root, source, image_dir, COCO_URL)
+        return require(root, source, image_dir, COCO_URL, configured=True)
     return require(root, source, [coco_split, f"images/{coco_split}"], COCO_URL)
 
 
@@ -133,7 +133,7 @@ def load_vqacp(split: str = "test", limit: int | None = None, source: str | None
     root = local_root(source, VQACP_URL)
     qpath = require(root, source, f"vqacp_v2_{split}_questions.json", VQACP_URL)
     apath = require(root, source, f"vqacp_v2_{split}_annotations.json", VQACP_URL)
-    coco = require(root, source, coco_root, COCO_URL) if coco_root else root
+    coco = require(root, source, coco_root, COCO_URL, configured=True) if coco_root else root
     anns = _by_qid(read_json(apath))
     dirs: dict[str, Path] = {}
     out = []

@@ -32,13 +32,23 @@ def default_root() -> Path:
     return Path(os.environ.get(ENV) or Path.home() / ".cache" / "robust_atp" / "corruptions")
 
 
+# what a corrupted image's pixels depend on besides the key's own fields: the corruption code
+# and the numeric libraries it draws on (resizing, filters, noise); an upgrade starts afresh
+_LIBRARIES = ("imagecorruptions-imaug", "imagecorruptions", "numpy", "scipy", "scikit-image", "pillow",
+              "opencv-python", "opencv-python-headless", "numba", "wand")
+
+
 @lru_cache(maxsize=1)
 def _library_version() -> str:
     from importlib import metadata
-    try:
-        return metadata.version("imagecorruptions-imaug")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+
+    versions = []
+    for dist in _LIBRARIES:
+        try:
+            versions.append(f"{dist}={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return ",".join(versions) or "unknown"
 
 
 def cache_key(img: Image.Image, cond: ImageCondition, seed: int, resolution: int | None) -> str:

@@ -42,12 +42,14 @@ def overlay_panels(run, analysis, n_examples: int = 3, n_conditions: int = 3):
     import matplotlib.pyplot as plt
 
     seed = int(run.manifest.get("seed", 0))
+    image_cfg = ((run.manifest.get("config") or {}).get("perturbations") or {}).get("image") or {}
+    resolution = image_cfg.get("resolution")
     fig, axes = plt.subplots(len(ids), len(conds), figsize=(2.0 * len(conds), 2.2 * len(ids)), squeeze=False)
     for i, ex_id in enumerate(ids):
         ex = examples[ex_id]
         clean_img = ex.image()
         for j, cond in enumerate(conds):
-            img = _image_under(clean_img, ex_id, cond, seed)
+            img = _image_under(clean_img, ex_id, cond, seed, resolution)
             ax = axes[i, j]
             ax.imshow(_shade(img, kept[(ex_id, cond, method)], grid))
             ax.set_xticks([])
@@ -83,15 +85,16 @@ def _load_examples(run, ids: set[str]) -> dict:
     return found
 
 
-def _image_under(img, example_id: str, cond: str, seed: int):
-    """The image the engine fed the model under `cond` (text perturbations leave the image alone)."""
-    from ..perturb.image import ImageCondition, condition_seed, corrupt, to_rgb
+def _image_under(img, example_id: str, cond: str, seed: int, resolution: int | None = None):
+    """The image the engine fed the model under `cond` (text perturbations leave the image alone),
+    at the suite's canonical resolution when it sets one."""
+    from ..perturb.image import ImageCondition, canonicalize, condition_seed, corrupt
 
     p = parse_condition(cond)
     if p.image is None:
-        return to_rgb(img)
+        return canonicalize(img, resolution)
     ic = ImageCondition(*p.image)
-    return corrupt(img, ic, condition_seed(seed, example_id, ic.name))
+    return corrupt(img, ic, condition_seed(seed, example_id, ic.name), resolution)
 
 
 def _n_tokens(run) -> int | None:
