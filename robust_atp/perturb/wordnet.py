@@ -81,26 +81,31 @@ def _plural(word: str) -> str:
 @lru_cache(maxsize=65536)
 def synonyms(word: str) -> tuple[str, ...]:
     """The other lemmas of `word`'s most frequent sense (WordNet's tagged-sense counts, ties in
-    WordNet's order), in any part of speech; a plural noun gets plural synonyms. Empty for
+    WordNet's order), in any part of speech; a plural noun gets plural synonyms. Only senses
+    in which the word appears as written (or as a plural noun) count: an inflected verb or
+    adjective ("left", "made", "holding") would get a base-form lemma of another word
+    ("go away" for "left"), which changes the question's meaning and grammar. Empty for
     stopwords, unknown words and words whose most frequent sense has no other lemma."""
     low = word.lower()
     if low in STOPWORDS or len(low) < 3:
         return ()
     with _LOCK:
         wn = _reader()
-        best, best_count, plural = None, -1, False
+        best, best_count, plural, best_base = None, -1, False, low
         for syn in wn.synsets(low):
             pos = "a" if syn.pos() == "s" else syn.pos()
             base = wn.morphy(low, pos) or low
+            if base != low and pos != "n":
+                continue  # an inflected verb / adjective: its lemmas would not fit the sentence
             for lemma in syn.lemmas():
                 if lemma.name().lower() == base and lemma.count() > best_count:
-                    best, best_count, plural = syn, lemma.count(), pos == "n" and base != low
+                    best, best_count, plural, best_base = syn, lemma.count(), pos == "n" and base != low, base
         if best is None:
             return ()
         found = []
         for name in best.lemma_names():
             name = name.replace("_", " ")
-            if name.lower() in (low, wn.morphy(low) or low):
+            if name.lower() in (low, best_base):
                 continue
             name = _plural(name) if plural else name
             if name not in found:
