@@ -208,3 +208,15 @@ def test_text_and_crossed_conditions_and_measured_flops(tmp_path):
     html = paths["html"].read_text()
     assert "text:keyboard@3" in html and "image:fog@1+text:keyboard@1" in html
     assert (run / "plots" / "accuracy_vs_cost.png").is_file() and (run / "plots" / "kept_overlays.png").is_file()
+
+
+def test_the_report_names_its_per_example_score_and_a_caption_proxy():
+    from robust_atp.report.html import score_notes
+
+    notes = score_notes({"config": {"metrics": ["cider_d", "bleu4"]}})
+    assert "first metric, cider_d" in notes[0] and "proxy" in notes[1] and "rows[].metrics.cider_d" in notes[1]
+    gqa = score_notes({"config": {"metrics": ["gqa_accuracy"], "dataset": {"options": {"questions": "all"}}}})
+    assert len(gqa) == 2 and "balanced" in gqa[1]
+    assert score_notes({"config": {"metrics": ["vqa_accuracy"]}}) == [
+        "Per-example scores are the suite's first metric, vqa_accuracy; \"accuracy\" below means its mean."]
+    assert score_notes({}) == []

@@ -15,7 +15,9 @@ Both sides are normalised with the official rules:
 The prediction always goes through both steps (after newlines and tabs become spaces and
 surrounding space is stripped). The ground truth depends on the convention:
 
-- `evalai` (default, `vqa_accuracy`): every reference answer is normalised like the prediction;
+- `evalai` (default, `vqa_accuracy`): every reference answer is normalised like the prediction
+  (with the rules above; the EvalAI server's own regex punctuation step, which strips '-' and
+  keeps ':', is not reproduced);
 - `official` (`vqa_accuracy_official`): as GT-Vision-Lab's vqaEval.py, reference answers get
   the punctuation step only, and only when the references disagree (a question whose ten
   answers are identical is compared with its raw answer).

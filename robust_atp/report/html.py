@@ -94,6 +94,7 @@ def build_report(run_dir: str | Path, formats=("html", "pdf"), n_boot: int | Non
     t0 = time.perf_counter()
     run = load_run(run_dir)
     analysis = analyze(run, n_boot=n_boot)
+    analysis.notes[:0] = score_notes(run.manifest)
     plots, plot_notes = save_plots(run, analysis)
     analysis.notes.extend(plot_notes)
     html = render_html(run, analysis, plots)
@@ -108,6 +109,26 @@ def build_report(run_dir: str | Path, formats=("html", "pdf"), n_boot: int | Non
     if log is not None:
         log(f"report: {', '.join(str(p) for p in out.values())} ({time.perf_counter() - t0:.1f}s)")
     return out
+
+
+def score_notes(manifest: dict) -> list[str]:
+    """What the per-example score behind every table, CI and test is, where the name
+    "accuracy" would mislead: the suite's first metric, and when that is a proxy, what the
+    run's results.json reports instead."""
+    metrics = (manifest.get("config") or {}).get("metrics") or []
+    if not metrics:
+        return []
+    first = metrics[0]
+    notes = [f"Per-example scores are the suite's first metric, {first}; \"accuracy\" below means its mean."]
+    if first == "cider_d":
+        notes.append("For captions that per-example score is a proxy (the best unigram F1 against one reference): "
+                     "every CI and test here is on the proxy. The corpus CIDEr-D of each condition and method is "
+                     "in results.json (rows[].metrics.cider_d).")
+    if first == "gqa_accuracy" and ((manifest.get("config") or {}).get("dataset") or {}).get("options", {}).get(
+            "questions") == "all":
+        notes.append("These scores include questions the release does not mark balanced; results.json's "
+                     "gqa_accuracy counts the balanced ones only.")
+    return notes
 
 
 # ----------------------------------------------------------------------------- filters
