@@ -38,10 +38,12 @@ def row_measurements(method, adapter, vision, kept: list, questions: list[str], 
             else:
                 extra["prefill_flops"] = cost.prefill_flops(llm, text + n, text + n_llm[i], fastv_cut)
             extra["vision_flops"] = cost.vision_flops(cfgs["vision"], n, cfgs.get("projector"))
-            # CLIP text length: the question's words plus BOS / EOS, an estimate (no tokenizer here)
+            # CLIP text length: the encoded text's words plus BOS / EOS, an estimate (no tokenizer here);
+            # `text: prompt` methods encode the whole prompt
+            encoded = adapter.prompt(q) if method.settings.get("text") == "prompt" else q
             extra["scorer_flops"] = cost.scorer_flops(
                 method.name, method.settings, n, n_llm[i], d=vision.tokens.shape[-1], c=vision.vit_features.shape[-1],
-                text_cfg=cfgs.get("clip_text"), text_len=len(q.split()) + 2, proj=cfgs.get("clip_projection") or 0)
+                text_cfg=cfgs.get("clip_text"), text_len=len(encoded.split()) + 2, proj=cfgs.get("clip_projection") or 0)
         extra["object_recall"] = _recall(ex, kept[i], vision, geometry, i, resolution)
         out.append(extra)
     return out
