@@ -115,6 +115,8 @@ def test_predictions_missing_from_the_current_run_fail_the_gate(tmp_path, capsys
     out = capsys.readouterr().out
     assert out.startswith("## Regression gate: FAIL") and "30 of 30 predictions missing" in out
     assert ET.parse(junit).getroot().find("testsuite/testcase/failure").get("type") == "MissingPredictions"
+    assert main([str(base), str(cur), "--allow-missing"]) == 0  # a deliberate slice: only shared pairs
+    assert not any(r["failed"] for r in compare(load_run(base), load_run(cur), allow_missing=True))
 
 
 def _run(suite_text: str, tmp_path: Path, name: str) -> Path:
@@ -146,6 +148,9 @@ def test_real_runs_pass_when_reproduced_and_fail_when_a_method_breaks(tmp_path):
     the label of the baseline's atp@0.25 is caught (exit 1, JUnit failures)."""
     same = _run(SLICE.format(method="{name: atp, keep: 0.25, alpha: 0.5}"), tmp_path, "same")
     cmd = [sys.executable, "-m", "robust_atp.regress", str(BASELINE)]
+    r = subprocess.run(cmd + [str(same)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "predictions missing" in r.stdout  # a slice lacks the baseline's other rows
+    cmd.append("--allow-missing")  # ... and is compared on what it has when asked
     r = subprocess.run(cmd + [str(same)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "PASS" in r.stdout and "| +0.0 |" in r.stdout  # identical predictions on the shared pairs

@@ -6,7 +6,7 @@ the sign-flip permutation test over images for soft scores or questions sharing 
 It also fails when the current run lacks predictions the baseline has (a method, a condition or
 examples gone missing would otherwise pass unseen).
 
-    python -m robust_atp.regress BASELINE CURRENT [--max-drop POINTS] [--alpha A] [--junit FILE]
+    python -m robust_atp.regress BASELINE CURRENT [--max-drop POINTS] [--alpha A] [--junit FILE] [--allow-missing]
 
 Exit 0: no gated drop; 1: at least one; 2: unreadable input (one line on stderr).
 """
@@ -27,10 +27,12 @@ MAX_SHOWN = 15  # rows of the markdown table besides the failures
 
 
 def compare(baseline: RunData, current: RunData, max_drop: float = 1.0, alpha: float = 0.05,
-            n_perm: int = 10_000, seed: int = 0) -> list[dict]:
+            n_perm: int = 10_000, seed: int = 0, allow_missing: bool = False) -> list[dict]:
     """One row per (condition, method) of the baseline, in its order: n paired examples (of
     n_baseline), both accuracies on those pairs, drop in points, test, p, Holm p, missing (baseline
-    predictions the current run lacks) and failed (a gated drop, or anything missing)."""
+    predictions the current run lacks) and failed (a gated drop, or anything missing). With
+    `allow_missing` (the current run is a deliberate slice of the baseline's suite) only the
+    shared predictions are compared and nothing fails for being absent."""
     base = {(s["example_id"], s["condition"], s["method"]): s for s in baseline.samples}
     cur = {(s["example_id"], s["condition"], s["method"]): float(s["score"]) for s in current.samples}
     shared = [k for k in base if k in cur]
@@ -62,8 +64,10 @@ def compare(baseline: RunData, current: RunData, max_drop: float = 1.0, alpha: f
         missing = n_base[c, m] - int(present.sum())
         rows.append({"condition": c, "method": m, "n": int(present.sum()), "n_baseline": n_base[c, m],
                      "baseline": b, "current": cu, "drop": drop, "test": tests[k], "p": float(p[k]),
-                     "p_holm": float(p_adj[k]), "missing": missing,
-                     "failed": bool((drop > max_drop and p_adj[k] < alpha) or missing)})
+                     "p_holm": float(p_adj[k]), "missing": 0 if allow_missing else missing,
+                     "failed": bool((drop > max_drop and p_adj[k] < alpha) or (missing and not allow_missing))})
+    if allow_missing:
+        return rows
     for c, m in sorted(set(n_base) - set(col), key=lambda cm: order.get(cm, len(order))):
         rows.append({"condition": c, "method": m, "n": 0, "n_baseline": n_base[c, m], "baseline": float("nan"),
                      "current": float("nan"), "drop": float("nan"), "test": "-", "p": float("nan"),
@@ -144,6 +148,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--alpha", type=float, default=0.05, help="family-wise significance level (default 0.05)")
     ap.add_argument("--junit", type=Path, metavar="FILE", help="also write a JUnit XML report")
     ap.add_argument("--permutations", type=int, default=10_000, help="sign-flip permutations (default 10000)")
+    ap.add_argument("--allow-missing", action="store_true",
+                    help="compare only the predictions both runs have (CURRENT is a slice of the baseline's suite); "
+                         "by default a baseline prediction missing from CURRENT fails the gate")
     return ap.parse_args(argv)
 
 
@@ -157,7 +164,8 @@ def main(argv=None) -> int:
         if args.permutations < 100:
             raise UserError(f"--permutations: must be at least 100, got {args.permutations}")
         baseline, current = load_run(args.baseline), load_run(args.current)
-        rows = compare(baseline, current, args.max_drop, args.alpha, args.permutations)
+        rows = compare(baseline, current, args.max_drop, args.alpha, args.permutations,
+                       allow_missing=args.allow_missing)
         if args.junit:
             try:
                 args.junit.write_text(junit(rows, args.max_drop, args.alpha), encoding="utf-8")
