@@ -11,9 +11,9 @@
             keep = m.select(vision, text)  ->  answers = adapter.generate(kept tokens, questions_t)
         store.put(rows)                               one transaction: the resume point
 
-A unit of work is (batch, image condition) with all its text conditions. Batches are formed from the example order
-alone, so a resumed run recomputes a missing unit on exactly the examples an uninterrupted
-run would have used.
+A unit of work is (batch, image condition) with all its text conditions. Batches are formed
+from the example order alone, so a resumed run recomputes a missing unit on exactly the
+examples an uninterrupted run would have used.
 """
 from __future__ import annotations
 
