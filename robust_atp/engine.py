@@ -147,7 +147,7 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
                 for m in todo_methods:
                     text = text_cache[text_cond, m.settings.get("text", "question")] if m.needs_text else None
                     rows += _method_rows(m, adapter, vision, text, questions, batch, cname, seed, metrics, done, stats,
-                                         resolution)
+                                         resolution, [im.size for im in images])
             store.put(rows)
             done.update((r.example_id, r.condition, r.method) for r in rows)
             stats.units_run += 1
@@ -158,7 +158,7 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
 
 
 def _method_rows(m, adapter, vision, text, questions, batch, cname, seed, metrics, done, stats,
-                 resolution: int | None = None) -> list[Prediction]:
+                 resolution: int | None = None, source_sizes: list | None = None) -> list[Prediction]:
     """One method on one batch under one condition: select (or merge), generate, score, measure."""
     tm = stats.timings
     t = time.perf_counter()
@@ -177,7 +177,8 @@ def _method_rows(m, adapter, vision, text, questions, batch, cname, seed, metric
     tm["generate"] += time.perf_counter() - t
     stats.generations += len(batch)
     n_llm = [len(i) if i is not None else len(k) for i, k in zip(indices, kept)]
-    extras = row_measurements(m, adapter, vision, indices, questions, batch, n_llm, m.fastv_layer, resolution)
+    extras = row_measurements(m, adapter, vision, indices, questions, batch, n_llm, m.fastv_layer, resolution,
+                              source_sizes)
     rows = []
     for ex, ans, idx, n, extra, q in zip(batch, answers, indices, n_llm, extras, questions):
         if (ex.id, cname, m.label) in done:

@@ -14,16 +14,14 @@ from .perturb.image import canonical_boxes
 from .prune.coverage import object_recall, patch_mask
 
 
-def _source_size(ex) -> tuple[int, int]:
-    """The dataset image's size (w, h), before any canonical resize."""
-    return ex.image().size
-
 
 def row_measurements(method, adapter, vision, kept: list, questions: list[str], batch, n_llm: list[int],
-                     fastv_cut: int | None = None, resolution: int | None = None) -> list[dict]:
+                     fastv_cut: int | None = None, resolution: int | None = None,
+                     source_sizes: list | None = None) -> list[dict]:
     """One dict per example. kept: per example the kept indices [K] or None (merged);
     n_llm: visual tokens the LLM keeps (after FastV's cut when `fastv_cut` is set);
-    resolution: the canonical resolution the engine brought the images to (None: native)."""
+    resolution: the canonical resolution the engine brought the images to (None: native), and
+    source_sizes: per example the dataset image's (w, h) before it (the boxes' coordinates)."""
     n = vision.tokens.shape[1]
     cfgs = adapter.cost_configs() if hasattr(adapter, "cost_configs") else None
     geometry = adapter.patch_geometry() if hasattr(adapter, "patch_geometry") else None
@@ -44,19 +42,20 @@ def row_measurements(method, adapter, vision, kept: list, questions: list[str], 
             extra["scorer_flops"] = cost.scorer_flops(
                 method.name, method.settings, n, n_llm[i], d=vision.tokens.shape[-1], c=vision.vit_features.shape[-1],
                 text_cfg=cfgs.get("clip_text"), text_len=len(encoded.split()) + 2, proj=cfgs.get("clip_projection") or 0)
-        extra["object_recall"] = _recall(ex, kept[i], vision, geometry, i, resolution)
+        extra["object_recall"] = _recall(ex, kept[i], vision, geometry, i, resolution,
+                                         source_sizes[i] if source_sizes else None)
         out.append(extra)
     return out
 
 
-def _recall(ex, kept, vision, geometry, i, resolution=None):
+def _recall(ex, kept, vision, geometry, i, resolution=None, source_size=None):
     boxes, targets = ex.meta.get("boxes"), ex.meta.get("targets")
     if kept is None or not boxes or not targets or geometry is None or vision.image_sizes is None:
         return None
     named = [boxes[t] for t in targets]
     size = vision.image_sizes[i]  # of the image the model saw (canonical when a resolution is set)
     if resolution is not None:
-        named, _ = canonical_boxes(named, tuple(ex.meta.get("image_size") or _source_size(ex)), resolution)
+        named, _ = canonical_boxes(named, tuple(source_size), resolution)
     mask = patch_mask(named, size, geometry["shortest_edge"], geometry["crop"], geometry["grid"])
     r = object_recall(kept, mask)
     return None if r is None else round(r, 6)

@@ -59,3 +59,24 @@ def test_every_method_runs_through_the_engine(model, tmp_path, request):
         name = s["method"].split("@")[0]
         assert (s["kept_indices"] is None) == (name in MERGING)
         assert s["prefill_flops"] > 0 and s["vision_flops"] > 0
+
+
+def test_object_recall_through_the_engine_follows_a_canonical_resolution(tmp_path):
+    """uniform keeps the same patch indices whatever the image, and 96 px shapes at resolution 192
+    (an exact 2x) reach the demo model's 48 px input on the same patch grid: the object recall must
+    not move. It did, by mapping original-pixel boxes onto the resized image."""
+    recall = {}
+    for res in (None, 192):
+        p = tmp_path / f"r{res}.yaml"
+        p.write_text(textwrap.dedent("""
+            name: recall
+            dataset: {loader: shapes, split: val, limit: 6}
+            model: {checkpoint: zoo:shapes_vlm/llava, clip: zoo:shapes_vlm/clip, generation: {max_new_tokens: 1}}
+            methods: [{name: uniform, keep: 0.25}]
+            """) + (f"perturbations: {{image: {{corruptions: [fog], severities: [1], resolution: {res}}}}}\n"
+                    if res else ""))
+        run = tmp_path / f"run{res}"
+        assert main([str(p), "--out", str(run), "--no-progress", "--no-report"]) == 0
+        samples = [json.loads(s) for s in (run / "samples.jsonl").read_text().splitlines()]
+        recall[res] = [s["object_recall"] for s in samples if s["condition"] == "clean"]
+    assert any(r is not None for r in recall[None]) and recall[192] == recall[None]
