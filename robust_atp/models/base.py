@@ -58,6 +58,8 @@ class Adapter(Protocol):
 
 
 _ADAPTERS: dict[str, Callable] = {}
+# adapters imported on demand: adapter name -> module in this package
+_LAZY = {"llava_next": "llava_next", "qwen2_vl": "qwen2_vl", "blip2": "blip2"}
 
 
 def register_adapter(name: str):
@@ -88,8 +90,13 @@ def resolve_checkpoint(ref: str, field: str = "model.checkpoint") -> str:
 
 def load_adapter(model_cfg) -> Adapter:
     """The one entry point: a suite's `model:` section -> a ready adapter."""
+    import importlib
+
     from . import llava  # noqa: F401  (registers itself)
 
+    if model_cfg.adapter in _LAZY and model_cfg.adapter not in _ADAPTERS:
+        importlib.import_module(f"{__package__}.{_LAZY[model_cfg.adapter]}")  # only the family a suite names
     if model_cfg.adapter not in _ADAPTERS:
-        raise UserError(f"model.adapter: unknown adapter {model_cfg.adapter!r}; known: {', '.join(sorted(_ADAPTERS))}")
+        known = ", ".join(sorted(set(_ADAPTERS) | set(_LAZY)))
+        raise UserError(f"model.adapter: unknown adapter {model_cfg.adapter!r}; known: {known}")
     return _ADAPTERS[model_cfg.adapter](model_cfg)
