@@ -32,7 +32,8 @@ def row_measurements(method, adapter, vision, kept: list, questions: list[str], 
             llm = cost.LayerShape.from_config(cfgs["llm"])
             text = adapter.prompt_length(q)
             # BLIP-2 hands the LLM its query tokens whatever the ViT tokens kept
-            seen = adapter.llm_visual_tokens(n_llm[i]) if hasattr(adapter, "llm_visual_tokens") else n_llm[i]
+            # (and LLaVA-NeXT the newlines of the rows its kept tokens touch)
+            seen = adapter.llm_visual_tokens(n_llm[i], kept[i]) if hasattr(adapter, "llm_visual_tokens") else n_llm[i]
             if fastv_cut is None:
                 extra["prefill_flops"] = cost.prefill_flops(llm, text + seen)
             else:

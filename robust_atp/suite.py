@@ -41,6 +41,8 @@ class ScorerCfg(Strict):
     pretrained: str | None = None  # a tag (e.g. openai), a checkpoint path, or None (random weights)
 
 
+# methods that split a budget over LLaVA-NeXT's crops (they rank by a score; see prune.methods)
+PER_CROP_METHODS = ("full", "atp", "cls", "clip", "random")
 # settings only some adapters read: naming one for another adapter is a mistake
 ADAPTER_SETTINGS = {"saliency": ("qwen2_vl",), "budget_scope": ("llava_next",),
                     "scorer": ("qwen2_vl", "llava_next", "blip2")}
@@ -166,6 +168,15 @@ class Suite(Strict):
     include_clean: bool = True
     stats: StatsCfg = Field(default_factory=StatsCfg)
     report: ReportCfg = Field(default_factory=ReportCfg)
+
+    @model_validator(mode="after")
+    def _per_crop_methods(self):
+        if self.model.budget_scope == "per_crop":
+            other = [m.name for m in self.methods if m.name not in PER_CROP_METHODS]
+            if other:
+                raise ValueError(f"model.budget_scope per_crop applies to {', '.join(PER_CROP_METHODS)}; "
+                                 f"{', '.join(sorted(set(other)))} budget over all tokens (use budget_scope: global)")
+        return self
 
     def config_hash(self) -> str:
         """What the predictions depend on. Batch size is left out (answers are batch-size

@@ -62,3 +62,10 @@ def open_clip_config(tmp_path_factory):
     from tiny_families import tiny_open_clip_config
 
     return tiny_open_clip_config(tmp_path_factory.mktemp("open_clip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_next_dir(tmp_path_factory):
+    from tiny_families import build_tiny_llava_next
+
+    return build_tiny_llava_next(tmp_path_factory.mktemp("tiny_llava_next"))

@@ -75,3 +75,43 @@ def tiny_open_clip_config(out: Path) -> Path:
     path = out / "tiny-vit-test.json"
     path.write_text(json.dumps(cfg))
     return path
+
+
+def build_tiny_llava_next(out: Path, seed: int = 0) -> Path:
+    """A random LlavaNextForConditionalGeneration (CLIP ViT 32 px / 8 px patches: 16 tokens a crop)
+    and its CLIPModel (out/llava_next, out/clip). A 96 px image picks the 64x64 pinpoint: the base
+    crop plus 2x2 crops, 16 + 64 = 80 patch tokens and 8 newlines."""
+    from transformers import (CLIPConfig, CLIPModel, CLIPProcessor, CLIPTextConfig, CLIPVisionConfig, LlamaConfig,
+                              LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextImageProcessor,
+                              LlavaNextProcessor)
+
+    from robust_atp.models.zoo import vocab
+
+    clip_tok, _ = vocab.build_tokenizers()
+    tok = _lm_tokenizer()
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                              image_size=32, patch_size=8, projection_dim=16)
+    text = CLIPTextConfig(vocab_size=len(clip_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                          num_attention_heads=4, max_position_embeddings=48, projection_dim=16,
+                          **vocab.SPECIAL_IDS_CLIP)
+    lm = LlamaConfig(vocab_size=len(tok), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, **vocab.SPECIAL_IDS_LM)
+    pinpoints = [[32, 64], [64, 32], [64, 64]]
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration(LlavaNextConfig(
+        vision_config=vision.to_dict(), text_config=lm.to_dict(), image_token_index=vocab.IMAGE_ID,
+        image_grid_pinpoints=pinpoints, vision_feature_layer=-2, vision_feature_select_strategy="default")).eval()
+    _sharpen(model, model.model.language_model.layers)
+    with torch.no_grad():  # the newline embedding is initialised at random scale; keep it comparable to the tokens
+        model.model.image_newline.normal_(0, 1)
+    clip = CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=16)).eval()
+    clip.vision_model.load_state_dict(model.model.vision_tower.state_dict())
+    ip = LlavaNextImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                 image_grid_pinpoints=pinpoints)
+    out = Path(out)
+    model.save_pretrained(out / "llava_next")
+    LlavaNextProcessor(image_processor=ip, tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
+                       image_token="<image>", num_additional_image_tokens=1).save_pretrained(out / "llava_next")
+    clip.save_pretrained(out / "clip")
+    CLIPProcessor(image_processor=ip, tokenizer=clip_tok).save_pretrained(out / "clip")
+    return out

@@ -21,6 +21,8 @@ class VisionOutput:
     vit_features: [B, N, C]     the ViT features the projector reads (for merging methods)
     grid:         (rows, cols)  the patch grid, rows * cols == N
     image_sizes:  B (width, height) of the input images, before the processor's resize / crop
+    crop_ids:     [N]           the crop each token comes from, when budgets are per crop (LLaVA-NeXT
+                                `budget_scope: per_crop`); None: one budget over all N tokens
     """
 
     tokens: torch.Tensor
@@ -29,6 +31,7 @@ class VisionOutput:
     vit_features: torch.Tensor
     grid: tuple[int, int]
     image_sizes: list[tuple[int, int]] | None = None
+    crop_ids: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
