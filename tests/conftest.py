@@ -69,3 +69,10 @@ def tiny_next_dir(tmp_path_factory):
     from tiny_families import build_tiny_llava_next
 
     return build_tiny_llava_next(tmp_path_factory.mktemp("tiny_llava_next"))
+
+
+@pytest.fixture(scope="session")
+def tiny_blip2_dir(tmp_path_factory):
+    from tiny_families import build_tiny_blip2
+
+    return build_tiny_blip2(tmp_path_factory.mktemp("tiny_blip2"))

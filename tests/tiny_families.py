@@ -115,3 +115,44 @@ def build_tiny_llava_next(out: Path, seed: int = 0) -> Path:
     clip.save_pretrained(out / "clip")
     CLIPProcessor(image_processor=ip, tokenizer=clip_tok).save_pretrained(out / "clip")
     return out
+
+
+BLIP2_PROMPT = "<image>Question: {question} Answer:"
+
+
+def build_tiny_blip2(out: Path, seed: int = 0) -> Path:
+    """A random Blip2ForConditionalGeneration: a 32 px ViT with 8 px patches (16 patch tokens +
+    CLS), a 2-layer Q-Former with 8 query tokens, a 2-layer OPT."""
+    from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, Blip2QFormerConfig,
+                              Blip2VisionConfig, BlipImageProcessor, OPTConfig)
+
+    from robust_atp.models.zoo import vocab
+
+    tok = _lm_tokenizer()
+    cfg = Blip2Config(
+        vision_config=Blip2VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                        num_attention_heads=4, image_size=32, patch_size=8).to_dict(),
+        qformer_config=Blip2QFormerConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                          intermediate_size=64, encoder_hidden_size=32,
+                                          cross_attention_frequency=1).to_dict(),
+        text_config=OPTConfig(vocab_size=len(tok), hidden_size=48, ffn_dim=96, num_hidden_layers=2,
+                              num_attention_heads=4, word_embed_proj_dim=48, max_position_embeddings=256,
+                              **vocab.SPECIAL_IDS_LM).to_dict(),
+        num_query_tokens=8, image_token_index=vocab.IMAGE_ID)
+    torch.manual_seed(seed)
+    model = Blip2ForConditionalGeneration(cfg).eval()
+    with torch.no_grad():
+        model.query_tokens.normal_(0, 1)  # initialised at zero: every query would be the same
+        model.vision_model.embeddings.class_embedding.normal_(0, 1)
+    decoder = model.language_model.model.decoder
+    with torch.no_grad():  # OPT ties its head to the input embeddings: sharpen through the final norm instead
+        decoder.final_layer_norm.weight.mul_(20)
+        decoder.final_layer_norm.bias.mul_(20)
+        for layer in decoder.layers:
+            layer.self_attn.q_proj.weight.mul_(6)
+            layer.self_attn.k_proj.weight.mul_(6)
+    out = Path(out)
+    model.save_pretrained(out)
+    Blip2Processor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok,
+                   num_query_tokens=8).save_pretrained(out)
+    return out
