@@ -59,14 +59,17 @@ class OpenClipScorer:
         visual = self.model.visual
         if not hasattr(visual, "output_tokens") or not hasattr(visual, "conv1"):
             raise UserError(f"model.scorer.model: {model!r} has no ViT patch tokens (a ViT open_clip model is needed)")
-        visual.output_tokens = True
 
     @torch.inference_mode()
     def patch_grid(self, images: list[Image.Image]) -> torch.Tensor:
         """Projected patch tokens on the scorer's own grid: [B, P, g_rows, g_cols]."""
         px = torch.stack([self.preprocess(im.convert("RGB")) for im in images]).to(self.device)
         visual = self.model.visual
-        _, tokens = visual(px)  # [B, g*g, width], after ln_post
+        visual.output_tokens = True  # only here: encode_image keeps returning the pooled embedding
+        try:
+            _, tokens = visual(px)  # [B, g*g, width], after ln_post
+        finally:
+            visual.output_tokens = False
         if visual.proj is not None:
             tokens = tokens @ visual.proj
         gh, gw = visual.grid_size
