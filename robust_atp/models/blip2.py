@@ -143,9 +143,15 @@ class Blip2Adapter:
         return self.model.language_projection(out.to(keys.dtype))
 
     def cost_configs(self) -> dict:
+        from types import SimpleNamespace
+
         mc = self.model.config
-        return {"llm": mc.text_config, "vision": mc.vision_config, "projector": None,
-                "clip_text": None, "clip_projection": None}
+        t = mc.text_config
+        # OPT names its FFN width ffn_dim; its FFN is a plain MLP (model_type 'opt', see cost.LayerShape)
+        llm = t if hasattr(t, "intermediate_size") else SimpleNamespace(
+            num_hidden_layers=t.num_hidden_layers, hidden_size=t.hidden_size, intermediate_size=t.ffn_dim,
+            num_attention_heads=t.num_attention_heads, model_type=t.model_type)
+        return {"llm": llm, "vision": mc.vision_config, "projector": None, "clip_text": None, "clip_projection": None}
 
     def llm_visual_tokens(self, k: int, kept=None) -> int:
         """The LLM reads the query tokens, however many ViT tokens were kept."""
