@@ -91,6 +91,12 @@ def resolve_checkpoint(ref: str, field: str = "model.checkpoint") -> str:
     return ref
 
 
+def adapter_names() -> list[str]:
+    from . import llava  # noqa: F401  (registers itself)
+
+    return sorted(set(_ADAPTERS) | set(_LAZY))
+
+
 def load_adapter(model_cfg) -> Adapter:
     """The one entry point: a suite's `model:` section -> a ready adapter."""
     import importlib
@@ -100,6 +106,5 @@ def load_adapter(model_cfg) -> Adapter:
     if model_cfg.adapter in _LAZY and model_cfg.adapter not in _ADAPTERS:
         importlib.import_module(f"{__package__}.{_LAZY[model_cfg.adapter]}")  # only the family a suite names
     if model_cfg.adapter not in _ADAPTERS:
-        known = ", ".join(sorted(set(_ADAPTERS) | set(_LAZY)))
-        raise UserError(f"model.adapter: unknown adapter {model_cfg.adapter!r}; known: {known}")
+        raise UserError(f"model.adapter: unknown adapter {model_cfg.adapter!r}; known: {', '.join(adapter_names())}")
     return _ADAPTERS[model_cfg.adapter](model_cfg)
