@@ -38,6 +38,7 @@ def test_qwen2_vl_through_the_engine(tmp_path, tiny_qwen_dir, open_clip_config):
     assert all(s["vision_flops"] > 0 and s["scorer_flops"] >= 0 for s in samples)
 
 
+@pytest.mark.slow
 def test_llava_next_through_the_engine(tmp_path, tiny_next_dir, open_clip_config):
     base = {"adapter": "llava_next", "checkpoint": str(tiny_next_dir / "llava_next")}
     rows, samples = _run(tmp_path, {**base, "clip": str(tiny_next_dir / "clip"), "budget_scope": "per_crop"},
@@ -50,6 +51,7 @@ def test_llava_next_through_the_engine(tmp_path, tiny_next_dir, open_clip_config
     assert rows["clean", "tome@0.25"]["kept_tokens"] == 20
 
 
+@pytest.mark.slow
 def test_blip2_through_the_engine(tmp_path, tiny_blip2_dir, open_clip_config, capsys):
     model = {"adapter": "blip2", "checkpoint": str(tiny_blip2_dir), "prompt": BLIP2_PROMPT,
              "scorer": {"kind": "open_clip", "model": str(open_clip_config)}}
