@@ -8,24 +8,26 @@ from robust_atp.run import main
 from tiny_families import BLIP2_PROMPT, QWEN_PROMPT
 
 
-def _suite(tmp_path, model: dict, methods: list[dict]) -> str:
+def _suite(tmp_path, model: dict, methods: list[dict], fog: bool = True) -> str:
     tmp_path.mkdir(parents=True, exist_ok=True)
     p = tmp_path / "suite.yaml"
-    p.write_text(yaml.safe_dump({
-        "name": "family", "dataset": {"loader": "shapes", "split": "val", "limit": 4},
-        "model": {**model, "generation": {"max_new_tokens": 3}}, "methods": methods, "batch_size": 2,
-        "perturbations": {"image": {"corruptions": ["fog"], "severities": [1], "resolution": 96}}}))
+    suite = {"name": "family", "dataset": {"loader": "shapes", "split": "val", "limit": 4},
+             "model": {**model, "generation": {"max_new_tokens": 3}}, "methods": methods, "batch_size": 2}
+    if fog:
+        suite["perturbations"] = {"image": {"corruptions": ["fog"], "severities": [1], "resolution": 96}}
+    p.write_text(yaml.safe_dump(suite))
     return str(p)
 
 
-def _run(tmp_path, model, methods):
+def _run(tmp_path, model, methods, fog: bool = True):
     run = tmp_path / "run"
-    assert main([_suite(tmp_path, model, methods), "--out", str(run), "--no-progress", "--no-report"]) == 0
+    assert main([_suite(tmp_path, model, methods, fog), "--out", str(run), "--no-progress", "--no-report"]) == 0
     rows = json.loads((run / "results.json").read_text())["rows"]
     samples = [json.loads(s) for s in (run / "samples.jsonl").read_text().splitlines()]
     return {(r["condition"], r["method"]): r for r in rows}, samples
 
 
+@pytest.mark.slow
 def test_qwen2_vl_through_the_engine(tmp_path, tiny_qwen_dir, open_clip_config):
     model = {"adapter": "qwen2_vl", "checkpoint": str(tiny_qwen_dir), "prompt": QWEN_PROMPT,
              "scorer": {"kind": "open_clip", "model": str(open_clip_config)}}
@@ -47,7 +49,7 @@ def test_llava_next_through_the_engine(tmp_path, tiny_next_dir, open_clip_config
     # the prefill counts the newlines of the rows kept tokens touch: 88 visual tokens for full
     assert 0 < rows["clean", "atp@0.25"]["flops_ratio"] < 0.6
     rows, _ = _run(tmp_path / "scorer", {**base, "scorer": {"model": str(open_clip_config)}},
-                   [{"name": "full"}, {"name": "atp", "keep": 0.25}, {"name": "tome", "keep": 0.25}])
+                   [{"name": "full"}, {"name": "atp", "keep": 0.25}, {"name": "tome", "keep": 0.25}], fog=False)
     assert rows["clean", "tome@0.25"]["kept_tokens"] == 20
 
 
