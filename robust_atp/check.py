@@ -22,6 +22,7 @@ def check_suite(suite, suite_path: Path, out=None) -> int:
     out = out or sys.stdout
     say = lambda line="": print(line, file=out)
     methods = [validate_method(m) for m in suite.methods]
+    _check_adapter(suite.model, suite_path)
     image_conditions = resolve_image_conditions(suite.perturbations.image)
     text_conditions = resolve_text_conditions(suite.perturbations.text)
     conditions = condition_names(image_conditions, suite.include_clean, text_conditions, suite.perturbations.cross)
@@ -32,6 +33,9 @@ def check_suite(suite, suite_path: Path, out=None) -> int:
     n, data_note = _count_examples(suite, suite_path)
     say(f"  data: {data_note}")
     clip = f", clip {_describe_ref(suite.model.clip, 'model.clip')}" if suite.model.clip else ""
+    sc = suite.model.scorer
+    if sc is not None:
+        clip += f", scorer {sc.kind} {sc.model} ({sc.pretrained or 'random weights'})"
     say(f"  model: {suite.model.adapter} {_describe_ref(suite.model.checkpoint, 'model.checkpoint')}{clip}, "
         f"{suite.model.dtype} on {suite.model.device} (weights not loaded)")
     say(f"  methods ({len(methods)}): {', '.join(m.label for m in methods)}")
@@ -96,3 +100,19 @@ def _describe_ref(ref: str, field: str) -> str:
     if resolved == ref and not Path(ref).expanduser().exists():
         return f"{ref} (hub id, fetched on the first run)"
     return f"{ref} (local: {resolved})"
+
+
+def _check_adapter(model, suite_path: Path) -> None:
+    """The adapter exists, and a scorer names a model open_clip knows (no weights are read)."""
+    from .errors import UserError
+    from .models.base import adapter_names
+
+    if model.adapter not in adapter_names():
+        raise UserError(f"{suite_path}: model.adapter: unknown adapter {model.adapter!r}; "
+                        f"known: {', '.join(adapter_names())}")
+    sc = model.scorer
+    if sc is not None and not sc.model.endswith(".json") and ":" not in sc.model:
+        import open_clip
+
+        if sc.model not in open_clip.list_models():
+            raise UserError(f"{suite_path}: model.scorer.model: unknown open_clip model {sc.model!r}")

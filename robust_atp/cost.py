@@ -36,7 +36,8 @@ class LayerShape:
         heads = cfg.num_attention_heads
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
         if gated is None:
-            gated = getattr(cfg, "model_type", "") not in ("clip_vision_model", "clip_text_model", "siglip_vision_model")
+            gated = getattr(cfg, "model_type", "") not in ("clip_vision_model", "clip_text_model", "siglip_vision_model",
+                                                           "opt")
         return cls(layers=cfg.num_hidden_layers, d=cfg.hidden_size, m=cfg.intermediate_size, heads=heads,
                    kv_heads=getattr(cfg, "num_key_value_heads", None) or heads, head_dim=head_dim, gated=gated)
 

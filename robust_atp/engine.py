@@ -172,8 +172,10 @@ def _method_rows(m, adapter, vision, text, questions, batch, cname, seed, metric
         answers = adapter.generate(tokens, questions, fastv=spec)
         indices = spec.kept
     else:
-        answers = adapter.generate(tokens, questions)
         indices = [k.indices for k in kept]
+        # adapters that place tokens by grid position (Qwen2-VL, LLaVA-NeXT) need the kept indices too
+        extra = {"kept_indices": indices} if getattr(adapter, "wants_kept_indices", False) else {}
+        answers = adapter.generate(tokens, questions, **extra)
     tm["generate"] += time.perf_counter() - t
     stats.generations += len(batch)
     n_llm = [len(i) if i is not None else len(k) for i, k in zip(indices, kept)]

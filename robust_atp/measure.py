@@ -31,11 +31,18 @@ def row_measurements(method, adapter, vision, kept: list, questions: list[str], 
         if cfgs is not None:
             llm = cost.LayerShape.from_config(cfgs["llm"])
             text = adapter.prompt_length(q)
+            # BLIP-2 hands the LLM its query tokens whatever the ViT tokens kept
+            # (and LLaVA-NeXT the newlines of the rows its kept tokens touch)
+            seen = adapter.llm_visual_tokens(n_llm[i], kept[i]) if hasattr(adapter, "llm_visual_tokens") else n_llm[i]
             if fastv_cut is None:
-                extra["prefill_flops"] = cost.prefill_flops(llm, text + n_llm[i])
+                extra["prefill_flops"] = cost.prefill_flops(llm, text + seen)
             else:
                 extra["prefill_flops"] = cost.prefill_flops(llm, text + n, text + n_llm[i], fastv_cut)
-            extra["vision_flops"] = cost.vision_flops(cfgs["vision"], n, cfgs.get("projector"))
+            # towers that are not a CLIP ViT over N + 1 tokens (Qwen2-VL's merger, anyres crops) count themselves
+            extra["vision_flops"] = (adapter.vision_flops(n) if hasattr(adapter, "vision_flops") else
+                                     cost.vision_flops(cfgs["vision"], n, cfgs.get("projector")))
+            if hasattr(adapter, "extra_flops"):  # e.g. BLIP-2's Q-Former over the kept ViT tokens
+                extra.update(adapter.extra_flops(n, n_llm[i]))
             # CLIP text length: the encoded text's words plus BOS / EOS, an estimate (no tokenizer here);
             # `text: prompt` methods encode the whole prompt
             encoded = adapter.prompt(q) if method.settings.get("text") == "prompt" else q

@@ -208,6 +208,9 @@ def summarize(by_key: dict, examples, conditions: list[str], labels: list[str], 
                 row[key.replace("_flops", "_tflops")] = round(sum(xs) / len(xs) / 1e12, 9) if xs else None
                 if key == "prefill_flops" and xs:
                     prefill[cond, label] = sum(xs) / len(xs)
+            qformer = [p.extra["qformer_flops"] for p in preds if p.extra.get("qformer_flops") is not None]
+            if qformer:  # BLIP-2: what pruning saves is in the Q-Former, not in the LLM
+                row["qformer_tflops"] = round(sum(qformer) / len(qformer) / 1e12, 9)
             row["flops_ratio"] = None  # filled below from the same condition's `full`
             row["object_recall"] = _mean([p.extra["object_recall"] for p in preds
                                           if p.extra.get("object_recall") is not None])
@@ -333,6 +336,9 @@ def format_summary(rows: list[dict], labels: list[str], keeps: dict[str, str] | 
     note += f"; d_* = method - {ref} in points"
     note += ("\nflops = LLM prefill FLOPs / full's (clean); recall = % of the patches covering the objects a "
              "question names that the method kept (clean; selection methods only)")
+    if any("qformer_tflops" in r for r in rows):
+        note += ("\nthe LLM reads the Q-Former's query tokens whatever is pruned: its prefill is unchanged (flops "
+                 "1.000); pruning saves only Q-Former cross-attention (qformer_tflops in results.json)")
     return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(c) for c in lines] + [note])
 
 

@@ -33,6 +33,21 @@ class GenerationCfg(Strict):
     max_new_tokens: int = Field(default=10, gt=0, le=512)
 
 
+class ScorerCfg(Strict):
+    """An external CLIP scorer for ATP's relevance term (see models.scorer)."""
+
+    kind: Literal["open_clip"] = "open_clip"
+    model: str  # an open_clip model name, a model config .json, local-dir:<dir> or hf-hub:<repo>
+    pretrained: str | None = None  # a tag (e.g. openai), a checkpoint path, or None (random weights)
+
+
+# methods that split a budget over LLaVA-NeXT's crops (they rank by a score; see prune.methods)
+PER_CROP_METHODS = ("full", "atp", "cls", "clip", "random")
+# settings only some adapters read: naming one for another adapter is a mistake
+ADAPTER_SETTINGS = {"saliency": ("qwen2_vl",), "budget_scope": ("llava_next",),
+                    "scorer": ("qwen2_vl", "llava_next", "blip2")}
+
+
 class ModelCfg(Strict):
     adapter: str = "llava"
     checkpoint: str
@@ -45,6 +60,19 @@ class ModelCfg(Strict):
     prompt: str = "USER: <image>\n{question} ASSISTANT:"
     generation: GenerationCfg = Field(default_factory=GenerationCfg)
     trust_remote_code: bool = False
+    # Qwen2-VL (no CLS token): the saliency that stands in for CLS attention (default attention)
+    saliency: Literal["attention", "feature_norm"] | None = None
+    # LLaVA-NeXT: a token budget over all crops at once, or the same share of each crop (default global)
+    budget_scope: Literal["global", "per_crop"] | None = None
+    # an external CLIP model for the relevance term when the VLM's tower is not in a CLIP space
+    scorer: ScorerCfg | None = None
+
+    @model_validator(mode="after")
+    def _adapter_settings(self):
+        for name, adapters in ADAPTER_SETTINGS.items():
+            if getattr(self, name) is not None and self.adapter not in adapters:
+                raise ValueError(f"'{name}' applies to the {', '.join(adapters)} adapter(s), not {self.adapter!r}")
+        return self
 
     @field_validator("prompt")
     @classmethod
@@ -141,6 +169,15 @@ class Suite(Strict):
     stats: StatsCfg = Field(default_factory=StatsCfg)
     report: ReportCfg = Field(default_factory=ReportCfg)
 
+    @model_validator(mode="after")
+    def _per_crop_methods(self):
+        if self.model.budget_scope == "per_crop":
+            other = [m.name for m in self.methods if m.name not in PER_CROP_METHODS]
+            if other:
+                raise ValueError(f"model.budget_scope per_crop applies to {', '.join(PER_CROP_METHODS)}; "
+                                 f"{', '.join(sorted(set(other)))} budget over all tokens (use budget_scope: global)")
+        return self
+
     def config_hash(self) -> str:
         """What the predictions depend on. Batch size is left out (answers are batch-size
         invariant) and so is the dataset limit (rows are keyed by example id, so a larger
@@ -151,6 +188,9 @@ class Suite(Strict):
         d.pop("report")
         d["dataset"].pop("limit")
         d["model"].pop("device")
+        for key in ADAPTER_SETTINGS:  # unset adapter settings keep older suites' hashes
+            if d["model"].get(key) is None:
+                d["model"].pop(key, None)
         # suites that predate an option and leave it at its default keep their hash
         image, pert = d["perturbations"].get("image"), d["perturbations"]
         if image and image.get("resolution") is None:

@@ -48,3 +48,31 @@ def shapes_examples():
     from robust_atp.data import shapes
 
     return shapes.load_shapes("test", limit=16)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_dir(tmp_path_factory):
+    from tiny_families import build_tiny_qwen2_vl
+
+    return build_tiny_qwen2_vl(tmp_path_factory.mktemp("tiny_qwen2_vl"))
+
+
+@pytest.fixture(scope="session")
+def open_clip_config(tmp_path_factory):
+    from tiny_families import tiny_open_clip_config
+
+    return tiny_open_clip_config(tmp_path_factory.mktemp("open_clip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_next_dir(tmp_path_factory):
+    from tiny_families import build_tiny_llava_next
+
+    return build_tiny_llava_next(tmp_path_factory.mktemp("tiny_llava_next"))
+
+
+@pytest.fixture(scope="session")
+def tiny_blip2_dir(tmp_path_factory):
+    from tiny_families import build_tiny_blip2
+
+    return build_tiny_blip2(tmp_path_factory.mktemp("tiny_blip2"))

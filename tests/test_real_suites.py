@@ -111,3 +111,31 @@ def test_tiny_vqa_c_end_to_end(tmp_path, tiny_dir):
         assert set(types) == {"other", "yes/no", "number"}
         yn = [s["score"] for s in mine if s["question_type"] in ("is the", "is this a")]
         assert types["yes/no"] == round(sum(yn) / len(yn), 6)
+
+
+FAMILIES = {"vqa_c_llava_next": "llava_next llava-hf/llava-v1.6-mistral-7b-hf (hub id",
+            "vqa_c_qwen2_vl": "qwen2_vl Qwen/Qwen2-VL-2B-Instruct (hub id",
+            "vqa_c_blip2": "blip2 Salesforce/blip2-opt-2.7b (hub id"}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_family_suite_checks(name, capsys):
+    """The LLaVA-NeXT, Qwen2-VL and BLIP-2 suites validate without weights or downloads."""
+    assert main([str(SUITES / f"{name}.yaml"), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert f"suite {name} " in out and ": valid" in out and FAMILIES[name] in out and "weights not loaded" in out
+    if name != "vqa_c_llava_next":
+        assert "scorer open_clip ViT-B-16 (openai)" in out
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r["model"].update(adapter="qwen3_vl", scorer=None, saliency=None),
+     "model.adapter: unknown adapter 'qwen3_vl'; known: blip2, llava, llava_next, qwen2_vl"),
+    (lambda r: r["model"]["scorer"].update(model="ViT-Q-99"), "model.scorer.model: unknown open_clip model"),
+    (lambda r: r["model"].update(budget_scope="per_crop"), "model: 'budget_scope' applies to the llava_next"),
+    (lambda r: r["model"].update(saliency="cls"), "model.saliency: Input should be 'attention' or 'feature_norm'"),
+])
+def test_family_check_rejects_an_invalid_model(tmp_path, capsys, edit, message):
+    assert main([str(variant(tmp_path, "vqa_c_qwen2_vl", edit)), "--check"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1

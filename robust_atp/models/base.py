@@ -21,6 +21,8 @@ class VisionOutput:
     vit_features: [B, N, C]     the ViT features the projector reads (for merging methods)
     grid:         (rows, cols)  the patch grid, rows * cols == N
     image_sizes:  B (width, height) of the input images, before the processor's resize / crop
+    crop_ids:     [N]           the crop each token comes from, when budgets are per crop (LLaVA-NeXT
+                                `budget_scope: per_crop`); None: one budget over all N tokens
     """
 
     tokens: torch.Tensor
@@ -29,6 +31,7 @@ class VisionOutput:
     vit_features: torch.Tensor
     grid: tuple[int, int]
     image_sizes: list[tuple[int, int]] | None = None
+    crop_ids: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -58,6 +61,8 @@ class Adapter(Protocol):
 
 
 _ADAPTERS: dict[str, Callable] = {}
+# adapters imported on demand: adapter name -> module in this package
+_LAZY = {"llava_next": "llava_next", "qwen2_vl": "qwen2_vl", "blip2": "blip2"}
 
 
 def register_adapter(name: str):
@@ -86,10 +91,20 @@ def resolve_checkpoint(ref: str, field: str = "model.checkpoint") -> str:
     return ref
 
 
-def load_adapter(model_cfg) -> Adapter:
-    """The one entry point: a suite's `model:` section -> a ready adapter."""
+def adapter_names() -> list[str]:
     from . import llava  # noqa: F401  (registers itself)
 
+    return sorted(set(_ADAPTERS) | set(_LAZY))
+
+
+def load_adapter(model_cfg) -> Adapter:
+    """The one entry point: a suite's `model:` section -> a ready adapter."""
+    import importlib
+
+    from . import llava  # noqa: F401  (registers itself)
+
+    if model_cfg.adapter in _LAZY and model_cfg.adapter not in _ADAPTERS:
+        importlib.import_module(f"{__package__}.{_LAZY[model_cfg.adapter]}")  # only the family a suite names
     if model_cfg.adapter not in _ADAPTERS:
-        raise UserError(f"model.adapter: unknown adapter {model_cfg.adapter!r}; known: {', '.join(sorted(_ADAPTERS))}")
+        raise UserError(f"model.adapter: unknown adapter {model_cfg.adapter!r}; known: {', '.join(adapter_names())}")
     return _ADAPTERS[model_cfg.adapter](model_cfg)

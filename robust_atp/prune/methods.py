@@ -26,7 +26,7 @@ from ..errors import SuiteError
 from ..seeding import stable_seed
 from .merge import Kept
 from .scores import atp_scores, clip_relevance, cls_attention
-from .select import budget, select_adaptive, select_topk
+from .select import budget, group_budgets, select_adaptive, select_topk
 
 Selector = Callable[[object, "torch.Tensor | None", list[str]], list[torch.Tensor]]
 Merger = Callable[[object, "torch.Tensor | None", list[str]], list[Kept]]
@@ -115,12 +115,27 @@ class Budget(Params):
             return f"k{self.k}"
         return f"mass{self.mass:g}"
 
-    def pick(self, scores: torch.Tensor) -> list[torch.Tensor]:
-        """scores [B, N] -> B index tensors."""
+    def pick(self, scores: torch.Tensor, groups: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """scores [B, N] -> B index tensors. groups [N] (crop ids): the budget applies per group."""
+        if groups is not None:
+            return self._pick_per_group(scores, groups)
         n = scores.shape[-1]
         if self.mass is not None:
             return select_adaptive(scores, self.mass, self.k_min, self.k_max)
         return list(select_topk(scores, budget(n, self.keep, self.k)))
+
+    def _pick_per_group(self, scores: torch.Tensor, groups: torch.Tensor) -> list[torch.Tensor]:
+        members = [(groups == g).nonzero().flatten().to(scores.device) for g in torch.unique(groups)]
+        ks = group_budgets([len(m) for m in members], self.keep, self.k)
+        parts = []
+        for m, k in zip(members, ks):
+            sub = scores[:, m]
+            if self.mass is not None:
+                picked = select_adaptive(sub, self.mass, self.k_min, self.k_max)
+            else:
+                picked = list(select_topk(sub, k))
+            parts.append([m[i] for i in picked])
+        return [torch.cat([p[b] for p in parts]).sort().values for b in range(scores.shape[0])]
 
 
 class FullParams(Params):
@@ -173,7 +188,7 @@ def _atp_selector(p, alpha: float, normalizer: str, sign: int):
     def select(vision, text, keys):
         sal = cls_attention(vision.cls_attn, p.layer, p.heads) if alpha < 1 else None
         rel = clip_relevance(vision.clip_patches, text, sign) if alpha > 0 else None
-        return p.pick(atp_scores(sal, rel, alpha, normalizer))
+        return p.pick(atp_scores(sal, rel, alpha, normalizer), getattr(vision, "crop_ids", None))
     return select
 
 
@@ -192,7 +207,7 @@ def _cls(p: ClsParams):
 def _clip(p: ClipParams):
     """ATP with alpha = 1: CLIP text-patch relevance alone."""
     def select(vision, text, keys):
-        return p.pick(clip_relevance(vision.clip_patches, text, p.relevance_sign))
+        return p.pick(clip_relevance(vision.clip_patches, text, p.relevance_sign), getattr(vision, "crop_ids", None))
     return select, True
 
 
@@ -206,7 +221,7 @@ def _random(p: RandomParams):
         for key in keys:
             g = torch.Generator().manual_seed(stable_seed("random", key))
             scores = torch.rand(n, generator=g).unsqueeze(0)
-            out.append(p.pick(scores)[0].to(vision.tokens.device))
+            out.append(p.pick(scores, getattr(vision, "crop_ids", None))[0].to(vision.tokens.device))
         return out
     return select, False
 

@@ -15,6 +15,20 @@ def budget(n: int, keep: float | None = None, k: int | None = None) -> int:
     return max(1, min(n, math.floor(keep * n + 0.5)))
 
 
+def group_budgets(sizes: list[int], keep: float | None = None, k: int | None = None) -> list[int]:
+    """A budget split over groups of tokens (crops): a ratio applies to each group; a count is
+    shared in proportion to the groups' sizes (largest remainder, so the shares sum to k)."""
+    if k is None:
+        return [budget(n, keep) if n else 0 for n in sizes]
+    total = sum(sizes)
+    k = max(1, min(int(k), total))
+    exact = [k * n / total for n in sizes]
+    out = [math.floor(e) for e in exact]
+    for i in sorted(range(len(sizes)), key=lambda i: (out[i] - exact[i], i))[:k - sum(out)]:
+        out[i] += 1
+    return out
+
+
 def _rank_order(scores: torch.Tensor) -> torch.Tensor:
     """Indices by descending score; ties by ascending index; NaN ranks last. [B, N] -> [B, N]."""
     s = torch.nan_to_num(scores.float(), nan=float("-inf"))

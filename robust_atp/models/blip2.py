@@ -1,0 +1,229 @@
+"""BLIP-2 (`Blip2ForConditionalGeneration`) behind the adapter protocol.
+
+BLIP-2's LLM never sees ViT tokens: a Q-Former reads them through cross-attention and hands
+the LLM a fixed number of query tokens (32 in the released checkpoints). So here the tokens a
+method prunes are the ViT's patch tokens on their way into the Q-Former:
+
+    tokens, vit_features  the ViT's last hidden states (post-LayerNorm), patches only  [B, N, C]
+    cls_attn              CLS -> patch attention of every ViT layer                    [B, L, H, N]
+    clip_patches          only through an external scorer (`model.scorer`): the ViT is not in a CLIP space
+
+The ViT's CLS token always goes to the Q-Former with the kept patches (it is not a patch; K
+counts patches). Pruning changes nothing in the LLM: its prefill is the same for every method
+(`flops_ratio` 1.0) and the saving is the Q-Former's cross-attention over fewer ViT tokens,
+reported as `qformer_flops` and included in `vision_flops`.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+from PIL import Image
+
+from ..errors import UserError
+from ..perturb.image import to_rgb
+from .base import VisionOutput, register_adapter, resolve_checkpoint
+from .llava import _left_pad, pick_device
+from .scorer import load_scorer
+
+
+class FusedQkvClsProbe:
+    """CLS -> patch attention from the fused qkv projection of each ViT layer (no rotary):
+    softmax(q_cls k^T * scale) per head, CLS column dropped: [B, L, H, N]."""
+
+    def __init__(self, layers: list):
+        self.layers = layers
+        self.rows: dict[int, torch.Tensor] = {}
+        self.active = False
+        for i, layer in enumerate(layers):
+            layer.self_attn.qkv.register_forward_hook(functools.partial(self._row, i))
+
+    def _row(self, i, module, args, out):
+        if not self.active:
+            return
+        attn = self.layers[i].self_attn
+        b, t, _ = out.shape
+        qkv = out.float().view(b, t, 3, attn.num_heads, attn.head_dim)
+        logits = torch.einsum("bhd,bthd->bht", qkv[:, 0, 0], qkv[:, :, 1]) * attn.scale
+        self.rows[i] = logits.softmax(-1)[..., 1:]
+
+    def __enter__(self):
+        self.rows.clear()
+        self.active = True
+        return self
+
+    def __exit__(self, *exc):
+        self.active = False
+
+    def result(self) -> torch.Tensor:
+        out = torch.stack([self.rows[i] for i in range(len(self.layers))], 1)
+        self.rows.clear()
+        return out
+
+
+@register_adapter("blip2")
+class Blip2Adapter:
+    def __init__(self, cfg):
+        from transformers import AutoProcessor, Blip2ForConditionalGeneration, GenerationConfig
+
+        self.cfg = cfg
+        self.device = pick_device(cfg.device)
+        self.dtype = getattr(torch, cfg.dtype)
+        if not cfg.prompt.startswith("<image>"):
+            raise UserError("model.prompt: BLIP-2 puts its query tokens before the text: the prompt must start "
+                            "with '<image>'")
+        path = resolve_checkpoint(cfg.checkpoint)
+        try:
+            self.model = Blip2ForConditionalGeneration.from_pretrained(
+                path, dtype=self.dtype, attn_implementation=cfg.attn_implementation,
+                trust_remote_code=cfg.trust_remote_code).to(self.device).eval()
+            self.processor = AutoProcessor.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+        except OSError as e:
+            raise UserError(f"model.checkpoint: cannot load {cfg.checkpoint!r}: {str(e).splitlines()[0]}") from None
+        mc = self.model.config
+        if not mc.use_decoder_only_language_model:
+            raise UserError("model.checkpoint: only BLIP-2 with a decoder-only LLM (OPT) is supported, not Flan-T5")
+        self.tokenizer = self.processor.tokenizer
+        self.probe = FusedQkvClsProbe(list(self.model.vision_model.encoder.layers))
+        vc = mc.vision_config
+        side = vc.image_size // vc.patch_size
+        self.grid = (side, side)
+        self.num_visual_tokens = side * side
+        self.num_query_tokens = mc.num_query_tokens
+        self.scorer = load_scorer(cfg.scorer, self.device) if cfg.scorer else None
+        self._cls: torch.Tensor | None = None  # [B, C]: the last batch's CLS tokens, for the Q-Former
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else self.tokenizer.eos_token_id
+        self.generation_config = GenerationConfig(
+            max_new_tokens=cfg.generation.max_new_tokens, do_sample=False, num_beams=1,
+            pad_token_id=self.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+            bos_token_id=self.tokenizer.bos_token_id)
+        self._prompt_cache: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ vision
+
+    def pixel_values(self, images: list[Image.Image]) -> torch.Tensor:
+        px = self.processor.image_processor(images=[to_rgb(im) for im in images], return_tensors="pt")["pixel_values"]
+        return px.to(self.device, self.dtype)
+
+    @torch.inference_mode()
+    def encode_images(self, images: list[Image.Image]) -> VisionOutput:
+        with self.probe:
+            out = self.model.vision_model(self.pixel_values(images), return_dict=True)
+        hidden = out.last_hidden_state  # what the Q-Former reads: [B, 1 + N, C]
+        self._cls = hidden[:, 0]
+        patches = hidden[:, 1:]
+        if self.scorer is not None:
+            clip_patches = self.scorer.patches(images, self.grid)
+        else:
+            clip_patches = torch.empty(len(images), patches.shape[1], 0, device=self.device)
+        return VisionOutput(tokens=patches, cls_attn=self.probe.result(), clip_patches=clip_patches,
+                            vit_features=patches, grid=self.grid, image_sizes=[im.size for im in images])
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        if self.scorer is None:
+            raise UserError("model.scorer: a method needs text relevance, but BLIP-2's ViT is not in a CLIP space: "
+                            "name an external scorer (model.scorer: {kind: open_clip, ...})")
+        return self.scorer.encode_texts(texts)
+
+    @torch.inference_mode()
+    def query_tokens(self, visual_tokens: list[torch.Tensor]) -> torch.Tensor:
+        """The Q-Former over each example's CLS + kept ViT tokens (right-padded, masked), projected
+        for the LLM: [B, num_query_tokens, D]."""
+        if self._cls is None or len(self._cls) != len(visual_tokens):
+            raise RuntimeError("blip2: generate() takes the tokens of the batch encode_images() saw last")
+        rows = [torch.cat([c[None], t.to(c.dtype)]) for c, t in zip(self._cls, visual_tokens)]
+        length = max(len(r) for r in rows)
+        keys = torch.stack([torch.cat([r, r.new_zeros(length - len(r), r.shape[1])]) for r in rows])
+        mask = torch.stack([torch.arange(length, device=self.device) < len(r) for r in rows]).long()
+        queries = self.model.query_tokens.expand(len(rows), -1, -1)
+        out = self.model.qformer(query_embeds=queries, encoder_hidden_states=keys, encoder_attention_mask=mask,
+                                 return_dict=True).last_hidden_state
+        return self.model.language_projection(out.to(keys.dtype))
+
+    def cost_configs(self) -> dict:
+        from types import SimpleNamespace
+
+        mc = self.model.config
+        t = mc.text_config
+        # OPT names its FFN width ffn_dim; its FFN is a plain MLP (model_type 'opt', see cost.LayerShape)
+        llm = t if hasattr(t, "intermediate_size") else SimpleNamespace(
+            num_hidden_layers=t.num_hidden_layers, hidden_size=t.hidden_size, intermediate_size=t.ffn_dim,
+            num_attention_heads=t.num_attention_heads, model_type=t.model_type)
+        return {"llm": llm, "vision": mc.vision_config, "projector": None, "clip_text": None, "clip_projection": None}
+
+    def llm_visual_tokens(self, k: int, kept=None) -> int:
+        """The LLM reads the query tokens, however many ViT tokens were kept."""
+        return self.num_query_tokens
+
+    def vision_flops(self, n_tokens: int) -> int:
+        """The ViT over n_tokens patches + CLS (RGB patch embedding; a plain MLP)."""
+        from ..cost import LayerShape, layer_macs
+
+        vc = self.model.config.vision_config
+        s = LayerShape.from_config(vc, gated=False)
+        return 2 * (n_tokens * 3 * vc.patch_size ** 2 * s.d + s.layers * layer_macs(s, n_tokens + 1))
+
+    def extra_flops(self, n: int, k: int) -> dict:
+        """The Q-Former over CLS + k kept ViT tokens (what pruning saves), and the vision total with it."""
+        q = qformer_flops(self.model.config, k + 1)
+        return {"qformer_flops": q, "vision_flops": self.vision_flops(n) + q}
+
+    # ------------------------------------------------------------------ language
+
+    def prompt(self, question: str) -> str:
+        return self.cfg.prompt.format(question=question)
+
+    def prompt_ids(self, question: str) -> torch.Tensor:
+        """The text after the query tokens, tokenised as the processor does (with BOS)."""
+        if question not in self._prompt_cache:
+            text = self.prompt(question)[len("<image>"):]
+            if "<image>" in text:
+                raise UserError("model.prompt: the prompt must hold exactly one image placeholder")
+            self._prompt_cache[question] = self.tokenizer(text, return_tensors="pt")["input_ids"][0]
+        return self._prompt_cache[question]
+
+    def prompt_length(self, question: str) -> int:
+        return len(self.prompt_ids(question))
+
+    @torch.inference_mode()
+    def generate(self, visual_tokens: list[torch.Tensor], questions: list[str], fastv=None) -> list[str]:
+        """visual_tokens: per example the kept ViT patch tokens [K_i, C]. The LLM input is laid out
+        as the processor lays it out: the query tokens, then the left-padded text."""
+        if fastv is not None:
+            raise UserError("methods: fastv is not supported on the blip2 adapter (its LLM sees query tokens only)")
+        queries = self.query_tokens(visual_tokens)
+        ids, text_mask = _left_pad([self.prompt_ids(q) for q in questions], self.pad_token_id)
+        embed = self.model.get_input_embeddings()
+        inputs = torch.cat([queries.to(self.dtype), embed(ids.to(self.device))], 1)
+        mask = torch.cat([torch.ones(queries.shape[:2], dtype=torch.long), text_mask], 1).to(self.device)
+        out = self.model.language_model.generate(inputs_embeds=inputs, attention_mask=mask,
+                                                 generation_config=self.generation_config)
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    def reference_inputs(self, images: list[Image.Image], questions: list[str]) -> dict:
+        """The inputs of the model's own `generate`, laid out as `Blip2Processor` lays them out:
+        num_query_tokens image placeholders, then the left-padded tokenised text (with BOS)."""
+        ids, mask = _left_pad([self.prompt_ids(q) for q in questions], self.pad_token_id)
+        q = self.num_query_tokens
+        ids = torch.cat([torch.full((len(questions), q), self.model.config.image_token_index), ids], 1)
+        mask = torch.cat([torch.ones(len(questions), q, dtype=torch.long), mask], 1)
+        return {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device),
+                "pixel_values": self.pixel_values(images)}
+
+
+def qformer_flops(mc, n_keys: int) -> int:
+    """FLOPs of the Q-Former's layers for its queries over n_keys ViT tokens (the LLM
+    projection, the same for every method, left out). Per layer: self-attention of the
+    queries; every `cross_attention_frequency`-th layer a cross-attention whose key / value
+    projections and scores scale with n_keys; the queries' FFN. MACs x 2, as in `cost`."""
+    qc = mc.qformer_config
+    q, d, c, m = mc.num_query_tokens, qc.hidden_size, qc.encoder_hidden_size, qc.intermediate_size
+    macs = 0
+    for layer in range(qc.num_hidden_layers):
+        macs += 4 * q * d * d + 2 * q * q * d  # self-attention: projections, scores and mixing
+        if layer % qc.cross_attention_frequency == 0:
+            macs += 2 * q * d * d + 2 * n_keys * c * d + 2 * q * n_keys * d  # q / out, k / v over the keys, scores
+        macs += 2 * q * d * m  # the queries' FFN
+    return 2 * macs

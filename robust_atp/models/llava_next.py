@@ -1,0 +1,233 @@
+"""LLaVA-NeXT (`LlavaNextForConditionalGeneration`) behind the adapter protocol.
+
+Any-resolution input: the image is seen as a base crop (the whole image at the ViT's size)
+plus a mosaic of crops of the best-fitting pinpoint resolution, unpadded to the image's aspect
+ratio. The LLM reads the base crop's tokens, then the mosaic row by row, each row closed by the
+learned `image_newline` token. Here:
+
+    tokens        the N = side^2 + rows * cols patch tokens (base, then the mosaic row-major),
+                  without newlines: every method ranks and counts patch tokens only
+    cls_attn      each token's own crop's CLS attention (every crop runs the ViT with its CLS)
+    clip_patches  `model.clip` (the same CLIP tower, as for LLaVA-1.5) or `model.scorer`
+                  (an open_clip map resized onto the base grid and onto the mosaic)
+    grid          (1, N): there is no single 2-D grid across crops, so grid methods
+                  (uniform, pool) spread along the token sequence
+
+Newlines: a mosaic row's newline is kept iff at least one token of that row is kept, so the
+LLM reads the kept tokens in their order with the row structure it was trained on; newlines
+are not counted in K (they carry no image content), but the LLM's prefill FLOPs count them.
+Merged tokens (tome, pool, visionzip) have no row: they go in as returned, without newlines.
+
+Budgets (`model.budget_scope`): `global` (default) ranks all N tokens together; `per_crop`
+gives each crop (the base and every mosaic crop) its share of the budget (`vision.crop_ids`).
+
+Every image of a batch must have the same token layout (the same size): set
+`perturbations.image.resolution` for data whose images differ in size.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..errors import UserError
+from ..perturb.image import to_rgb
+from .base import VisionOutput, register_adapter, resolve_checkpoint
+from .llava import ClsAttentionProbe, LlavaAdapter, pick_device, vit_layers
+from .scorer import load_scorer
+
+
+@register_adapter("llava_next")
+class LlavaNextAdapter(LlavaAdapter):
+    wants_kept_indices = True  # newlines follow the rows of the kept tokens
+
+    def __init__(self, cfg):
+        from transformers import AutoProcessor, GenerationConfig, LlavaNextForConditionalGeneration
+
+        self.cfg = cfg
+        self.device = pick_device(cfg.device)
+        self.dtype = getattr(torch, cfg.dtype)
+        path = resolve_checkpoint(cfg.checkpoint)
+        try:
+            self.model = LlavaNextForConditionalGeneration.from_pretrained(
+                path, dtype=self.dtype, attn_implementation=cfg.attn_implementation,
+                trust_remote_code=cfg.trust_remote_code).to(self.device).eval()
+            self.processor = AutoProcessor.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+        except OSError as e:
+            raise UserError(f"model.checkpoint: cannot load {cfg.checkpoint!r}: {str(e).splitlines()[0]}") from None
+        mc = self.model.config
+        if mc.vision_feature_select_strategy != "default" or not isinstance(mc.vision_feature_layer, int):
+            raise UserError("model.checkpoint: only the 'default' feature selection from one ViT layer is supported")
+        self.tokenizer = self.processor.tokenizer
+        self.image_token_id = mc.image_token_id
+        self.vision_tower = self.model.model.vision_tower
+        self.probe = ClsAttentionProbe(vit_layers(self.vision_tower))
+        vc = mc.vision_config
+        self.side = vc.image_size // vc.patch_size
+        self.per_crop = cfg.budget_scope == "per_crop"
+        self.layout: tuple[int, int, int] | None = None  # (crops, mosaic rows, mosaic cols) of the last batch
+        self.num_visual_tokens: int | None = None
+        self.grid: tuple[int, int] | None = None
+        self.clip = self.clip_tokenizer = None
+        if cfg.clip and cfg.scorer:
+            raise UserError("model.scorer: give either 'clip' (the VLM's own CLIP tower) or 'scorer', not both")
+        if cfg.clip:
+            self._load_clip(cfg.clip, vc.hidden_size)
+        self.scorer = load_scorer(cfg.scorer, self.device) if cfg.scorer else None
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else self.tokenizer.eos_token_id
+        self.generation_config = GenerationConfig(
+            max_new_tokens=cfg.generation.max_new_tokens, do_sample=False, num_beams=1,
+            pad_token_id=self.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+            bos_token_id=self.tokenizer.bos_token_id)
+        self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # ------------------------------------------------------------------ vision
+
+    def processed(self, images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pixel_values [B, crops, 3, S, S], image_sizes [B, 2] as (h, w)) as the processor makes them."""
+        from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+        out = self.processor.image_processor(images=[to_rgb(im) for im in images], return_tensors="pt")
+        crops = {image_size_to_num_patches(s, self.model.config.image_grid_pinpoints,
+                                           self.model.config.vision_config.image_size) for s in out["image_sizes"]}
+        if len(crops) > 1:
+            raise _layout_error(len(crops))
+        return out["pixel_values"].to(self.device, self.dtype), out["image_sizes"]
+
+    def arrange(self, per_crop: torch.Tensor, image_size) -> tuple[torch.Tensor, int, int]:
+        """Per-crop patch values [crops, side^2, X] -> the LLM's token order without newlines
+        [side^2 + rows * cols, X], and the mosaic's (rows, cols): the same reshape and unpadding
+        as `LlavaNextModel.pack_image_features`, applied to any per-patch quantity."""
+        from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape, unpad_image
+
+        side, x = self.side, per_crop.shape[-1]
+        base, rest = per_crop[0], per_crop[1:]
+        nph, npw = get_anyres_image_grid_shape(image_size, self.model.config.image_grid_pinpoints,
+                                               self.model.config.vision_config.image_size)
+        f = rest.view(nph, npw, side, side, x).permute(4, 0, 2, 1, 3).flatten(1, 2).flatten(2, 3)
+        f = unpad_image(f, image_size)  # [X, rows, cols]
+        rows, cols = f.shape[1:]
+        return torch.cat([base, f.flatten(1, 2).transpose(0, 1)]), rows, cols
+
+    @torch.inference_mode()
+    def encode_images(self, images: list[Image.Image]) -> VisionOutput:
+        mc = self.model.config
+        px, sizes = self.processed(images)
+        b, crops = px.shape[:2]
+        with self.probe:
+            out = self.vision_tower(px.flatten(0, 1), output_hidden_states=True, return_dict=True)
+        attn = self.probe.result()  # [B * crops, L, H, side^2]
+        n_layers, heads = attn.shape[1:3]
+        feats = out.hidden_states[mc.vision_feature_layer][:, 1:]
+        tokens = self.model.model.multi_modal_projector(feats)
+        parts = [tokens.float(), feats.float(), attn.flatten(1, 2).transpose(1, 2)]
+        if self.clip is not None:
+            post_ln = getattr(self.vision_tower, "vision_model", self.vision_tower).post_layernorm
+            parts.append(self.clip.visual_projection(post_ln(out.hidden_states[-1][:, 1:])).float())
+        crop_id = torch.arange(crops, device=self.device).repeat(b).view(-1, 1, 1).expand(-1, feats.shape[1], 1)
+        parts.append(crop_id.float())
+        widths = [p.shape[-1] for p in parts]
+        per_crop = torch.cat(parts, -1).view(b, crops, feats.shape[1], -1)
+        arranged, layouts = [], set()
+        for i in range(b):
+            seq, rows, cols = self.arrange(per_crop[i], sizes[i])
+            arranged.append(seq)
+            layouts.add((crops, rows, cols))
+        if len(layouts) > 1:
+            raise _layout_error(len(layouts))
+        self.layout = layouts.pop()
+        tokens, feats, attn, *rest = torch.stack(arranged).split(widths, -1)
+        crop_ids = rest[-1][0, :, 0].long()
+        n = tokens.shape[1]
+        self.num_visual_tokens, self.grid = n, (1, n)
+        cls_attn = attn.transpose(1, 2).reshape(b, n_layers, heads, n)
+        if self.clip is not None:
+            clip_patches = rest[0]
+        elif self.scorer is not None:
+            maps = self.scorer.patch_grid(images).float()
+            _, rows, cols = self.layout
+            clip_patches = torch.cat([F.interpolate(maps, size=g, mode="bilinear", align_corners=False).flatten(2)
+                                      for g in ((self.side, self.side), (rows, cols))], 2).transpose(1, 2)
+        else:
+            clip_patches = torch.empty(b, n, 0, device=self.device)
+        return VisionOutput(tokens=tokens.to(self.dtype), cls_attn=cls_attn, clip_patches=clip_patches,
+                            vit_features=feats.to(self.dtype), grid=self.grid, image_sizes=[im.size for im in images],
+                            crop_ids=crop_ids if self.per_crop else None)
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        if self.scorer is not None:
+            return self.scorer.encode_texts(texts)
+        return super().encode_texts(texts)
+
+    @property
+    def patch_geometry(self):
+        """Absent (hasattr is False): crops have no single patch grid, so object recall is not measured."""
+        raise AttributeError("patch_geometry")
+
+    def cost_configs(self) -> dict:
+        cfgs = super().cost_configs()
+        if self.scorer is not None:
+            cfgs.update(clip_text=None, clip_projection=None)
+        return cfgs
+
+    def vision_flops(self, n_tokens: int) -> int:
+        """The ViT and projector over every crop (the base and the mosaic), before unpadding."""
+        from ..cost import vision_flops
+
+        mc = self.model.config
+        proj = {"in": mc.vision_config.hidden_size, "out": mc.text_config.hidden_size, "layers": 2}
+        return self.layout[0] * vision_flops(mc.vision_config, self.side ** 2, proj)
+
+    def llm_visual_tokens(self, k: int, kept: torch.Tensor | None = None) -> int:
+        """What the LLM reads for k kept tokens: k plus the newlines of the mosaic rows they touch."""
+        if kept is None:
+            return k
+        mosaic = kept[kept >= self.side ** 2] - self.side ** 2
+        return k + len(torch.unique(mosaic // self.layout[2]))
+
+    # ------------------------------------------------------------------ language
+
+    def visual_sequence(self, tokens: torch.Tensor, kept: torch.Tensor | None) -> torch.Tensor:
+        """Kept tokens [K, D] -> what the LLM reads: the base crop's, then each mosaic row's kept
+        tokens followed by the row's newline (a row with none kept has no newline)."""
+        if kept is None:
+            return tokens
+        kept = kept.to(tokens.device)
+        base_n, cols = self.side ** 2, self.layout[2]
+        row = torch.where(kept >= base_n, (kept - base_n) // cols, -1)
+        ends = torch.ones_like(row, dtype=torch.bool)
+        ends[:-1] = row[1:] != row[:-1]
+        newline = self.model.model.image_newline.to(tokens.dtype)
+        out = []
+        for t, r, end in zip(tokens, row.tolist(), ends.tolist()):
+            out.append(t)
+            if r >= 0 and end:
+                out.append(newline)
+        return torch.stack(out)
+
+    @torch.inference_mode()
+    def generate(self, visual_tokens: list[torch.Tensor], questions: list[str], fastv=None,
+                 kept_indices: list[torch.Tensor | None] | None = None) -> list[str]:
+        """kept_indices: per example the indices of visual_tokens among the N patch tokens
+        (None for merged tokens, which go in without newlines)."""
+        if fastv is not None:
+            raise UserError("methods: fastv is not supported on the llava_next adapter")
+        if kept_indices is None:
+            kept_indices = [torch.arange(len(t)) if len(t) == self.num_visual_tokens else None for t in visual_tokens]
+        seqs = [self.visual_sequence(t.to(self.dtype), i) for t, i in zip(visual_tokens, kept_indices)]
+        return super().generate(seqs, questions)
+
+    def reference_inputs(self, images: list[Image.Image], questions: list[str]) -> dict:
+        """What the HF processor gives (left-padded), for the model's own `generate`."""
+        self.tokenizer.padding_side = "left"
+        enc = self.processor(text=[self.prompt(q) for q in questions], images=[to_rgb(im) for im in images],
+                             return_tensors="pt", padding=True)
+        return {k: v.to(self.device) for k, v in enc.items()}
+
+
+def _layout_error(n: int) -> UserError:
+    return UserError("perturbations.image.resolution: llava_next gives images of different sizes different token "
+                     f"layouts ({n} in one batch); set a canonical resolution so every image has the same number "
+                     "of visual tokens")

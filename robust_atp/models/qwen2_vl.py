@@ -1,0 +1,312 @@
+"""Qwen2-VL (`Qwen2VLForConditionalGeneration`) behind the adapter protocol.
+
+Qwen2-VL's ViT has no CLS token, and its merger fuses each 2x2 block of patches into one LLM
+token. So `VisionOutput.cls_attn` holds a CLS-free saliency instead, per ViT layer, pooled to
+the merged grid (`model.saliency`):
+
+    attention     the attention each merged token receives: per head, the softmax attention
+                  of every query patch to each key patch averaged over the queries, summed over
+                  the token's 2x2 patches                               [B, L, H, N]
+    feature_norm  the L2 norm of the layer's output features, averaged over the 2x2 patches
+                                                                         [B, L, 1, N]
+
+so ATP and the other CLS-attention methods run unchanged (`layer` picks the ViT layer).
+
+Positions: the LLM places visual tokens with 3-D rotary positions (M-RoPE: temporal, row,
+column). A kept token keeps the position it has in the full image; the text after the image
+starts where it would after the full image (start + max(rows, cols)), so the question and every
+decoded token sit exactly where they sit for `full`. The rope delta (position minus sequence
+index, applied while decoding) grows by the number of dropped tokens. Merged tokens have no
+grid position: merging methods are refused here.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+from PIL import Image
+
+from ..errors import UserError
+from ..perturb.image import to_rgb
+from .base import VisionOutput, register_adapter, resolve_checkpoint
+from .llava import _left_pad, pick_device
+from .scorer import load_scorer
+
+
+class ReceivedAttentionProbe:
+    """Hooks on each ViT block's attention: per layer and head, the attention each patch
+    receives, averaged over the image's query patches: [n_images, L, H, n_patches].
+
+    q and k are taken from the fused qkv projection and rotated as the model rotates them,
+    so it works under sdpa / flash attention (no `output_attentions`)."""
+
+    def __init__(self, blocks: list):
+        from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_vision
+
+        self.rotate = apply_rotary_pos_emb_vision
+        self.blocks = blocks
+        self.rows: dict[int, torch.Tensor] = {}
+        self.ctx: dict[int, dict] = {}
+        self.active = False
+        for i, block in enumerate(blocks):
+            block.attn.register_forward_pre_hook(functools.partial(self._context, i), with_kwargs=True)
+            block.attn.qkv.register_forward_hook(functools.partial(self._received, i))
+
+    def _context(self, i, module, args, kwargs):
+        if self.active:
+            self.ctx[i] = {"cu": kwargs["cu_seqlens"], "pe": kwargs["position_embeddings"]}
+
+    def _received(self, i, module, args, out):
+        if not self.active:
+            return
+        attn = self.blocks[i].attn
+        s = out.shape[0]
+        q, k, _ = out.reshape(s, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)  # [S, H, hd]
+        cos, sin = self.ctx[i]["pe"]
+        q, k = self.rotate(q, k, cos, sin)
+        cu = self.ctx[i]["cu"].tolist()
+        per_image = []
+        for a, b in zip(cu[:-1], cu[1:]):  # attention stays inside one image
+            logits = torch.einsum("qhd,khd->hqk", q[a:b].float(), k[a:b].float()) * attn.scaling
+            per_image.append(logits.softmax(-1).mean(1))  # [H, n]: received, mean over queries
+        self.rows[i] = torch.stack(per_image)
+
+    def __enter__(self):
+        self.rows.clear()
+        self.ctx.clear()
+        self.active = True
+        return self
+
+    def __exit__(self, *exc):
+        self.active = False
+        self.ctx.clear()
+
+    def result(self) -> torch.Tensor:
+        out = torch.stack([self.rows[i] for i in range(len(self.blocks))], 1)
+        self.rows.clear()
+        return out
+
+
+class FeatureNormProbe:
+    """Hooks on each ViT block's output: the L2 norm of every patch's features,
+    [n_images, L, 1, n_patches] (images of one size, so patches split evenly)."""
+
+    def __init__(self, blocks: list):
+        self.norms: dict[int, torch.Tensor] = {}
+        self.active = False
+        self.blocks = blocks
+        for i, block in enumerate(blocks):
+            block.register_forward_hook(functools.partial(self._keep, i))
+
+    def _keep(self, i, module, args, out):
+        if self.active:
+            self.norms[i] = out.float().norm(dim=-1)
+
+    def __enter__(self):
+        self.norms.clear()
+        self.active = True
+        return self
+
+    def __exit__(self, *exc):
+        self.active = False
+
+    def result(self, n_images: int) -> torch.Tensor:
+        out = torch.stack([self.norms[i].view(n_images, 1, -1) for i in range(len(self.blocks))], 1)
+        self.norms.clear()
+        return out
+
+
+@register_adapter("qwen2_vl")
+class Qwen2VLAdapter:
+    wants_kept_indices = True  # positions of kept tokens come from their grid indices
+
+    def __init__(self, cfg):
+        from transformers import AutoProcessor, GenerationConfig, Qwen2VLForConditionalGeneration
+
+        self.cfg = cfg
+        self.device = pick_device(cfg.device)
+        self.dtype = getattr(torch, cfg.dtype)
+        path = resolve_checkpoint(cfg.checkpoint)
+        try:
+            self.model = Qwen2VLForConditionalGeneration.from_pretrained(
+                path, dtype=self.dtype, attn_implementation=cfg.attn_implementation,
+                trust_remote_code=cfg.trust_remote_code).to(self.device).eval()
+            self.processor = AutoProcessor.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+        except OSError as e:
+            raise UserError(f"model.checkpoint: cannot load {cfg.checkpoint!r}: {str(e).splitlines()[0]}") from None
+        mc = self.model.config
+        self.tokenizer = self.processor.tokenizer
+        self.image_token = self.processor.image_token
+        self.image_token_id = mc.image_token_id
+        self.merge = mc.vision_config.spatial_merge_size
+        self.visual = self.model.model.visual
+        blocks = list(self.visual.blocks)
+        self.saliency = cfg.saliency or "attention"
+        self.probe = ReceivedAttentionProbe(blocks) if self.saliency == "attention" else FeatureNormProbe(blocks)
+        self.grid: tuple[int, int] | None = None  # merged grid, known once images are seen
+        self.num_visual_tokens: int | None = None
+        self.scorer = load_scorer(cfg.scorer, self.device) if cfg.scorer else None
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else self.tokenizer.eos_token_id
+        self.generation_config = GenerationConfig(
+            max_new_tokens=cfg.generation.max_new_tokens, do_sample=False, num_beams=1,
+            pad_token_id=self.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+            bos_token_id=self.tokenizer.bos_token_id)
+        self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # ------------------------------------------------------------------ vision
+
+    def processed(self, images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pixel_values [sum of patches, C * T * p * p], image_grid_thw [B, 3]) as the processor makes them."""
+        out = self.processor.image_processor(images=[to_rgb(im) for im in images], return_tensors="pt")
+        grids = out["image_grid_thw"]
+        if not bool((grids == grids[:1]).all()):
+            sizes = sorted({im.size for im in images})
+            raise UserError("perturbations.image.resolution: qwen2_vl gives images of different sizes different "
+                            f"token grids (sizes {sizes[:3]} in one batch); set a canonical resolution so every "
+                            "image has the same number of visual tokens")
+        return out["pixel_values"].to(self.device, self.dtype), grids.to(self.device)
+
+    @torch.inference_mode()
+    def encode_images(self, images: list[Image.Image]) -> VisionOutput:
+        px, grids = self.processed(images)
+        b, m2 = len(images), self.merge ** 2
+        _, h, w = (int(x) for x in grids[0])
+        with self.probe:
+            out = self.visual(px, grid_thw=grids)
+        # patches come ordered in 2x2 merge blocks: merged token j is patches 4j .. 4j + 3
+        if self.saliency == "attention":
+            sal = self.probe.result()  # [B, L, H, n_patches]
+            sal = sal.view(*sal.shape[:3], -1, m2).sum(-1)
+        else:
+            sal = self.probe.result(b)
+            sal = sal.view(*sal.shape[:3], -1, m2).mean(-1)
+        tokens = out.pooler_output.view(b, -1, out.pooler_output.shape[-1])
+        feats = self.visual.merger.ln_q(out.last_hidden_state).view(b, tokens.shape[1], -1)  # what the merger reads
+        self.grid = (h // self.merge, w // self.merge)
+        self.num_visual_tokens = tokens.shape[1]
+        if self.scorer is not None:
+            clip_patches = self.scorer.patches(images, self.grid)
+        else:
+            clip_patches = torch.empty(b, tokens.shape[1], 0, device=self.device)
+        return VisionOutput(tokens=tokens, cls_attn=sal, clip_patches=clip_patches, vit_features=feats,
+                            grid=self.grid, image_sizes=[im.size for im in images])
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        if self.scorer is None:
+            raise UserError("model.scorer: a method needs text relevance, but Qwen2-VL's tower is not in a CLIP "
+                            "space: name an external scorer (model.scorer: {kind: open_clip, ...})")
+        return self.scorer.encode_texts(texts)
+
+    def cost_configs(self) -> dict:
+        mc = self.model.config
+        return {"llm": mc.text_config, "vision": _vision_shape(mc.vision_config), "projector": None,
+                "clip_text": None, "clip_projection": None}
+
+    def vision_flops(self, n_tokens: int) -> int:
+        """The ViT over the n_tokens * merge^2 patches (no CLS) and the 2x2 merger MLP."""
+        from ..cost import LayerShape, layer_macs
+
+        vc = self.model.config.vision_config
+        s = LayerShape.from_config(_vision_shape(vc), gated=False)
+        n = n_tokens * self.merge ** 2
+        embed = n * vc.in_channels * vc.temporal_patch_size * vc.patch_size ** 2 * s.d
+        wide = s.d * self.merge ** 2
+        merger = n_tokens * (wide * wide + wide * vc.hidden_size)
+        return 2 * (embed + s.layers * layer_macs(s, n) + merger)
+
+    # ------------------------------------------------------------------ language
+
+    def prompt(self, question: str) -> str:
+        return self.cfg.prompt.format(question=question)
+
+    def prompt_ids(self, question: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids before and after the image placeholder (the suite's `<image>` is the
+        processor's image token, e.g. `<|image_pad|>`)."""
+        if question not in self._prompt_cache:
+            text = self.prompt(question).replace("<image>", self.image_token)
+            ids = self.tokenizer(text, return_tensors="pt")["input_ids"][0]
+            where = (ids == self.image_token_id).nonzero().flatten()
+            if len(where) != 1:
+                raise UserError(f"model.prompt: the prompt must hold exactly one image placeholder, found {len(where)}")
+            i = int(where[0])
+            self._prompt_cache[question] = (ids[:i], ids[i + 1:])
+        return self._prompt_cache[question]
+
+    def prompt_length(self, question: str) -> int:
+        before, after = self.prompt_ids(question)
+        return len(before) + len(after)
+
+    def positions(self, kept: list[torch.Tensor], questions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """M-RoPE positions of left-padded [text, kept visual tokens, text] rows.
+
+        kept: per example the kept merged-token indices (ascending) into the grid.
+        Returns (position_ids [4, B, T]: the sequence index row that `generate` prepends, then
+        temporal / row / column; pads at 0 as the model puts them), and rope_deltas [B, 1]."""
+        rows_, cols = self.grid
+        seqs, deltas = [], []
+        for idx, q in zip(kept, questions):
+            before, after = self.prompt_ids(q)
+            s = len(before)
+            idx = idx.to("cpu").long()
+            text0 = torch.arange(s).expand(3, -1)
+            vis = torch.stack([torch.full_like(idx, s), s + idx // cols, s + idx % cols])
+            start = s + max(rows_, cols)  # where the text resumes after the full image
+            text1 = torch.arange(start, start + len(after)).expand(3, -1)
+            pos = torch.cat([text0, vis, text1], 1)
+            seqs.append(pos)
+            deltas.append(int(pos.max()) + 1 - pos.shape[1])
+        length = max(p.shape[1] for p in seqs)
+        out = torch.zeros(4, len(seqs), length, dtype=torch.long)
+        for i, p in enumerate(seqs):
+            n = p.shape[1]
+            out[0, i, length - n:] = torch.arange(n)
+            out[1:, i, length - n:] = p
+        return out.to(self.device), torch.tensor(deltas, device=self.device).unsqueeze(1)
+
+    @torch.inference_mode()
+    def generate(self, visual_tokens: list[torch.Tensor], questions: list[str], fastv=None,
+                 kept_indices: list[torch.Tensor | None] | None = None) -> list[str]:
+        """kept_indices: per example the grid indices of visual_tokens (None: all, in order)."""
+        if fastv is not None:
+            raise UserError("methods: fastv is not supported on the qwen2_vl adapter")
+        if kept_indices is None:
+            kept_indices = [None] * len(visual_tokens)
+        if any(i is None and len(t) != self.num_visual_tokens for i, t in zip(kept_indices, visual_tokens)):
+            raise UserError("methods: a merging method (pool, tome, visionzip) gives tokens without a grid "
+                            "position; qwen2_vl places every visual token by its 3-D position: use a selection method")
+        kept_indices = [torch.arange(len(t)) if i is None else i for i, t in zip(kept_indices, visual_tokens)]
+        embed = self.model.get_input_embeddings()
+        seqs = []
+        for toks, q in zip(visual_tokens, questions):
+            before, after = self.prompt_ids(q)
+            seqs.append(torch.cat([embed(before.to(self.device)), toks.to(self.dtype), embed(after.to(self.device))]))
+        pad = embed(torch.tensor([self.pad_token_id], device=self.device))[0]
+        length = max(len(s) for s in seqs)
+        inputs = torch.stack([torch.cat([pad.expand(length - len(s), -1), s]) for s in seqs])
+        mask = torch.stack([torch.cat([torch.zeros(length - len(s), dtype=torch.long),
+                                       torch.ones(len(s), dtype=torch.long)]) for s in seqs]).to(self.device)
+        position_ids, deltas = self.positions(kept_indices, questions)
+        self.model.model.rope_deltas = deltas  # what the model adds to sequence indices while decoding
+        out = self.model.generate(inputs_embeds=inputs, attention_mask=mask, position_ids=position_ids,
+                                  generation_config=self.generation_config)
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    def reference_inputs(self, images: list[Image.Image], questions: list[str]) -> dict:
+        """What the HF processor gives for these images and prompts (left-padded), for the
+        model's own `generate`."""
+        texts = [self.prompt(q).replace("<image>", self.image_token) for q in questions]
+        self.tokenizer.padding_side = "left"
+        enc = self.processor(text=texts, images=[to_rgb(im) for im in images], return_tensors="pt", padding=True)
+        return {k: v.to(self.device) for k, v in enc.items()}
+
+
+def _vision_shape(vc):
+    """Qwen2-VL's vision config in the names `cost.LayerShape` reads (no CLS token)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(num_hidden_layers=vc.depth, hidden_size=vc.embed_dim,
+                           intermediate_size=int(vc.embed_dim * vc.mlp_ratio), num_attention_heads=vc.num_heads,
+                           num_key_value_heads=vc.num_heads, head_dim=vc.embed_dim // vc.num_heads,
+                           model_type="qwen2_vl_vision", patch_size=vc.patch_size, num_channels=vc.in_channels)
