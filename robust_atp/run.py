@@ -92,9 +92,11 @@ def execute(suite, suite_path: Path, run_dir: Path, fresh: bool = False, progres
 
     from . import distributed
     from .engine import condition_names, run_engine
+    from .data.validate import with_image_checks
     from .models.base import load_adapter
     from .perturb.cache import CorruptionCache
-    from .perturb.image import resolve_image_conditions
+    from .perturb.image import MIN_SIDE, resolve_image_conditions
+    from .preflight import checked_adapter
     from .perturb.text import resolve_text_conditions
     from .prune.methods import validate_method
     from .store import RunStore
@@ -111,7 +113,8 @@ def execute(suite, suite_path: Path, run_dir: Path, fresh: bool = False, progres
     cross = suite.perturbations.cross
     resolution = suite.perturbations.image.resolution if suite.perturbations.image else None
     cache = CorruptionCache(enabled=use_cache)
-    examples = _load_dataset(suite, suite_path)
+    examples = with_image_checks(_load_dataset(suite, suite_path), suite_path,
+                                 MIN_SIDE if image_conditions and resolution is None else None)
     conditions = condition_names(image_conditions, suite.include_clean, text_conditions, cross)
     distributed.start(ranks)
     lock = store = None
@@ -142,7 +145,8 @@ def execute(suite, suite_path: Path, run_dir: Path, fresh: bool = False, progres
         failure, stats = None, None
         try:
             stats = run_engine(examples=examples, methods=methods, image_conditions=image_conditions,
-                               adapter_factory=lambda: load_adapter(suite.model), store=target, seed=suite.seed,
+                               adapter_factory=checked_adapter(lambda: load_adapter(suite.model), methods, examples,
+                                                               suite, suite_path), store=target, seed=suite.seed,
                                metrics=suite.metrics, batch_size=suite.batch_size,
                                include_clean=suite.include_clean, progress=progress and ranks.rank == 0,
                                text_conditions=text_conditions, cross=cross, resolution=resolution, cache=cache,
@@ -221,8 +225,10 @@ def _load_dataset(suite, suite_path: Path):
     kwargs.update(split=d.split, limit=d.limit)
     if d.source is not None:
         kwargs["source"] = d.source
+    from .data.validate import validate_examples
+
     try:
-        return load_examples(d.loader, **kwargs)
+        return validate_examples(load_examples(d.loader, **kwargs))
     except TypeError as e:
         raise UserError(f"{suite_path}: dataset.options: {e}") from None
     except DataMissing as e:

@@ -72,6 +72,13 @@ class RunStore:
                 self.conn.executemany("INSERT INTO meta VALUES (?, ?)", [
                     ("schema", SCHEMA_VERSION), ("suite", suite_name), ("config_hash", config_hash)])
             return
+        if meta.get("config_hash") != config_hash and self.count() == 0:
+            # a store with no prediction holds nothing to protect (a run that stopped before its
+            # first unit, e.g. on a bad input): it takes the new config
+            with self.conn:
+                self.conn.executemany("UPDATE meta SET value = ? WHERE key = ?",
+                                      [(suite_name, "suite"), (config_hash, "config_hash")])
+            return
         if meta.get("config_hash") != config_hash:
             raise UserError(
                 f"{self.path.parent}: holds a run of suite {meta.get('suite')!r} (config {meta.get('config_hash')}), "

@@ -15,6 +15,10 @@ def test_claim_then_refuse_another_config(tmp_path):
     s = RunStore(tmp_path / "p.sqlite")
     s.claim("demo", "abc")
     s.claim("demo", "abc")
+    s.claim("other", "xyz")  # a store without a prediction holds nothing to protect: it is rebound
+    assert s.meta()["config_hash"] == "xyz" and s.meta()["suite"] == "other"
+    s.claim("demo", "abc")
+    s.put(rows(1))
     with pytest.raises(UserError, match="holds a run of suite 'demo' \\(config abc\\)"):
         s.claim("demo", "xyz")
     s.close()
