@@ -7,6 +7,9 @@ Writes into the run directory (default reports/<suite name>/):
   samples.jsonl       one line per (example, condition, method)
   report.html, report.pdf, plots/   the statistics report (`--no-report` skips it)
 and prints a summary table. A user error prints one line and exits with status 2.
+
+Data-parallel: `torchrun --nproc-per-node N -m robust_atp.run SUITE` or `accelerate launch
+--multi_gpu --num_processes N -m robust_atp.run SUITE` (see `distributed`).
 """
 from __future__ import annotations
 
@@ -91,13 +94,13 @@ def execute(suite, suite_path: Path, run_dir: Path, fresh: bool = False, progres
     hf_logging.disable_progress_bar()  # one progress bar: the run's
 
     from . import distributed
-    from .engine import condition_names, run_engine
     from .data.validate import with_image_checks
+    from .engine import condition_names, run_engine
     from .models.base import load_adapter
     from .perturb.cache import CorruptionCache
     from .perturb.image import MIN_SIDE, resolve_image_conditions
-    from .preflight import checked_adapter
     from .perturb.text import resolve_text_conditions
+    from .preflight import checked_adapter
     from .prune.methods import validate_method
     from .store import RunStore
 
@@ -136,14 +139,12 @@ def execute(suite, suite_path: Path, run_dir: Path, fresh: bool = False, progres
             procs = f" on {ranks.world} processes" if ranks.parallel else ""
             print(f"{suite.name}: {len(examples)} examples x {len(conditions)} conditions "
                   f"x {len(methods)} methods -> {run_dir}{procs}", file=sys.stderr)
-        if ranks.parallel:  # each rank writes its own shard; what is done is the merged store's
-            done = distributed.read_done(run_dir / STORE)
-            target = RunStore(distributed.shard_path(run_dir, ranks.rank))
-            target.claim(suite.name, suite.config_hash())
-        else:
-            done, target = None, store
-        failure, stats = None, None
-        try:
+        failure, stats, target, done = None, None, store, None
+        try:  # a user error on one rank reaches the others through the gather below
+            if ranks.parallel:  # each rank writes its own shard; what is done is the merged store's
+                done = distributed.read_done(run_dir / STORE)
+                target = RunStore(distributed.shard_path(run_dir, ranks.rank))
+                target.claim(suite.name, suite.config_hash())
             stats = run_engine(examples=examples, methods=methods, image_conditions=image_conditions,
                                adapter_factory=checked_adapter(lambda: load_adapter(suite.model), methods, examples,
                                                                suite, suite_path), store=target, seed=suite.seed,
@@ -154,7 +155,7 @@ def execute(suite, suite_path: Path, run_dir: Path, fresh: bool = False, progres
         except UserError as e:
             failure = e
         finally:
-            if target is not store:
+            if target is not store:  # a shard
                 target.close()
         outcomes = distributed.gather((None if failure is None else str(failure), stats), ranks)
         if failure is not None:

@@ -143,6 +143,7 @@ def test_a_shard_that_disagrees_is_refused_and_nothing_merged(tmp_path):
         distributed.merge_shards(main_store, tmp_path)
 
 
+@pytest.mark.slow
 def test_a_single_process_run_merges_shards_an_earlier_run_left(reference, tmp_path, capsys):
     """A data-parallel run killed before its merge leaves shards; one process picks them up."""
     run = tmp_path / "run"
