@@ -237,6 +237,7 @@ def test_ten_sigkills_at_random_points_then_resume_equal_an_uninterrupted_run(re
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         seen.append(count(db))
+    print(f"rows in the store after each kill: {seen} of {total}")
     assert all(a < b for a, b in zip([0] + seen, seen)) and seen[-1] < total, seen  # real progress, mid-run
     subprocess.run(cmd, env=env(), check=True, capture_output=True, timeout=300)
     assert count(db) == total
