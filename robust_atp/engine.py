@@ -80,19 +80,23 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
                adapter_factory: Callable[[], object], store: RunStore, seed: int, metrics: list[str],
                batch_size: int, include_clean: bool = True, progress: bool = True,
                text_conditions: list[TextCondition] = (), cross: bool = False, resolution: int | None = None,
-               cache: CorruptionCache | None = None) -> EngineStats:
+               cache: CorruptionCache | None = None, shard: tuple[int, int] = (0, 1),
+               done: set | None = None) -> EngineStats:
+    """`shard` (rank, world): evaluate only the batches b with b % world == rank (a data-parallel
+    rank; batches are the single process's); `done`: keys already computed (default: the store's)."""
     t0 = time.perf_counter()
     stats = EngineStats()
     conds = condition_plan(image_conditions, text_conditions, include_clean, cross)
-    done = store.done()
+    done = store.done() if done is None else set(done)
     batches = list(iter_batches(examples, batch_size))
+    mine = range(shard[0], len(batches), shard[1])
 
     def missing(batch, cname):
         return [m for m in methods if any((ex.id, cname, m.label) not in done for ex in batch)]
 
-    plan = [(b, c) for b in range(len(batches)) for c in conds
+    plan = [(b, c) for b in mine for c in conds
             if any(missing(batches[b], condition_name(c[0], tc)) for tc in c[1])]
-    stats.units_total = len(batches) * len(conds)
+    stats.units_total = len(mine) * len(conds)
     if not plan:
         stats.seconds = time.perf_counter() - t0
         return stats

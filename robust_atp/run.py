@@ -7,6 +7,9 @@ Writes into the run directory (default reports/<suite name>/):
   samples.jsonl       one line per (example, condition, method)
   report.html, report.pdf, plots/   the statistics report (`--no-report` skips it)
 and prints a summary table. A user error prints one line and exits with status 2.
+
+Data-parallel: `torchrun --nproc-per-node N -m robust_atp.run SUITE` or `accelerate launch
+--multi_gpu --num_processes N -m robust_atp.run SUITE` (see `distributed`).
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -48,6 +52,10 @@ def main(argv=None) -> int:
     try:
         return _run(args)
     except UserError as e:
+        from . import distributed
+
+        if not distributed.reports(e):
+            return 2
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -78,19 +86,29 @@ def _run(args) -> int:
 
 def execute(suite, suite_path: Path, run_dir: Path, fresh: bool = False, progress: bool = True,
             report: bool = True, use_cache: bool = True) -> int:
+    """Run a suite into run_dir, in one process or as one rank of a data-parallel run
+    (torchrun / accelerate launch: see `distributed`)."""
     import torch
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one progress bar: the run's
 
+    from . import distributed
+    from .data.validate import with_image_checks
     from .engine import condition_names, run_engine
     from .models.base import load_adapter
     from .perturb.cache import CorruptionCache
-    from .perturb.image import resolve_image_conditions
+    from .perturb.image import MIN_SIDE, resolve_image_conditions
     from .perturb.text import resolve_text_conditions
+    from .preflight import checked_adapter
     from .prune.methods import validate_method
     from .store import RunStore
 
+    ranks = distributed.from_env()
+    device = distributed.rank_device(suite.model.device, ranks)
+    if device != suite.model.device:
+        suite = suite.model_copy(update={"model": suite.model.model_copy(update={"device": device})})
+    log = lambda line: print(line, file=sys.stderr)  # noqa: E731
     torch.manual_seed(suite.seed)
     methods = [validate_method(m) for m in suite.methods]
     image_conditions = resolve_image_conditions(suite.perturbations.image)
@@ -98,36 +116,105 @@ def execute(suite, suite_path: Path, run_dir: Path, fresh: bool = False, progres
     cross = suite.perturbations.cross
     resolution = suite.perturbations.image.resolution if suite.perturbations.image else None
     cache = CorruptionCache(enabled=use_cache)
-    examples = _load_dataset(suite, suite_path)
-    _prepare_dir(run_dir, fresh)
-    store = RunStore(run_dir / STORE)
-    store.claim(suite.name, suite.config_hash())
-    if progress:
-        n_cond = len(condition_names(image_conditions, suite.include_clean, text_conditions, cross))
-        print(f"{suite.name}: {len(examples)} examples x {n_cond} conditions "
-              f"x {len(methods)} methods -> {run_dir}", file=sys.stderr)
-    stats = run_engine(examples=examples, methods=methods, image_conditions=image_conditions,
-                       adapter_factory=lambda: load_adapter(suite.model), store=store, seed=suite.seed,
-                       metrics=suite.metrics, batch_size=suite.batch_size, include_clean=suite.include_clean,
-                       progress=progress, text_conditions=text_conditions, cross=cross,
-                       resolution=resolution, cache=cache)
+    examples = with_image_checks(_load_dataset(suite, suite_path), suite_path,
+                                 MIN_SIDE if image_conditions and resolution is None else None)
     conditions = condition_names(image_conditions, suite.include_clean, text_conditions, cross)
-    labels = [m.label for m in methods]
-    by_key = {(p.example_id, p.condition, p.method): p for p in store.rows()}  # read the store once
-    store.close()
-    rows = summarize(by_key, examples, conditions, labels, suite.metrics)
-    manifest = build_manifest(suite, suite_path, examples, conditions, methods, stats, cache)
-    _write_atomic(run_dir / RESULTS, json.dumps({"manifest": manifest, "rows": rows}, indent=2) + "\n")
-    _write_atomic(run_dir / SAMPLES, "".join(json.dumps(s) + "\n" for s in samples(by_key, examples, conditions, labels)))
-    print(format_summary(rows, labels, method_budgets(methods)))
-    print(f"\nwrote {run_dir / RESULTS} and {run_dir / SAMPLES} ({stats.units_run} of {stats.units_total} units "
-          f"computed now, {stats.seconds:.1f}s; corrupted images: {stats.corruption_computed} computed, "
-          f"{stats.corruption_hits} from the cache{f' {cache.root}' if use_cache else ' (off)'})", file=sys.stderr)
-    if report and suite.report.formats:
-        from .report.html import build_report
+    distributed.start(ranks)
+    lock = store = None
+    try:
+        # rank 0 takes the run directory (lock, --fresh, config check, shards an earlier run
+        # left) before any rank starts; the others wait for its word
+        if ranks.rank == 0:
+            failure = None
+            try:
+                lock, store = _open_run(run_dir, fresh, suite, log)
+            except UserError as e:
+                failure = e
+            distributed.broadcast(None if failure is None else str(failure), ranks)
+            if failure is not None:
+                raise failure
+        elif distributed.broadcast(None, ranks) is not None:
+            raise distributed.PeerFailed("rank 0 stopped")
+        if progress and ranks.rank == 0:
+            procs = f" on {ranks.world} processes" if ranks.parallel else ""
+            print(f"{suite.name}: {len(examples)} examples x {len(conditions)} conditions "
+                  f"x {len(methods)} methods -> {run_dir}{procs}", file=sys.stderr)
+        failure, stats, target, done = None, None, store, None
+        try:  # a user error on one rank reaches the others through the gather below
+            if ranks.parallel:  # each rank writes its own shard; what is done is the merged store's
+                done = distributed.read_done(run_dir / STORE)
+                target = RunStore(distributed.shard_path(run_dir, ranks.rank))
+                target.claim(suite.name, suite.config_hash())
+            stats = run_engine(examples=examples, methods=methods, image_conditions=image_conditions,
+                               adapter_factory=checked_adapter(lambda: load_adapter(suite.model), methods, examples,
+                                                               suite, suite_path), store=target, seed=suite.seed,
+                               metrics=suite.metrics, batch_size=suite.batch_size,
+                               include_clean=suite.include_clean, progress=progress and ranks.rank == 0,
+                               text_conditions=text_conditions, cross=cross, resolution=resolution, cache=cache,
+                               shard=(ranks.rank, ranks.world), done=done)
+        except UserError as e:
+            failure = e
+        finally:
+            if target is not store:  # a shard
+                target.close()
+        outcomes = distributed.gather((None if failure is None else str(failure), stats), ranks)
+        if failure is not None:
+            raise failure
+        if ranks.rank != 0:
+            return 0
+        if any(msg is not None for msg, _ in outcomes):
+            raise distributed.PeerFailed("another rank stopped")
+        stats = distributed.combine_stats([s for _, s in outcomes])
+        distributed.merge_shards(store, run_dir)
+        labels = [m.label for m in methods]
+        by_key = {(p.example_id, p.condition, p.method): p for p in store.rows()}  # read the store once
+        store.close()
+        store = None
+        rows = summarize(by_key, examples, conditions, labels, suite.metrics)
+        manifest = build_manifest(suite, suite_path, examples, conditions, methods, stats, cache)
+        manifest["processes"] = ranks.world
+        _write_atomic(run_dir / RESULTS, json.dumps({"manifest": manifest, "rows": rows}, indent=2) + "\n")
+        _write_atomic(run_dir / SAMPLES,
+                      "".join(json.dumps(s) + "\n" for s in samples(by_key, examples, conditions, labels)))
+        print(format_summary(rows, labels, method_budgets(methods)))
+        print(f"\nwrote {run_dir / RESULTS} and {run_dir / SAMPLES} ({stats.units_run} of {stats.units_total} units "
+              f"computed now, {stats.seconds:.1f}s; corrupted images: {stats.corruption_computed} computed, "
+              f"{stats.corruption_hits} from the cache{f' {cache.root}' if use_cache else ' (off)'})", file=sys.stderr)
+        if report and suite.report.formats:
+            from .report.html import build_report
 
-        build_report(run_dir, suite.report.formats, log=lambda s: print(s, file=sys.stderr))
-    return 0
+            build_report(run_dir, suite.report.formats, log=log)
+        return 0
+    finally:
+        if store is not None:
+            store.close()
+        if lock is not None:
+            lock.release()
+        distributed.stop()
+
+
+def _open_run(run_dir: Path, fresh: bool, suite, log):
+    """Take the run directory: create it, lock it, discard an old run when `fresh`, open and
+    claim the store, and merge store shards a data-parallel run left. -> (lock, store)."""
+    from . import distributed
+    from .lock import RunLock
+    from .store import RunStore
+
+    _prepare_dir(run_dir)
+    lock = RunLock(run_dir, log).acquire()
+    store = None
+    try:
+        if fresh:
+            _discard(run_dir)
+        store = RunStore(run_dir / STORE)
+        store.claim(suite.name, suite.config_hash())
+        distributed.merge_shards(store, run_dir, log)
+        return lock, store
+    except BaseException:
+        if store is not None:
+            store.close()
+        lock.release()
+        raise
 
 
 def _load_dataset(suite, suite_path: Path):
@@ -139,8 +226,10 @@ def _load_dataset(suite, suite_path: Path):
     kwargs.update(split=d.split, limit=d.limit)
     if d.source is not None:
         kwargs["source"] = d.source
+    from .data.validate import validate_examples
+
     try:
-        return load_examples(d.loader, **kwargs)
+        return validate_examples(load_examples(d.loader, **kwargs))
     except TypeError as e:
         raise UserError(f"{suite_path}: dataset.options: {e}") from None
     except DataMissing as e:
@@ -149,26 +238,42 @@ def _load_dataset(suite, suite_path: Path):
         raise UserError(f"{suite_path}: dataset: {e}") from None
 
 
-def _prepare_dir(run_dir: Path, fresh: bool) -> None:
+def _prepare_dir(run_dir: Path) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"{run_dir}: exists and is not a directory")
-    if fresh:
-        for name in (STORE, STORE + "-wal", STORE + "-shm", RESULTS, SAMPLES, "report.html", "report.pdf"):
-            (run_dir / name).unlink(missing_ok=True)
-        if (run_dir / "plots").is_dir():
-            shutil.rmtree(run_dir / "plots")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"{run_dir}: cannot create the run directory ({e.strerror})") from None
-    if not os.access(run_dir, os.W_OK):
-        raise UserError(f"{run_dir}: the run directory is not writable")
+    try:  # a real write: os.access says yes to root on a read-only filesystem
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as e:
+        raise UserError(f"{run_dir}: the run directory is not writable ({e.strerror})") from None
+
+
+def _discard(run_dir: Path) -> None:
+    """--fresh: the old run's store (and any shards), results and report go."""
+    from . import distributed
+
+    for path in [run_dir / STORE] + distributed.shard_paths(run_dir):
+        distributed.remove_store(path)
+    for name in (RESULTS, SAMPLES, "report.html", "report.pdf"):
+        (run_dir / name).unlink(missing_ok=True)
+    if (run_dir / "plots").is_dir():
+        shutil.rmtree(run_dir / "plots")
 
 
 def _write_atomic(path: Path, text: str) -> None:
+    """Write a whole file or leave the old one: a full disk never leaves half a file."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"{path}: cannot write ({e.strerror or e}); the predictions are kept in {STORE}, "
+                        "run again to write it") from None
 
 
 # ----------------------------------------------------------------------------- results

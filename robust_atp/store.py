@@ -72,6 +72,13 @@ class RunStore:
                 self.conn.executemany("INSERT INTO meta VALUES (?, ?)", [
                     ("schema", SCHEMA_VERSION), ("suite", suite_name), ("config_hash", config_hash)])
             return
+        if meta.get("config_hash") != config_hash and self.count() == 0:
+            # a store with no prediction holds nothing to protect (a run that stopped before its
+            # first unit, e.g. on a bad input): it takes the new config
+            with self.conn:
+                self.conn.executemany("UPDATE meta SET value = ? WHERE key = ?",
+                                      [(suite_name, "suite"), (config_hash, "config_hash")])
+            return
         if meta.get("config_hash") != config_hash:
             raise UserError(
                 f"{self.path.parent}: holds a run of suite {meta.get('suite')!r} (config {meta.get('config_hash')}), "
@@ -83,16 +90,24 @@ class RunStore:
         return set(self.conn.execute("SELECT example_id, condition, method FROM predictions"))
 
     def put(self, rows: list[Prediction]) -> None:
-        with self.conn:
-            self.conn.executemany(
-                # only a repeated key is skipped (rows are deterministic, so it holds the same
-                # answer); OR IGNORE would also drop a row violating NOT NULL without a word
-                "INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(example_id, condition, method) DO NOTHING",
-                [(r.example_id, r.condition, r.method, r.prediction, float(r.score),
-                  json.dumps(r.scores, sort_keys=True), int(r.kept),
-                  None if r.kept_indices is None else json.dumps([int(i) for i in r.kept_indices]),
-                  json.dumps(r.extra, sort_keys=True)) for r in rows])
+        """One transaction: every row or none (a full disk or I/O error rolls the whole unit back)."""
+        try:
+            with self.conn:
+                self._insert(rows)
+        except sqlite3.OperationalError as e:
+            raise UserError(f"{self.path}: cannot write ({e}); the units committed before are kept, "
+                            "run again to continue once there is room") from None
+
+    def _insert(self, rows: list[Prediction]) -> None:
+        self.conn.executemany(
+            # only a repeated key is skipped (rows are deterministic, so it holds the same
+            # answer); OR IGNORE would also drop a row violating NOT NULL without a word
+            "INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(example_id, condition, method) DO NOTHING",
+            [(r.example_id, r.condition, r.method, r.prediction, float(r.score),
+              json.dumps(r.scores, sort_keys=True), int(r.kept),
+              None if r.kept_indices is None else json.dumps([int(i) for i in r.kept_indices]),
+              json.dumps(r.extra, sort_keys=True)) for r in rows])
 
     def rows(self) -> Iterator[Prediction]:
         for ex, cond, meth, pred, score, scores, kept, idx, extra in self.conn.execute(
@@ -101,8 +116,52 @@ class RunStore:
             yield Prediction(ex, cond, meth, pred, score, json.loads(scores), kept,
                              None if idx is None else tuple(json.loads(idx)), json.loads(extra))
 
+    def merge(self, shard: Path) -> int:
+        """Copy a shard's rows (another process's store of the same run) into this store in one
+        transaction; returns the rows added. A key both hold must hold the same answer (prediction,
+        scores, kept tokens; `extra` may hold timings and is not compared), else UserError and
+        nothing is merged. The caller deletes the shard only after this returns."""
+        shard = Path(shard)
+        try:
+            src = sqlite3.connect(shard, timeout=30)
+            theirs = dict(src.execute("SELECT key, value FROM meta"))
+        except sqlite3.DatabaseError as e:
+            raise UserError(f"{shard}: not a usable store shard ({e}); move it away to drop its rows") from None
+        try:
+            mine = self.meta()
+            if theirs.get("config_hash") != mine.get("config_hash") or theirs.get("schema") != mine.get("schema"):
+                raise UserError(f"{shard}: a shard of suite {theirs.get('suite')!r} (config {theirs.get('config_hash')}) "
+                                f"beside a run of config {mine.get('config_hash')}; move it away or pass --fresh")
+            before = self.count()
+            try:
+                with self.conn:
+                    for batch in _chunks(src.execute("SELECT * FROM predictions"), 5000):
+                        self._check_same(shard, batch)
+                        self.conn.executemany("INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                                              "ON CONFLICT(example_id, condition, method) DO NOTHING", batch)
+            except sqlite3.OperationalError as e:
+                raise UserError(f"{self.path}: cannot merge {shard.name} ({e}); nothing of it was merged") from None
+            return self.count() - before
+        finally:
+            src.close()
+
+    def _check_same(self, shard: Path, rows: list[tuple]) -> None:
+        for row in rows:
+            have = self.conn.execute(
+                "SELECT prediction, score, scores, kept, kept_idx FROM predictions "
+                "WHERE example_id = ? AND condition = ? AND method = ?", row[:3]).fetchone()
+            if have is not None and tuple(have) != tuple(row[3:8]):
+                raise UserError(f"{shard}: row {row[:3]} answers {row[3]!r} (score {row[4]}), the run store "
+                                f"{have[0]!r} (score {have[1]}): computed differently (another device or "
+                                "version?); move the shard away to drop its rows")
+
     def count(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
 
     def close(self) -> None:
         self.conn.close()
+
+
+def _chunks(cursor, n: int):
+    while rows := cursor.fetchmany(n):
+        yield rows

@@ -253,6 +253,25 @@ def format_validation_error(path: str, err: ValidationError, model: type[BaseMod
     return f"{path}: {where}: {msg}"
 
 
+class StrictSafeLoader(yaml.SafeLoader):
+    """yaml.SafeLoader (plain data only: no Python objects) that refuses a key given twice in
+    one mapping, where PyYAML would silently keep the last."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                repeated = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if repeated:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice",
+                                                        key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Suite:
     """Read, validate and normalise a suite; method settings are checked by their schemas."""
     from .prune.methods import validate_method
@@ -261,13 +280,17 @@ def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Sui
     if not path.is_file():
         raise SuiteError(f"{path}: no such suite file")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=StrictSafeLoader)  # noqa: S506 (a SafeLoader)
+    except OSError as e:
+        raise SuiteError(f"{path}: cannot read the suite file ({e.strerror})") from None
     except UnicodeDecodeError:
         raise SuiteError(f"{path}: not UTF-8 text") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<root>"
         raise SuiteError(f"{path}: {where}: malformed YAML ({getattr(e, 'problem', None) or e})") from None
+    if raw is None:
+        raise SuiteError(f"{path}: <root>: the suite file is empty")
     if not isinstance(raw, dict):
         raise SuiteError(f"{path}: <root>: must be a mapping of suite fields")
     for dotted, value in (overrides or {}).items():

@@ -15,6 +15,10 @@ def test_claim_then_refuse_another_config(tmp_path):
     s = RunStore(tmp_path / "p.sqlite")
     s.claim("demo", "abc")
     s.claim("demo", "abc")
+    s.claim("other", "xyz")  # a store without a prediction holds nothing to protect: it is rebound
+    assert s.meta()["config_hash"] == "xyz" and s.meta()["suite"] == "other"
+    s.claim("demo", "abc")
+    s.put(rows(1))
     with pytest.raises(UserError, match="holds a run of suite 'demo' \\(config abc\\)"):
         s.claim("demo", "xyz")
     s.close()
@@ -71,4 +75,16 @@ def test_store_of_another_format_is_refused(tmp_path):
         s.conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
     with pytest.raises(UserError, match="format 1"):
         s.claim("demo", "abc")
+    s.close()
+
+
+def test_a_full_disk_rolls_the_whole_unit_back(tmp_path):
+    s = RunStore(tmp_path / "p.sqlite")
+    s.put(rows(3))
+    pages = s.conn.execute("PRAGMA page_count").fetchone()[0]
+    s.conn.execute(f"PRAGMA max_page_count = {pages}")  # SQLite now answers SQLITE_FULL for a new page
+    with pytest.raises(UserError, match="p.sqlite: cannot write \\(database or disk is full\\); the units "
+                                        "committed before are kept"):
+        s.put([Prediction(f"big{i}", "clean", "full", "x" * 2000, 0.0, {}, 144) for i in range(50)])
+    assert s.count() == 3
     s.close()

@@ -86,11 +86,31 @@ def read_json(path: Path):
         raise DataError(f"{path}: not UTF-8 text") from None
 
 
+class ImageUnreadable(DataError):
+    """An image file that is missing, empty, truncated or not an image; names the file."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = str(path), reason
+
+
 def open_image(path: str) -> Image.Image:
-    """The decoded image (any mode; the adapter and the corruptions convert to RGB)."""
-    with Image.open(path) as im:
-        im.load()
-        return im
+    """The decoded image (any mode; the adapter and the corruptions convert to RGB), or
+    ImageUnreadable naming the file and what is wrong with it."""
+    try:
+        if os.path.getsize(path) == 0:
+            raise ImageUnreadable(path, "an empty (zero-byte) file")
+        with Image.open(path) as im:
+            im.load()
+            return im
+    except FileNotFoundError:
+        raise ImageUnreadable(path, "no such image file") from None
+    except Image.UnidentifiedImageError:
+        raise ImageUnreadable(path, "not an image file PIL can read") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        if isinstance(e, ImageUnreadable):
+            raise
+        raise ImageUnreadable(path, f"a damaged image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
 def lazy_image(path: Path):

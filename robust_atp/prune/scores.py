@@ -32,23 +32,35 @@ def clip_relevance(patches: torch.Tensor, text: torch.Tensor, sign: int = 1) -> 
     return sim * sign
 
 
+# NaN scores (a degenerate attention map, an all-zero embedding) stay NaN through the
+# normalisers without spoiling the rest of their row, and selection ranks them last.
+
 def minmax(x: torch.Tensor) -> torch.Tensor:
-    """[B, N] -> [B, N] in [0, 1]; a constant row maps to zeros."""
-    lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
+    """[B, N] -> [B, N] in [0, 1]; a constant row maps to zeros; NaN stays NaN."""
+    nan = x.isnan()
+    lo = x.masked_fill(nan, float("inf")).amin(-1, keepdim=True)
+    hi = x.masked_fill(nan, float("-inf")).amax(-1, keepdim=True)
     span = hi - lo
-    return torch.where(span > 0, (x - lo) / span.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x))
+    out = torch.where(span > 0, (x - lo) / span.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x))
+    return out.masked_fill(nan, float("nan"))
 
 
 def zscore(x: torch.Tensor) -> torch.Tensor:
-    """[B, N] -> [B, N], zero mean and unit (population) std per row; a constant row maps to zeros."""
-    mu, sd = x.mean(-1, keepdim=True), x.std(-1, keepdim=True, unbiased=False)
-    return torch.where(sd > 0, (x - mu) / sd.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x))
+    """[B, N] -> [B, N], zero mean and unit (population) std per row over its finite values; a
+    constant row maps to zeros; NaN stays NaN."""
+    nan = x.isnan()
+    n = (~nan).sum(-1, keepdim=True).clamp_min(1)
+    mu = x.masked_fill(nan, 0).sum(-1, keepdim=True) / n
+    sd = ((x - mu).masked_fill(nan, 0) ** 2).sum(-1, keepdim=True).div(n).sqrt()
+    out = torch.where(sd > 0, (x - mu) / sd.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x))
+    return out.masked_fill(nan, float("nan"))
 
 
 def rank(x: torch.Tensor) -> torch.Tensor:
-    """[B, N] -> [B, N] in [0, 1]: rank / (N - 1), ties ordered by index (deterministic)."""
+    """[B, N] -> [B, N] in [0, 1]: rank / (N - 1), ties ordered by index (deterministic); NaN ranks
+    lowest."""
     n = x.shape[-1]
-    order = torch.sort(x, dim=-1, stable=True).indices
+    order = torch.sort(x.masked_fill(x.isnan(), float("-inf")), dim=-1, stable=True).indices
     r = torch.empty_like(order)
     r.scatter_(-1, order, torch.arange(n, device=x.device).expand_as(order))
     return r.to(x.dtype) / max(n - 1, 1)
