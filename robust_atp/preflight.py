@@ -40,8 +40,14 @@ def checked_adapter(load, methods, examples, suite, suite_path: Path):
     """An adapter factory that runs the checks on the adapter it loads."""
     def factory():
         adapter = load()
+        if adapter.num_visual_tokens is None:
+            # any-resolution adapters (LLaVA-NeXT, Qwen2-VL): the count depends on the image and
+            # is known only after its vision pass; a larger `k` keeps every token (`select.budget`)
+            return adapter
         n_visual = int(adapter.num_visual_tokens)
         check_budgets(methods, n_visual, suite_path)
-        check_questions(adapter, examples, n_visual, suite.model.generation.max_new_tokens, suite_path)
+        # the LLM's own visual tokens: BLIP-2's Q-Former hands it query tokens, not patches
+        n_llm = int(getattr(adapter, "num_query_tokens", None) or n_visual)
+        check_questions(adapter, examples, n_llm, suite.model.generation.max_new_tokens, suite_path)
         return adapter
     return factory
