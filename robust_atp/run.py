@@ -84,6 +84,7 @@ def execute(suite, suite_path: Path, run_dir: Path, fresh: bool = False, progres
     hf_logging.disable_progress_bar()  # one progress bar: the run's
 
     from .engine import condition_names, run_engine
+    from .measure import add_measured_cost
     from .models.base import load_adapter
     from .perturb.cache import CorruptionCache
     from .perturb.image import resolve_image_conditions
@@ -110,12 +111,14 @@ def execute(suite, suite_path: Path, run_dir: Path, fresh: bool = False, progres
                        adapter_factory=lambda: load_adapter(suite.model), store=store, seed=suite.seed,
                        metrics=suite.metrics, batch_size=suite.batch_size, include_clean=suite.include_clean,
                        progress=progress, text_conditions=text_conditions, cross=cross,
-                       resolution=resolution, cache=cache)
+                       resolution=resolution, cache=cache, cost=suite.cost)
     conditions = condition_names(image_conditions, suite.include_clean, text_conditions, cross)
     labels = [m.label for m in methods]
     by_key = {(p.example_id, p.condition, p.method): p for p in store.rows()}  # read the store once
+    cost_records = store.cost_rows()
     store.close()
     rows = summarize(by_key, examples, conditions, labels, suite.metrics)
+    add_measured_cost(rows, cost_records)
     manifest = build_manifest(suite, suite_path, examples, conditions, methods, stats, cache)
     _write_atomic(run_dir / RESULTS, json.dumps({"manifest": manifest, "rows": rows}, indent=2) + "\n")
     _write_atomic(run_dir / SAMPLES, "".join(json.dumps(s) + "\n" for s in samples(by_key, examples, conditions, labels)))
@@ -272,6 +275,7 @@ def build_manifest(suite, suite_path: Path, examples, conditions, methods, stats
         "engine": {"units_total": stats.units_total, "units_run": stats.units_run,
                    "vision_passes": stats.vision_passes, "generations": stats.generations,
                    "seconds": round(stats.seconds, 2), "timings": {k: round(v, 2) for k, v in stats.timings.items()},
+                   "cost_measured": stats.cost_measured,
                    "corruption_cache": {"hits": stats.corruption_hits, "computed": stats.corruption_computed,
                                         "root": str(cache.root) if cache is not None and cache.enabled else None}},
     }
