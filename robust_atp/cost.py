@@ -72,6 +72,12 @@ def prefill_flops(s: LayerShape, n: int, n_after: int | None = None, cut: int | 
     return 2 * ((cut + 1) * layer_macs(s, n) + (s.layers - cut - 1) * layer_macs(s, n_after))
 
 
+def fastv_rank_flops(s: LayerShape, n: int) -> int:
+    """FLOPs of FastV's ranking at its layer over n prompt tokens: the last token's query
+    (d x H hd), every token's key (n d x Hkv hd) and the scores (H n hd)."""
+    return 2 * (s.d * s.heads * s.head_dim + n * s.d * s.kv_heads * s.head_dim + s.heads * n * s.head_dim)
+
+
 def vision_flops(vision_cfg, n_patches: int, projector: dict | None = None) -> int:
     """CLIP-style ViT over n_patches + CLS: patch embedding, layers, and the LLaVA projector
     (`{'in', 'out', 'layers'}`: an MLP of that depth) on the n_patches tokens."""

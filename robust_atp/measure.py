@@ -82,7 +82,8 @@ def measure_cost(methods: list, adapter, images: list, questions: list[str], tex
     decoding step; peak memory over the timed `generate` calls. Always: the KV-cache bytes after
     each example's prefill and, with `cfg.flops`, its prefill FLOPs counted by FlopCounterMode
     beside the analytical count of the same computation (per-example means; batch of one, so no
-    padding is counted)."""
+    padding is counted; for FastV the computation as executed: masking saves nothing, so every
+    layer over the whole prompt plus its ranking)."""
     clock = cost.Clock(adapter.device)
     runs = dict(clock=clock, repeats=cfg.repeats, warmup=cfg.warmup)
     vision = adapter.encode_images(images)
@@ -129,8 +130,11 @@ def measure_cost(methods: list, adapter, images: list, questions: list[str], tex
             kv.append(one()["kv_bytes"])
             if cfg.flops:
                 counted.append(cost.counted_flops(one))
-                # what runs: FastV masks its dropped tokens, so every layer sees the whole prompt
-                analytic.append(cost.prefill_flops(llm, adapter.prompt_length(q) + len(tok)))
+                # what runs: FastV masks its dropped tokens, so every layer sees the whole prompt,
+                # and ranks them once
+                seq = adapter.prompt_length(q) + len(tok)
+                analytic.append(cost.prefill_flops(llm, seq) + (0 if m.fastv_layer is None else
+                                                                 cost.fastv_rank_flops(llm, seq)))
         rec["kv_cache_mb"] = round(statistics.mean(kv) / 2**20, 6)
         if counted:
             rec["counted_prefill_flops"] = statistics.mean(counted)

@@ -307,6 +307,8 @@ def format_summary(rows: list[dict], labels: list[str], keeps: dict[str, str] | 
     head = ["method", "keep", "tokens", "clean"] + [f"sev{s}" for s in severities]
     head += (["corrupted"] if severities else []) + (["text"] if has_text else []) + ["d_clean"]
     head += (["d_corrupt"] if severities else []) + (["d_text"] if has_text else []) + ["flops", "recall"]
+    timed = any(r.get("latency_ms") for r in rows)
+    head += ["e2e_ms", "latency", "overhead"] if timed else []
     lines = []
     for label in labels:
         clean = by.get((label, 0), [])
@@ -326,6 +328,8 @@ def format_summary(rows: list[dict], labels: list[str], keeps: dict[str, str] | 
         ratio = _mean([r["flops_ratio"] for r in clean if r.get("flops_ratio") is not None])
         recall = _mean([r["object_recall"] for r in clean if r.get("object_recall") is not None])
         cells += ["-" if ratio is None else f"{ratio:.3f}", _pct(recall)]
+        if timed:
+            cells += _latency_cells(clean)
         lines.append(cells)
     widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
     fmt = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
@@ -337,7 +341,18 @@ def format_summary(rows: list[dict], labels: list[str], keeps: dict[str, str] | 
     note += f"; d_* = method - {ref} in points"
     note += ("\nflops = LLM prefill FLOPs / full's (clean); recall = % of the patches covering the objects a "
              "question names that the method kept (clean; selection methods only)")
+    if timed:
+        note += ("\ne2e_ms = measured vision + selection + generate per sampled batch (clean); latency = e2e / full's; "
+                 "overhead = CLIP text pass + scoring + selection, % of the vision pass")
     return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(c) for c in lines] + [note])
+
+
+def _latency_cells(clean: list[dict]) -> list[str]:
+    ms = _mean([r["latency_ms"]["end_to_end"] for r in clean if r.get("latency_ms")])
+    ratio = _mean([r["latency_ratio"]["end_to_end"] for r in clean if (r.get("latency_ratio") or {}).get("end_to_end")])
+    over = _mean([r["select_overhead"] for r in clean if r.get("select_overhead") is not None])
+    return ["-" if ms is None else f"{ms:.1f}", "-" if ratio is None else f"{ratio:.3f}",
+            "-" if over is None else f"{100 * over:.1f}"]
 
 
 def method_budgets(methods) -> dict[str, str]:
