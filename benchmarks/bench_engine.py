@@ -51,8 +51,8 @@ def naive_loop(adapter, examples, methods, plan, seed: int, batch_size: int, res
                     if image_cond is None:
                         imgs = [canonicalize(im, resolution) for im in images]
                     else:
-                        imgs = [no_cache.get(im, image_cond, condition_seed(seed, ex.id, image_cond.name), resolution)[0]
-                                for im, ex in zip(images, batch)]
+                        imgs = [no_cache.get(im, image_cond, condition_seed(seed, ex.id, image_cond.name),
+                                             resolution)[0] for im, ex in zip(images, batch)]
                     vision = adapter.encode_images(imgs)
                     questions = [ex.question if text_cond is None else
                                  perturb_text(ex.question, text_cond, condition_seed(seed, ex.id, text_cond.name))
@@ -60,7 +60,8 @@ def naive_loop(adapter, examples, methods, plan, seed: int, batch_size: int, res
                     text = (adapter.encode_texts(_texts(adapter, questions, m.settings.get("text", "question")))
                             if m.needs_text else None)
                     tokens = [k.tokens for k in m.apply(vision, text, _keys(seed, batch, m))]
-                    fastv = FastVSpec(m.fastv_layer, m.fastv_k(vision.tokens.shape[1])) if m.fastv_layer is not None else None
+                    fastv = (None if m.fastv_layer is None else
+                             FastVSpec(m.fastv_layer, m.fastv_k(vision.tokens.shape[1])))
                     for ex, ans in zip(batch, adapter.generate(tokens, questions, fastv=fastv)):
                         out[ex.id, cname, m.label] = ans
     return out

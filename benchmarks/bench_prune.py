@@ -12,8 +12,12 @@ round, each round measuring every keep once:
     prefill     measured prefill time / full's; `pred` = FLOPs-predicted speedup / measured
                 speedup as a ratio (measured speedup / predicted speedup: 1.0 = as predicted)
     e2e         measured end to end (vision pass + CLIP text pass + selection + generate) / full's
-    overhead    ATP's CLIP text pass + scoring + selection, % of the vision pass actually run
-    and where the time goes: vision, select, prefill, decode per token, generate (ms).
+    select%     ATP's scoring + selection (`Method.apply`), % of the vision pass actually run
+    +text%      the same plus the CLIP text pass of the question (ATP's relevance term needs it)
+    flops err%  FlopCounterMode's count of the prefill against the analytical one
+    GFLOP/s     analytical prefill FLOPs / measured prefill time: the throughput the hardware
+                reached (where it falls with fewer tokens, the prefill saves less than the FLOPs)
+    and where the time goes: vision, text, select, prefill, decode per token, generate (ms).
 
 The LLaVA-1.5 stack: CLIP ViT-L/14-336 vision dims (1024 wide, 16 heads, MLP 4096, patch 14,
 336 px -> 576 tokens, --vision-layers of its 24), the 2-layer MLP projector, an LLM of
@@ -111,7 +115,9 @@ def measure(adapter, images, questions, keeps, repeats: int, new_tokens: int) ->
         prefill = r["prefill"] / full["prefill"]
         rows.append({"keep": k, "tokens": round(k * n), "flops": flops, "prefill": prefill,
                      "pred": flops / prefill, "e2e": r["end_to_end"] / full["end_to_end"],
+                     "select%": None if m.name == "full" else 100 * r["select"] / r["vision"],
                      "overhead": None if m.name == "full" else 100 * (r["text"] + r["select"]) / r["vision"],
+                     "gflops": analytic[m.label] / r["prefill"] / 1e6,
                      "flops_err": 100 * (c["counted_prefill_flops"] / c["analytic_prefill_flops"] - 1),
                      "prefill_ms": r["prefill"], **{f: r[f] for f in fields if f != "prefill"}})
     return rows
@@ -119,14 +125,17 @@ def measure(adapter, images, questions, keeps, repeats: int, new_tokens: int) ->
 
 def print_table(title: str, rows: list[dict]) -> None:
     print(title)
-    head = (f"{'keep':>6}{'tokens':>7}{'flops':>7}{'prefill':>8}{'pred':>6}{'e2e':>7}{'overhead%':>10}"
-            f"{'flops err%':>11}{'vision':>9}{'text':>8}{'select':>8}{'prefill':>9}{'dec/tok':>9}{'generate':>10}")
+    head = (f"{'keep':>6}{'tokens':>7}{'flops':>7}{'prefill':>8}{'pred':>6}{'e2e':>7}{'select%':>8}{'+text%':>8}"
+            f"{'flops err%':>11}{'GFLOP/s':>8}{'vision':>9}{'text':>8}{'select':>8}{'prefill':>9}{'dec/tok':>9}"
+            f"{'generate':>10}")
     print(head)
     print("-" * len(head))
     for r in rows:
+        sel = "-" if r["select%"] is None else f"{r['select%']:.2f}"
         over = "-" if r["overhead"] is None else f"{r['overhead']:.2f}"
         print(f"{r['keep']:>6g}{r['tokens']:>7}{r['flops']:>7.3f}{r['prefill']:>8.3f}{r['pred']:>6.2f}{r['e2e']:>7.3f}"
-              f"{over:>10}{r['flops_err']:>11.3f}{r['vision']:>9.1f}{r['text']:>8.1f}{r['select']:>8.2f}"
+              f"{sel:>8}{over:>8}{r['flops_err']:>11.3f}{r['gflops']:>8.1f}{r['vision']:>9.1f}{r['text']:>8.1f}"
+              f"{r['select']:>8.2f}"
               f"{r['prefill_ms']:>9.1f}{r['decode_per_token']:>9.1f}{r['generate']:>10.1f}")
     print()
 
@@ -156,10 +165,12 @@ def main(argv=None) -> None:
     from robust_atp.models.base import load_adapter
 
     threads = torch.get_num_threads() if a.device == "cpu" else "-"
-    print(f"device {a.device} ({threads} threads), {dtype}, median of {repeats} after 1 warm-up; ATP alpha 0.5; "
+    print(f"device {a.device} ({threads} threads), {dtype}, median of {repeats} rounds after 1 warm-up round "
+          "(each round measures every keep once); ATP alpha 0.5; "
           "ratios are against keep 1 (the full model) in the same process")
     print("columns: flops / prefill / e2e = ratio to full; pred = measured prefill speedup / FLOPs-predicted "
-          "speedup; overhead = ATP's text pass + scoring + selection, % of the vision pass; time in ms per batch\n")
+          "speedup; select% = ATP's scoring + selection, +text% = with the CLIP text pass, % of the vision pass; "
+          "GFLOP/s = prefill FLOPs / prefill time; times in ms per batch\n")
 
     examples = load_shapes("test", limit=max(8, a.batch))
     demo = load_adapter(ModelCfg(checkpoint="zoo:shapes_vlm/llava", clip="zoo:shapes_vlm/clip", device=a.device,

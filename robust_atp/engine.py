@@ -9,6 +9,9 @@
           questions_t = perturb(questions, t)         seeded by (suite seed, example id, t)
           for each method m with rows still missing:
             keep = m.select(vision, text)  ->  answers = adapter.generate(kept tokens, questions_t)
+          with a suite's `cost:` on, for the first `cost.batches` batches:
+            measure_cost(methods, ...)                latency, memory, KV cache, counted FLOPs (after
+                                                      the answers, which it never changes)
         store.put(rows)                               one transaction: the resume point
 
 A unit of work is (batch, image condition) with all its text conditions. Batches are formed

@@ -38,10 +38,10 @@ def test_bench_prune_quick_prints_both_tables():
     for t in titles:
         assert lines[t + 1].split()[:6] == ["keep", "tokens", "flops", "prefill", "pred", "e2e"]
         full, quarter = lines[t + 3].split(), lines[t + 4].split()
-        assert full[:3] == ["1", str(int(full[1])), "1.000"] and full[3] == "1.000" and full[6] == "-"
+        assert full[:3] == ["1", str(int(full[1])), "1.000"] and full[3] == "1.000" and full[6] == full[7] == "-"
         assert quarter[0] == "0.25" and int(quarter[1]) * 4 == int(full[1]) and 0 < float(quarter[2]) < 0.5
-        assert float(full[7]) == 0.0 and float(quarter[7]) == 0.0  # counted FLOPs == analytical
-        assert float(quarter[6]) >= 0 and all(float(x) > 0 for x in quarter[8:9] + quarter[11:])
+        assert float(full[8]) == 0.0 and float(quarter[8]) == 0.0  # counted FLOPs == analytical
+        assert 0 <= float(quarter[6]) <= float(quarter[7]) and all(float(x) > 0 for x in quarter[9:11] + quarter[13:])
     assert "576 tokens" in lines[titles[1]]
 
 

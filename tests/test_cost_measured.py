@@ -91,7 +91,8 @@ def test_results_columns_from_cost_records():
                                    "text_ms": 0.5, "select_ms": 0.1, "decode_per_token_ms": 1.0, "generate_ms": 5.0,
                                    "select_overhead": 0.06, "peak_mem_mb": 100.0, "peak_mem_kind": "process_peak_rss",
                                    "kv_cache_mb": 0.5, "counted_prefill_flops": c, "analytic_prefill_flops": a}
-    records = [("clean", "full", "b0", rec(8.0, 20.0, 2e12, 2e12)), ("clean", "full", "b1", rec(12.0, 20.0, 2e12, 2e12)),
+    records = [("clean", "full", "b0", rec(8.0, 20.0, 2e12, 2e12)),
+               ("clean", "full", "b1", rec(12.0, 20.0, 2e12, 2e12)),
                ("clean", "atp@0.25", "b0", rec(3.0, 15.0, 1.01e12, 1e12))]
     add_measured_cost(rows, records)
     full, atp, cls = rows
@@ -163,6 +164,12 @@ def test_cost_option_measures_without_changing_predictions_and_survives_resume(t
     third = json.loads((costed / "results.json").read_text())
     assert third["manifest"]["engine"]["cost_measured"] == 0
     assert [r["latency_ms"] for r in third["rows"]] == [r["latency_ms"] for r in res["rows"]]
+    # the report: the latency ratio beside the cost ratio, and accuracy against measured latency
+    from robust_atp.report.html import build_report
+
+    build_report(costed, ["html"], log=lambda s: None)
+    html = (costed / "report.html").read_text()
+    assert "latency ratio" in html and (costed / "plots" / "accuracy_vs_latency.png").is_file()
 
 
 def test_cost_section_is_validated(tmp_path, tiny_dir, capsys):

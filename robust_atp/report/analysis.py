@@ -155,7 +155,8 @@ def _cost(run: RunData, acc: dict, noisy: list[str], notes: list[str]) -> list[d
         corrupted = [acc[c, m] for c in noisy if (c, m) in acc]
         latency = r.get("latency_ratio") or {}
         out.append({"method": m, "kept_tokens": tokens, "cost_ratio": ratio, "measured_flops": measured,
-                    "latency_ratio": latency.get("end_to_end"), "latency_ms": (r.get("latency_ms") or {}).get("end_to_end"),
+                    "latency_ratio": latency.get("end_to_end"),
+                    "latency_ms": (r.get("latency_ms") or {}).get("end_to_end"),
                     "prefill_tflops": r.get("prefill_tflops"), "clean": acc.get((CLEAN, m)),
                     "corrupted": float(np.mean(corrupted)) if corrupted else None})
     return out
