@@ -12,10 +12,20 @@ layer over n tokens, in MACs:
 "Prefill" is the decoder layers over the prompt (text + visual tokens); the LM head is left
 out (under `generate` it runs on the last position only: d x vocab MACs, the same for every
 method). FastV's masked tokens are counted as removed from the layers after its cut.
+
+Measured cost (the second half of this module): a device-synchronised clock, medians of
+repeats after warm-up, peak memory, KV-cache bytes and FLOPs counted by torch's
+`FlopCounterMode` (with the CPU sdpa kernel given the formula torch already has for the
+other sdpa kernels, so counting works under sdpa as well as eager attention).
 """
 from __future__ import annotations
 
+import statistics
+import time
 from dataclasses import dataclass
+from typing import Callable
+
+import torch
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,12 @@ def prefill_flops(s: LayerShape, n: int, n_after: int | None = None, cut: int | 
     return 2 * ((cut + 1) * layer_macs(s, n) + (s.layers - cut - 1) * layer_macs(s, n_after))
 
 
+def fastv_rank_flops(s: LayerShape, n: int) -> int:
+    """FLOPs of FastV's ranking at its layer over n prompt tokens: the last token's query
+    (d x H hd), every token's key (n d x Hkv hd) and the scores (H n hd)."""
+    return 2 * (s.d * s.heads * s.head_dim + n * s.d * s.kv_heads * s.head_dim + s.heads * n * s.head_dim)
+
+
 def vision_flops(vision_cfg, n_patches: int, projector: dict | None = None) -> int:
     """CLIP-style ViT over n_patches + CLS: patch embedding, layers, and the LLaVA projector
     (`{'in', 'out', 'layers'}`: an MLP of that depth) on the n_patches tokens."""
@@ -107,3 +123,106 @@ def scorer_flops(method: str, settings: dict, n: int, k: int, *, d: int, c: int,
     elif method == "pool":
         macs += n * d
     return 2 * macs
+
+
+# ----------------------------------------------------------------------------- measured cost
+
+class Clock:
+    """Seconds since an arbitrary origin, after waiting for the device's queued work (cuda)."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def __call__(self) -> float:
+        self.sync()
+        return time.perf_counter()
+
+
+def median_seconds(fn: Callable[[], object], clock: Clock, repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall time of fn() over `repeats` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(max(1, repeats)):
+        t = clock()
+        fn()
+        times.append(clock() - t)
+    return statistics.median(times)
+
+
+def counted_flops(fn: Callable[[], object]) -> int:
+    """FLOPs torch's FlopCounterMode counts while fn() runs (matrix products, 2 per MAC)."""
+    from torch.utils.flop_counter import FlopCounterMode, flop_registry
+
+    aten = torch.ops.aten
+    # the CPU sdpa kernel has no formula in torch; it computes what the other sdpa kernels do
+    extra = {}
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        formula = flop_registry[aten._scaled_dot_product_flash_attention]
+        extra[aten._scaled_dot_product_flash_attention_for_cpu] = _raw(formula)
+    with FlopCounterMode(display=False, custom_mapping=extra) as fc, torch.inference_mode():
+        fn()
+    return int(fc.get_total_flops())
+
+
+def _raw(formula):
+    """A registry entry already takes raw tensors (it is shape-wrapped): a copy marked so, or
+    FlopCounterMode would wrap it twice (torch's own entry is left untouched)."""
+    def f(*args, **kwargs):
+        return formula(*args, **kwargs)
+    f._get_raw = True
+    return f
+
+
+def kv_cache_bytes(cache) -> int:
+    """Bytes of the key and value tensors a Hugging Face cache holds (legacy tuples too)."""
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        pairs = [(getattr(l, "keys", None), getattr(l, "values", None)) for l in layers]
+    else:
+        pairs = list(cache)
+    return sum(t.numel() * t.element_size() for pair in pairs for t in pair[:2] if isinstance(t, torch.Tensor))
+
+
+def kv_cache_bytes_expected(s: LayerShape, seq: int, dtype_bytes: int, batch: int = 1) -> int:
+    """2 (key, value) x layers x kv heads x head dim x sequence x bytes per element."""
+    return 2 * s.layers * s.kv_heads * s.head_dim * seq * dtype_bytes * batch
+
+
+class PeakMemory:
+    """Context manager: peak memory in MB over its block. cuda: max allocated by torch on the
+    device (reset at entry); elsewhere the process's peak resident set size, a high-water mark
+    of the whole process since it started (`kind` says which)."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+        self.kind = "cuda_max_allocated" if self.device.type == "cuda" else "process_peak_rss"
+        self.mb: float | None = None
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self.mb = _peak_rss_mb()
+
+
+def _peak_rss_mb() -> float:
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux, bytes on macOS
+        return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+    except ImportError:  # no getrusage (Windows): the current resident set
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20

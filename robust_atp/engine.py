@@ -9,6 +9,9 @@
           questions_t = perturb(questions, t)         seeded by (suite seed, example id, t)
           for each method m with rows still missing:
             keep = m.select(vision, text)  ->  answers = adapter.generate(kept tokens, questions_t)
+          with a suite's `cost:` on, for the first `cost.batches` batches:
+            measure_cost(methods, ...)                latency, memory, KV cache, counted FLOPs (after
+                                                      the answers, which it never changes)
         store.put(rows)                               one transaction: the resume point
 
 A unit of work is (batch, image condition) with all its text conditions. Batches are formed
@@ -26,7 +29,7 @@ from tqdm import tqdm
 
 from .data.base import Example, iter_batches
 from .errors import UserError
-from .measure import row_measurements
+from .measure import measure_cost, row_measurements
 from .metrics import score_all
 from .models.fastv import FastVSpec
 from .perturb.cache import CorruptionCache
@@ -47,7 +50,8 @@ class EngineStats:
     corruption_computed: int = 0  # corrupted images computed now
     seconds: float = 0.0
     timings: dict = field(default_factory=lambda: {"load": 0.0, "perturb": 0.0, "vision": 0.0, "text": 0.0,
-                                                   "select": 0.0, "generate": 0.0})
+                                                   "select": 0.0, "generate": 0.0, "cost": 0.0})
+    cost_measured: int = 0  # (condition, method, batch) cost records measured now
 
 
 def condition_name(image: ImageCondition | None, text: TextCondition | None) -> str:
@@ -81,9 +85,12 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
                batch_size: int, include_clean: bool = True, progress: bool = True,
                text_conditions: list[TextCondition] = (), cross: bool = False, resolution: int | None = None,
                cache: CorruptionCache | None = None, shard: tuple[int, int] = (0, 1),
-               done: set | None = None) -> EngineStats:
+               done: set | None = None, cost=None) -> EngineStats:
     """`shard` (rank, world): evaluate only the batches b with b % world == rank (a data-parallel
-    rank; batches are the single process's); `done`: keys already computed (default: the store's)."""
+    rank; batches are the single process's); `done`: keys already computed (default: the store's).
+    cost: the suite's `cost` section; when enabled, the first `cost.batches` batches of every
+    condition are also measured (`measure.measure_cost`) into the store's cost table, after
+    their predictions (a finished run whose cost is missing gets only the measurements)."""
     t0 = time.perf_counter()
     stats = EngineStats()
     conds = condition_plan(image_conditions, text_conditions, include_clean, cross)
@@ -94,8 +101,17 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
     def missing(batch, cname):
         return [m for m in methods if any((ex.id, cname, m.label) not in done for ex in batch)]
 
+    measuring = cost is not None and cost.enabled
+    cost_done = store.cost_done() if measuring else set()
+
+    def cost_missing(b, cname):
+        if not measuring or b >= cost.batches:
+            return []
+        return [m for m in methods if (cname, m.label, _batch_key(batches[b])) not in cost_done]
+
     plan = [(b, c) for b in mine for c in conds
-            if any(missing(batches[b], condition_name(c[0], tc)) for tc in c[1])]
+            if any(missing(batches[b], cname) or cost_missing(b, cname)
+                   for cname in (condition_name(c[0], tc) for tc in c[1]))]
     stats.units_total = len(mine) * len(conds)
     if not plan:
         stats.seconds = time.perf_counter() - t0
@@ -132,11 +148,12 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
             vision = adapter.encode_images(imgs)
             tm["vision"] += time.perf_counter() - t
             stats.vision_passes += 1
-            rows = []
+            rows, cost_rows = [], []
             for text_cond in text_conds:
                 cname = condition_name(image_cond, text_cond)
                 todo_methods = missing(batch, cname)
-                if not todo_methods:
+                to_measure = cost_missing(b, cname)
+                if not todo_methods and not to_measure:
                     continue
                 t = time.perf_counter()
                 questions = [ex.question if text_cond is None else
@@ -152,7 +169,18 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
                     text = text_cache[text_cond, m.settings.get("text", "question")] if m.needs_text else None
                     rows += _method_rows(m, adapter, vision, text, questions, batch, cname, seed, metrics, done, stats,
                                          resolution, [im.size for im in images])
+                if to_measure:  # after the answers: measuring never changes them
+                    t = time.perf_counter()
+                    texts = {kind: _texts(adapter, questions, kind) for kind in text_kinds}
+                    measured = measure_cost(to_measure, adapter, imgs, questions, texts,
+                                            {m.label: _keys(seed, batch, m) for m in to_measure}, cost)
+                    cost_rows += [(cname, label, _batch_key(batch), rec) for label, rec in measured.items()]
+                    tm["cost"] += time.perf_counter() - t
             store.put(rows)
+            if cost_rows:
+                store.put_cost(cost_rows)
+                cost_done.update((c, m, k) for c, m, k, _ in cost_rows)
+                stats.cost_measured += len(cost_rows)
             done.update((r.example_id, r.condition, r.method) for r in rows)
             stats.units_run += 1
             bar.update(1)
@@ -166,8 +194,7 @@ def _method_rows(m, adapter, vision, text, questions, batch, cname, seed, metric
     """One method on one batch under one condition: select (or merge), generate, score, measure."""
     tm = stats.timings
     t = time.perf_counter()
-    keys = [f"{seed}/{ex.id}/{m.label}" for ex in batch]
-    kept = m.apply(vision, text, keys)
+    kept = m.apply(vision, text, _keys(seed, batch, m))
     tm["select"] += time.perf_counter() - t
     t = time.perf_counter()
     tokens = [k.tokens for k in kept]
@@ -216,6 +243,16 @@ def check_method_layers(methods, adapter) -> None:
         elif n_vit is not None and not -n_vit <= layer < n_vit:
             raise UserError(f"method {m.label!r}: layer {layer} is outside the vision tower's {n_vit} layers "
                             f"(use {-n_vit}..{n_vit - 1})")
+
+
+def _keys(seed: int, batch, m) -> list[str]:
+    """Per-example seed keys of a method (random pruning draws from them)."""
+    return [f"{seed}/{ex.id}/{m.label}" for ex in batch]
+
+
+def _batch_key(batch) -> str:
+    """A batch as the cost table names it: its first example and its size."""
+    return f"{batch[0].id}+{len(batch)}"
 
 
 def _texts(adapter, questions: list[str], kind: str) -> list[str]:

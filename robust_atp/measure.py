@@ -6,10 +6,17 @@
     object_recall  share of the patches covering the objects the question names that the
                    method kept; None when the example has no boxes, the question names no
                    object, or the method merges tokens (a merged token has no single patch)
+
+and, when a suite turns on `cost:`, the measured cost of a sample of batches per (condition,
+method) (`measure_cost`: latency, peak memory, KV-cache bytes, counted FLOPs), stored apart
+from the predictions.
 """
 from __future__ import annotations
 
+import statistics
+
 from . import cost
+from .models.fastv import FastVSpec
 from .perturb.image import canonical_boxes
 from .prune.coverage import object_recall, patch_mask
 
@@ -66,3 +73,128 @@ def _recall(ex, kept, vision, geometry, i, resolution=None, source_size=None):
     mask = patch_mask(named, size, geometry["shortest_edge"], geometry["crop"], geometry["grid"])
     r = object_recall(kept, mask)
     return None if r is None else round(r, 6)
+
+
+# ----------------------------------------------------------------------------- measured cost
+
+def measure_cost(methods: list, adapter, images: list, questions: list[str], texts: dict, keys: dict,
+                 cfg) -> dict[str, dict]:
+    """Measured cost of answering one batch with each method, per method label.
+
+    images: the batch's images as the model sees them (this condition's); texts: per text kind
+    (`question` / `prompt`) the strings the CLIP text tower encodes; keys: per method label its
+    per-example seed keys; cfg: the suite's `cost` section. With `cfg.latency`, medians over
+    `cfg.repeats` after `cfg.warmup` of: the vision pass (shared by all methods), the CLIP text
+    pass, the method's scoring + selection (`Method.apply`), `generate`, the LLM prefill and a
+    decoding step; peak memory over the timed `generate` calls. Always: the KV-cache bytes after
+    each example's prefill and, with `cfg.flops`, its prefill FLOPs counted by FlopCounterMode
+    beside the analytical count of the same computation (per-example means; batch of one, so no
+    padding is counted; for FastV the computation as executed: masking saves nothing, so every
+    layer over the whole prompt plus its ranking)."""
+    clock = cost.Clock(adapter.device)
+    runs = dict(clock=clock, repeats=cfg.repeats, warmup=cfg.warmup)
+    vision = adapter.encode_images(images)
+    n = vision.tokens.shape[1]
+    steps = max(1, adapter.generation_config.max_new_tokens - 1)
+    llm = cost.LayerShape.from_config(adapter.cost_configs()["llm"])
+    shared = {}
+    if cfg.latency:
+        shared["vision"] = cost.median_seconds(lambda: adapter.encode_images(images), **runs)
+    encoded = {}
+    for m in methods:
+        if m.needs_text:
+            kind = m.settings.get("text", "question")
+            if kind not in encoded:
+                encoded[kind] = adapter.encode_texts(texts[kind])
+                if cfg.latency:
+                    shared["text", kind] = cost.median_seconds(lambda: adapter.encode_texts(texts[kind]), **runs)
+    out = {}
+    for m in methods:
+        text = encoded[m.settings.get("text", "question")] if m.needs_text else None
+        kept = m.apply(vision, text, keys[m.label])
+        tokens = [k.tokens for k in kept]
+        spec = (lambda: None) if m.fastv_layer is None else (lambda: FastVSpec(m.fastv_layer, m.fastv_k(n)))
+        rec = {"batch": len(questions), "device": str(adapter.device)}
+        if cfg.latency:
+            text_s = shared["text", m.settings.get("text", "question")] if m.needs_text else 0.0
+            select_s = cost.median_seconds(lambda: m.apply(vision, text, keys[m.label]), **runs)
+            with cost.PeakMemory(adapter.device) as peak:
+                generate_s = cost.median_seconds(lambda: adapter.generate(tokens, questions, fastv=spec()), **runs)
+            marks = [adapter.run_llm(tokens, questions, steps, fastv=spec(), clock=clock)["marks"]
+                     for _ in range(cfg.warmup + cfg.repeats)][cfg.warmup:]
+            prefill_s = statistics.median(b - a for a, b, _ in marks)
+            decode_s = statistics.median((c - b) / steps for _, b, c in marks)
+            ms = lambda s: round(1e3 * s, 4)
+            rec.update(vision_ms=ms(shared["vision"]), text_ms=ms(text_s), select_ms=ms(select_s),
+                       generate_ms=ms(generate_s), prefill_ms=ms(prefill_s), decode_per_token_ms=ms(decode_s),
+                       end_to_end_ms=ms(shared["vision"] + text_s + select_s + generate_s),
+                       select_overhead=round((text_s + select_s) / shared["vision"], 6),
+                       peak_mem_mb=round(peak.mb, 1), peak_mem_kind=peak.kind,
+                       repeats=cfg.repeats, warmup=cfg.warmup, decode_steps=steps)
+        kv, counted, analytic = [], [], []
+        for tok, q in zip(tokens, questions):
+            one = lambda: adapter.run_llm([tok], [q], 0, fastv=spec())
+            kv.append(one()["kv_bytes"])
+            if cfg.flops:
+                counted.append(cost.counted_flops(one))
+                # what runs: FastV masks its dropped tokens, so every layer sees the whole prompt,
+                # and ranks them once
+                seq = adapter.prompt_length(q) + len(tok)
+                analytic.append(cost.prefill_flops(llm, seq) + (0 if m.fastv_layer is None else
+                                                                 cost.fastv_rank_flops(llm, seq)))
+        rec["kv_cache_mb"] = round(statistics.mean(kv) / 2**20, 6)
+        if counted:
+            rec["counted_prefill_flops"] = statistics.mean(counted)
+            rec["analytic_prefill_flops"] = statistics.mean(analytic)
+        out[m.label] = rec
+    return out
+
+
+_LATENCY = ("vision", "text", "select", "prefill", "decode_per_token", "generate", "end_to_end")
+
+
+def add_measured_cost(rows: list[dict], records: list[tuple[str, str, str, dict]]) -> None:
+    """Adds the measured-cost columns to results rows (in place), from the store's cost records
+    (condition, method, batch, record); nothing when the run measured none. Means over the
+    sampled batches of each (condition, method):
+
+        latency_ms        {vision, text, select, prefill, decode_per_token, generate, end_to_end}:
+                          medians per batch of `latency_batch` examples; end_to_end = vision + text +
+                          select + generate (answering the batch with this method alone)
+        latency_ratio     {prefill, end_to_end} / the same for `full` under the same condition
+        select_overhead   (CLIP text pass + scoring + selection) / vision pass
+        peak_mem_mb       the largest over the batches (`peak_mem_kind`: cuda_max_allocated or
+                          process_peak_rss), kv_cache_mb: KV cache after the prefill, per example
+        counted_prefill_tflops, analytic_prefill_tflops, flops_error (counted / analytic - 1)
+    """
+    if not records:
+        return
+    by: dict[tuple[str, str], list[dict]] = {}
+    for cond, method, _, rec in records:
+        by.setdefault((cond, method), []).append(rec)
+    mean = lambda xs: sum(xs) / len(xs) if xs else None
+    for r in rows:
+        recs = by.get((r["condition"], r["method"]), [])
+        timed = [x for x in recs if "prefill_ms" in x]
+        r["cost_batches"] = len(recs)
+        r["latency_batch"] = mean([x["batch"] for x in timed])
+        r["latency_ms"] = {k: round(mean([x[k + "_ms"] for x in timed]), 4) for k in _LATENCY} if timed else None
+        r["select_overhead"] = _round(mean([x["select_overhead"] for x in timed]))
+        r["peak_mem_mb"] = max((x["peak_mem_mb"] for x in timed), default=None)
+        r["peak_mem_kind"] = timed[0]["peak_mem_kind"] if timed else None
+        r["kv_cache_mb"] = _round(mean([x["kv_cache_mb"] for x in recs if "kv_cache_mb" in x]))
+        counted = [x for x in recs if "counted_prefill_flops" in x]
+        c = mean([x["counted_prefill_flops"] for x in counted])
+        a = mean([x["analytic_prefill_flops"] for x in counted])
+        r["counted_prefill_tflops"] = None if c is None else round(c / 1e12, 9)
+        r["analytic_prefill_tflops"] = None if a is None else round(a / 1e12, 9)
+        r["flops_error"] = None if c is None or not a else round(c / a - 1, 6)
+    full = {r["condition"]: r["latency_ms"] for r in rows if r["method"] == "full" and r.get("latency_ms")}
+    for r in rows:
+        ref, own = full.get(r["condition"]), r["latency_ms"]
+        r["latency_ratio"] = None if not ref or not own else {
+            k: round(own[k] / ref[k], 6) for k in ("prefill", "end_to_end") if ref[k]}
+
+
+def _round(x, digits: int = 6):
+    return None if x is None else round(x, digits)

@@ -96,6 +96,7 @@ def execute(suite, suite_path: Path, run_dir: Path, fresh: bool = False, progres
     from . import distributed
     from .data.validate import with_image_checks
     from .engine import condition_names, run_engine
+    from .measure import add_measured_cost
     from .models.base import load_adapter
     from .perturb.cache import CorruptionCache
     from .perturb.image import MIN_SIDE, resolve_image_conditions
@@ -151,7 +152,7 @@ def execute(suite, suite_path: Path, run_dir: Path, fresh: bool = False, progres
                                metrics=suite.metrics, batch_size=suite.batch_size,
                                include_clean=suite.include_clean, progress=progress and ranks.rank == 0,
                                text_conditions=text_conditions, cross=cross, resolution=resolution, cache=cache,
-                               shard=(ranks.rank, ranks.world), done=done)
+                               shard=(ranks.rank, ranks.world), done=done, cost=suite.cost)
         except UserError as e:
             failure = e
         finally:
@@ -168,9 +169,11 @@ def execute(suite, suite_path: Path, run_dir: Path, fresh: bool = False, progres
         distributed.merge_shards(store, run_dir)
         labels = [m.label for m in methods]
         by_key = {(p.example_id, p.condition, p.method): p for p in store.rows()}  # read the store once
+        cost_records = store.cost_rows()
         store.close()
         store = None
         rows = summarize(by_key, examples, conditions, labels, suite.metrics)
+        add_measured_cost(rows, cost_records)
         manifest = build_manifest(suite, suite_path, examples, conditions, methods, stats, cache)
         manifest["processes"] = ranks.world
         _write_atomic(run_dir / RESULTS, json.dumps({"manifest": manifest, "rows": rows}, indent=2) + "\n")
@@ -380,6 +383,7 @@ def build_manifest(suite, suite_path: Path, examples, conditions, methods, stats
         "engine": {"units_total": stats.units_total, "units_run": stats.units_run,
                    "vision_passes": stats.vision_passes, "generations": stats.generations,
                    "seconds": round(stats.seconds, 2), "timings": {k: round(v, 2) for k, v in stats.timings.items()},
+                   "cost_measured": stats.cost_measured,
                    "corruption_cache": {"hits": stats.corruption_hits, "computed": stats.corruption_computed,
                                         "root": str(cache.root) if cache is not None and cache.enabled else None}},
     }
@@ -411,6 +415,8 @@ def format_summary(rows: list[dict], labels: list[str], keeps: dict[str, str] | 
     head = ["method", "keep", "tokens", "clean"] + [f"sev{s}" for s in severities]
     head += (["corrupted"] if severities else []) + (["text"] if has_text else []) + ["d_clean"]
     head += (["d_corrupt"] if severities else []) + (["d_text"] if has_text else []) + ["flops", "recall"]
+    timed = any(r.get("latency_ms") for r in rows)
+    head += ["e2e_ms", "latency", "overhead"] if timed else []
     lines = []
     for label in labels:
         clean = by.get((label, 0), [])
@@ -430,6 +436,8 @@ def format_summary(rows: list[dict], labels: list[str], keeps: dict[str, str] | 
         ratio = _mean([r["flops_ratio"] for r in clean if r.get("flops_ratio") is not None])
         recall = _mean([r["object_recall"] for r in clean if r.get("object_recall") is not None])
         cells += ["-" if ratio is None else f"{ratio:.3f}", _pct(recall)]
+        if timed:
+            cells += _latency_cells(clean)
         lines.append(cells)
     widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
     fmt = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
@@ -445,6 +453,14 @@ def format_summary(rows: list[dict], labels: list[str], keeps: dict[str, str] | 
         note += ("\nthe LLM reads the Q-Former's query tokens whatever is pruned: its prefill is unchanged (flops "
                  "1.000); pruning saves only Q-Former cross-attention (qformer_tflops in results.json)")
     return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(c) for c in lines] + [note])
+
+
+def _latency_cells(clean: list[dict]) -> list[str]:
+    ms = _mean([r["latency_ms"]["end_to_end"] for r in clean if r.get("latency_ms")])
+    ratio = _mean([r["latency_ratio"]["end_to_end"] for r in clean if (r.get("latency_ratio") or {}).get("end_to_end")])
+    over = _mean([r["select_overhead"] for r in clean if r.get("select_overhead") is not None])
+    return ["-" if ms is None else f"{ms:.1f}", "-" if ratio is None else f"{ratio:.3f}",
+            "-" if over is None else f"{100 * over:.1f}"]
 
 
 def method_budgets(methods) -> dict[str, str]:

@@ -139,6 +139,13 @@ class RunStore:
                         self._check_same(shard, batch)
                         self.conn.executemany("INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
                                               "ON CONFLICT(example_id, condition, method) DO NOTHING", batch)
+                    # measured cost (a suite's `cost:` option) of the shard's sampled batches; a
+                    # record the store already holds stays (measurements differ run to run)
+                    has_cost = src.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'cost'").fetchone()
+                    if has_cost:
+                        self.conn.execute(self._COST_SCHEMA)
+                        self.conn.executemany("INSERT OR IGNORE INTO cost VALUES (?, ?, ?, ?)",
+                                              src.execute("SELECT condition, method, batch, record FROM cost"))
             except sqlite3.OperationalError as e:
                 raise UserError(f"{self.path}: cannot merge {shard.name} ({e}); nothing of it was merged") from None
             return self.count() - before
@@ -157,6 +164,30 @@ class RunStore:
 
     def count(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
+
+    # ------------------------------------------------------------------ measured cost
+
+    # Measured cost (latency, memory, counted FLOPs) of sampled batches, per (condition, method,
+    # batch): kept apart from the predictions, which it never changes, so a resumed run still
+    # reports it and turning it on does not invalidate an accuracy-only store.
+    _COST_SCHEMA = ("CREATE TABLE IF NOT EXISTS cost (condition TEXT NOT NULL, method TEXT NOT NULL, "
+                    "batch TEXT NOT NULL, record TEXT NOT NULL, PRIMARY KEY (condition, method, batch)) WITHOUT ROWID")
+
+    def cost_done(self) -> set[tuple[str, str, str]]:
+        self.conn.execute(self._COST_SCHEMA)
+        return set(self.conn.execute("SELECT condition, method, batch FROM cost"))
+
+    def put_cost(self, records: list[tuple[str, str, str, dict]]) -> None:
+        """records: (condition, method, batch key, measurements)."""
+        with self.conn:
+            self.conn.execute(self._COST_SCHEMA)
+            self.conn.executemany("INSERT OR REPLACE INTO cost VALUES (?, ?, ?, ?)",
+                                  [(c, m, b, json.dumps(r, sort_keys=True)) for c, m, b, r in records])
+
+    def cost_rows(self) -> list[tuple[str, str, str, dict]]:
+        self.conn.execute(self._COST_SCHEMA)
+        return [(c, m, b, json.loads(r)) for c, m, b, r in
+                self.conn.execute("SELECT condition, method, batch, record FROM cost ORDER BY condition, method, batch")]
 
     def close(self) -> None:
         self.conn.close()

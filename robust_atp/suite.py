@@ -156,6 +156,21 @@ class ReportCfg(Strict):
     formats: list[Literal["html", "pdf"]] = Field(default_factory=lambda: ["html", "pdf"])
 
 
+class CostCfg(Strict):
+    """Measured cost on a sample of batches (see robust_atp.measure.measure_cost); off by default
+    so accuracy-only runs cost nothing extra. It never changes a prediction."""
+
+    latency: bool = False  # time vision, scoring + selection, prefill, decoding, generate; peak memory
+    flops: bool = False  # count the prefill's FLOPs with torch's FlopCounterMode beside the analytical count
+    repeats: int = Field(default=5, ge=1, le=1000)  # timed runs per measurement (the median is kept)
+    warmup: int = Field(default=1, ge=0, le=100)  # untimed runs first
+    batches: int = Field(default=1, ge=1)  # the first this many batches of every condition are measured
+
+    @property
+    def enabled(self) -> bool:
+        return self.latency or self.flops
+
+
 class Suite(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
@@ -168,6 +183,7 @@ class Suite(Strict):
     include_clean: bool = True
     stats: StatsCfg = Field(default_factory=StatsCfg)
     report: ReportCfg = Field(default_factory=ReportCfg)
+    cost: CostCfg = Field(default_factory=CostCfg)
 
     @model_validator(mode="after")
     def _per_crop_methods(self):
@@ -186,6 +202,7 @@ class Suite(Strict):
         d.pop("batch_size")
         d.pop("stats")  # statistics and report formats are computed from predictions, never change them
         d.pop("report")
+        d.pop("cost")  # measured cost is kept apart from the predictions (store table `cost`)
         d["dataset"].pop("limit")
         d["model"].pop("device")
         for key in ADAPTER_SETTINGS:  # unset adapter settings keep older suites' hashes

@@ -3,12 +3,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _table(script: str, *args: str) -> list[str]:
     return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args],
-                          capture_output=True, text=True, check=True, timeout=120).stdout.splitlines()
+                          capture_output=True, text=True, check=True, timeout=600).stdout.splitlines()
 
 
 def test_bench_corruptions_prints_a_table():
@@ -26,3 +28,29 @@ def test_bench_stats_prints_a_table():
     assert lines[1].split() == ["statistic", "clusters", "seconds"]
     assert len(lines) == 6 and [line.split()[-2] for line in lines[2:]] == ["40", "40", "10", "10"]
     assert all(float(line.split()[-1]) >= 0 for line in lines[2:])
+
+
+@pytest.mark.slow
+def test_bench_prune_quick_prints_both_tables():
+    lines = _table("bench_prune.py", "--quick")
+    titles = [i for i, line in enumerate(lines) if line.startswith(("(a) demo model", "(b) LLaVA-1.5-shaped"))]
+    assert len(titles) == 2
+    for t in titles:
+        assert lines[t + 1].split()[:6] == ["keep", "tokens", "flops", "prefill", "pred", "e2e"]
+        full, quarter = lines[t + 3].split(), lines[t + 4].split()
+        assert full[:3] == ["1", str(int(full[1])), "1.000"] and full[3] == "1.000" and full[6] == full[7] == "-"
+        assert quarter[0] == "0.25" and int(quarter[1]) * 4 == int(full[1]) and 0 < float(quarter[2]) < 0.5
+        assert float(full[8]) == 0.0 and float(quarter[8]) == 0.0  # counted FLOPs == analytical
+        assert 0 <= float(quarter[6]) <= float(quarter[7]) and all(float(x) > 0 for x in quarter[9:11] + quarter[13:])
+    assert "576 tokens" in lines[titles[1]]
+
+
+@pytest.mark.slow
+def test_bench_engine_quick_checks_predictions_and_prints_the_speedup():
+    lines = _table("bench_engine.py", "--quick")
+    assert "identical in both" in lines[0] and "x 6 methods" in lines[0]
+    engine, naive = lines[2].split(), lines[3].split()
+    assert engine[0] == "engine" and naive[0] == "naive"
+    assert int(naive[-3]) == 6 * 3 and int(engine[-3]) == 2  # vision passes: per method and condition vs shared
+    assert int(naive[-2]) == 6 * int(engine[-2]) > 0  # corrupted images computed
+    assert lines[-1].startswith("speedup (naive / engine):")

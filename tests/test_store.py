@@ -88,3 +88,18 @@ def test_a_full_disk_rolls_the_whole_unit_back(tmp_path):
         s.put([Prediction(f"big{i}", "clean", "full", "x" * 2000, 0.0, {}, 144) for i in range(50)])
     assert s.count() == 3
     s.close()
+
+
+def test_merge_copies_measured_cost_and_keeps_what_the_store_holds(tmp_path):
+    """A data-parallel rank's shard carries its `cost:` measurements into the run store."""
+    main, shard = RunStore(tmp_path / "p.sqlite"), RunStore(tmp_path / "p.rank1.sqlite")
+    for s in (main, shard):
+        s.claim("demo", "abc")
+    main.put_cost([("clean", "full", "b0", {"prefill_ms": 1.0})])
+    shard.put(rows(2))
+    shard.put_cost([("clean", "full", "b0", {"prefill_ms": 9.0}), ("clean", "atp@0.25", "b0", {"prefill_ms": 0.5})])
+    shard.close()
+    assert main.merge(tmp_path / "p.rank1.sqlite") == 2
+    assert main.cost_rows() == [("clean", "atp@0.25", "b0", {"prefill_ms": 0.5}),
+                                ("clean", "full", "b0", {"prefill_ms": 1.0})]
+    main.close()

@@ -11,6 +11,7 @@ import functools
 import torch
 from PIL import Image
 
+from ..cost import kv_cache_bytes
 from ..errors import UserError
 from ..perturb.image import to_rgb
 from .base import VisionOutput, register_adapter, resolve_checkpoint
@@ -205,8 +206,9 @@ class LlavaAdapter:
         before, after = self.prompt_ids(question)
         return len(before) + len(after)
 
-    @torch.inference_mode()
-    def generate(self, visual_tokens: list[torch.Tensor], questions: list[str], fastv=None) -> list[str]:
+    def prompt_embeddings(self, visual_tokens: list[torch.Tensor], questions: list[str]):
+        """The LLM's input: left-padded prompt embeddings [B, T, d] with example i's visual tokens
+        in place of the image, the attention mask [B, T], and per example its left pads."""
         embed = self.model.get_input_embeddings()
         seqs = []
         for toks, q in zip(visual_tokens, questions):
@@ -217,15 +219,58 @@ class LlavaAdapter:
         inputs = torch.stack([torch.cat([pad.expand(length - len(s), -1), s]) for s in seqs])
         mask = torch.stack([torch.cat([torch.zeros(length - len(s), dtype=torch.long),
                                        torch.ones(len(s), dtype=torch.long)]) for s in seqs]).to(self.device)
+        return inputs, mask, [length - len(s) for s in seqs]
+
+    def _fastv_hooks(self, fastv, visual_tokens, questions, pads) -> FastVHooks:
+        spans = [(p + len(self.prompt_ids(q)[0]), len(t)) for p, q, t in zip(pads, questions, visual_tokens)]
+        return FastVHooks(list(self.model.model.language_model.layers), fastv, spans, pads)
+
+    @torch.inference_mode()
+    def generate(self, visual_tokens: list[torch.Tensor], questions: list[str], fastv=None) -> list[str]:
+        inputs, mask, pads = self.prompt_embeddings(visual_tokens, questions)
         if fastv is None:
             out = self.model.generate(inputs_embeds=inputs, attention_mask=mask, generation_config=self.generation_config)
         else:
-            pads = [length - len(s) for s in seqs]
-            spans = [(p + len(self.prompt_ids(q)[0]), len(t)) for p, q, t in zip(pads, questions, visual_tokens)]
-            with FastVHooks(list(self.model.model.language_model.layers), fastv, spans, pads):
+            with self._fastv_hooks(fastv, visual_tokens, questions, pads):
                 out = self.model.generate(inputs_embeds=inputs, attention_mask=mask,
                                           generation_config=self.generation_config)
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    @torch.inference_mode()
+    def run_llm(self, visual_tokens: list[torch.Tensor], questions: list[str], steps: int = 0, fastv=None,
+                clock=None) -> dict:
+        """For cost measurement: the decoder layers over the prompts (the prefill; no LM head, as
+        the FLOPs model counts it), then `steps` decoding steps of one token each (decoder layers
+        + LM head, the work of each `generate` step; the token fed is the pad token, which costs
+        what any token costs). Returns {'kv_bytes': bytes of the KV cache right after the prefill,
+        'marks': clock readings at the start, after the prefill, after the steps}.
+        `clock`: a callable giving device-synchronised seconds."""
+        clock = clock or (lambda: 0.0)
+        lm = self.model.model.language_model
+        marks = [clock()]
+        inputs, mask, pads = self.prompt_embeddings(visual_tokens, questions)
+        hooks = self._fastv_hooks(fastv, visual_tokens, questions, pads) if fastv is not None else None
+        if hooks is not None:
+            hooks.__enter__()
+        try:
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            out = lm(inputs_embeds=inputs, attention_mask=mask, position_ids=positions, use_cache=True)
+            cache = out.past_key_values
+            marks.append(clock())
+            kv = kv_cache_bytes(cache)
+            pad = torch.full((len(questions), 1), self.pad_token_id, device=self.device)
+            step_embeds = self.model.get_input_embeddings()(pad)
+            for _ in range(steps):
+                mask = torch.cat([mask, mask.new_ones(len(questions), 1)], 1)
+                positions = positions[:, -1:] + 1
+                out = lm(inputs_embeds=step_embeds, attention_mask=mask, position_ids=positions,
+                         past_key_values=cache, use_cache=True)
+                self.model.lm_head(out.last_hidden_state[:, -1])
+            marks.append(clock())
+        finally:
+            if hooks is not None:
+                hooks.__exit__(None, None, None)
+        return {"kv_bytes": kv, "marks": marks}
 
 
 def _left_pad(rows: list[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -136,7 +136,8 @@ def _f(x) -> float | None:
 
 def _cost(run: RunData, acc: dict, noisy: list[str], notes: list[str]) -> list[dict]:
     """Per method: kept tokens, FLOPs ratio vs the reference (measured, or the kept-token ratio when
-    the run has no `flops_ratio`), clean and mean-corrupted accuracy."""
+    the run has no `flops_ratio`), the measured end-to-end latency ratio when the run measured it
+    (`cost: {latency: true}`), clean and mean-corrupted accuracy."""
     rows = {(r.get("condition"), r.get("method")): r for r in run.rows}
     first = run.conditions[0] if run.conditions else CLEAN
     ref_tokens = (rows.get((first, run.reference)) or {}).get("kept_tokens")
@@ -152,7 +153,10 @@ def _cost(run: RunData, acc: dict, noisy: list[str], notes: list[str]) -> list[d
         else:
             ratio = tokens / ref_tokens if tokens is not None and ref_tokens else None
         corrupted = [acc[c, m] for c in noisy if (c, m) in acc]
+        latency = r.get("latency_ratio") or {}
         out.append({"method": m, "kept_tokens": tokens, "cost_ratio": ratio, "measured_flops": measured,
+                    "latency_ratio": latency.get("end_to_end"),
+                    "latency_ms": (r.get("latency_ms") or {}).get("end_to_end"),
                     "prefill_tflops": r.get("prefill_tflops"), "clean": acc.get((CLEAN, m)),
                     "corrupted": float(np.mean(corrupted)) if corrupted else None})
     return out

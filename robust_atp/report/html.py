@@ -41,6 +41,7 @@ def context(run: RunData, analysis: Analysis, plots) -> dict:
         if meth == ref:
             continue
         headline.append({"method": meth, "cost_ratio": cost.get(meth, {}).get("cost_ratio"),
+                         "latency_ratio": cost.get(meth, {}).get("latency_ratio"),
                          "clean": cost.get(meth, {}).get("clean"), "corrupted": cost.get(meth, {}).get("corrupted"),
                          "d_clean": heads.get(("clean", meth)), "d_corrupted": heads.get(("corrupted", meth)),
                          "did": did_all.get(meth), "mce": mce_mean.get(meth, {}).get("ce"),
@@ -51,6 +52,7 @@ def context(run: RunData, analysis: Analysis, plots) -> dict:
         "suite": m.get("suite", run.run_dir.name), "created": m.get("created"), "config_hash": m.get("config_hash"),
         "n_examples": len({s["example_id"] for s in run.samples}), "reference": ref,
         "methods": analysis.methods, "conditions": analysis.conditions, "stats": analysis.config,
+        "measured_latency": any(h["latency_ratio"] is not None for h in headline),
         "headline": headline if ref else [], "regressions": analysis.regressions, "comparisons": analysis.comparisons,
         "notes": analysis.notes, "plots": [_embed(p) for p in plots],
         "accuracy": {(a["condition"], a["method"]): a for a in analysis.accuracy},

@@ -139,10 +139,25 @@ def plot_accuracy_vs_cost(analysis: Analysis):
     if not pts:
         return None
     measured = all(c["measured_flops"] for c in pts)
+    return _accuracy_against(analysis, [(c["cost_ratio"], c) for c in pts],
+                             "FLOPs ratio vs full" if measured else
+                             "kept visual tokens / full's (no measured FLOPs in this run)")
+
+
+def plot_accuracy_vs_latency(analysis: Analysis):
+    """As `plot_accuracy_vs_cost`, against the measured end-to-end latency ratio (runs with
+    `cost: {latency: true}`; the clean condition's measurement)."""
+    pts = [(c["latency_ratio"], c) for c in analysis.cost if c.get("latency_ratio") is not None]
+    if len(pts) < 2:
+        return None
+    return _accuracy_against(analysis, pts, "measured end-to-end latency ratio vs full (vision + selection + generate)")
+
+
+def _accuracy_against(analysis: Analysis, pts: list[tuple[float, dict]], xlabel: str):
     colors = _palette(analysis.methods)
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for key, marker in (("clean", "o"), ("corrupted", "s")):
-        xs = [(c["cost_ratio"], 100 * c[key], c["method"]) for c in pts if c[key] is not None]
+        xs = [(x, 100 * c[key], c["method"]) for x, c in pts if c[key] is not None]
         for x, y, m in xs:
             ax.scatter(x, y, marker=marker, color=colors[m], s=36, zorder=3)
             ax.annotate(m, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
@@ -150,8 +165,7 @@ def plot_accuracy_vs_cost(analysis: Analysis):
         if front:
             ax.step(*zip(*front), where="post", color="0.5", lw=0.9, ls=":" if key == "corrupted" else "-",
                     label=f"Pareto front, {key}")
-    ax.set_xlabel("FLOPs ratio vs full" if measured else
-                  "kept visual tokens / full's (no measured FLOPs in this run)", fontsize=8)
+    ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel("accuracy (%)  (o clean, s mean over corruptions)", fontsize=8)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -206,6 +220,9 @@ PLOTS = (
      "below 0: it loses less."),
     ("accuracy_vs_cost", "Accuracy against compute", plot_accuracy_vs_cost,
      "Clean (o) and mean corrupted (s) accuracy against the compute ratio; the line is the Pareto front."),
+    ("accuracy_vs_latency", "Accuracy against measured latency", plot_accuracy_vs_latency,
+     "Clean (o) and mean corrupted (s) accuracy against the measured end-to-end latency ratio to the full model "
+     "(vision pass + selection + generate on the sampled batches); the line is the Pareto front."),
     ("token_stability", "Token-set stability", plot_token_stability,
      "Per example: Jaccard similarity between the token sets kept on the clean and on the corrupted image."),
 )

@@ -1,0 +1,144 @@
+"""What the engine's shared vision pass saves: the demo suite through `run_engine` against a
+naive loop that, for every method, recomputes each corrupted image and the vision pass.
+
+    python benchmarks/bench_engine.py [--suite suites/demo.yaml] [--limit 10] [--repeats 3] [--quick]
+
+Both run in this process on the same adapter, examples and conditions (the suite's, on its
+first --limit questions, one batch), alternately, --repeats times after an untimed warm-up
+run of the engine on one question; the table gives the median
+wall time of each and their ratio. Neither reads the corruption cache: the engine computes each
+corrupted image once and shares it (and the vision pass) across methods and text conditions;
+the naive loop computes them again for every (method, condition). Their predictions must be
+identical (asserted). --quick: 2 questions, 1 corruption at severity 1, 1 text perturbation,
+1 repeat (a smoke test).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from robust_atp.data.base import iter_batches  # noqa: E402
+from robust_atp.engine import _keys, _texts, condition_name, condition_plan, run_engine  # noqa: E402
+from robust_atp.models.fastv import FastVSpec  # noqa: E402
+from robust_atp.perturb.cache import CorruptionCache  # noqa: E402
+from robust_atp.perturb.image import canonicalize, condition_seed, resolve_image_conditions  # noqa: E402
+from robust_atp.perturb.text import perturb_text, resolve_text_conditions  # noqa: E402
+from robust_atp.prune.methods import validate_method  # noqa: E402
+from robust_atp.store import RunStore  # noqa: E402
+from robust_atp.suite import load_suite  # noqa: E402
+
+
+def naive_loop(adapter, examples, methods, plan, seed: int, batch_size: int, resolution) -> dict:
+    """Every (method, condition, batch) on its own: corrupt, encode, perturb, select, generate.
+    Returns {(example id, condition, method): answer}."""
+    no_cache = CorruptionCache(enabled=False)  # computes every image, reads and writes nothing
+    out = {}
+    for m in methods:
+        for image_cond, text_conds in plan:
+            for text_cond in text_conds:
+                cname = condition_name(image_cond, text_cond)
+                for batch in iter_batches(examples, batch_size):
+                    images = [ex.image() for ex in batch]
+                    if image_cond is None:
+                        imgs = [canonicalize(im, resolution) for im in images]
+                    else:
+                        imgs = [no_cache.get(im, image_cond, condition_seed(seed, ex.id, image_cond.name),
+                                             resolution)[0] for im, ex in zip(images, batch)]
+                    vision = adapter.encode_images(imgs)
+                    questions = [ex.question if text_cond is None else
+                                 perturb_text(ex.question, text_cond, condition_seed(seed, ex.id, text_cond.name))
+                                 for ex in batch]
+                    text = (adapter.encode_texts(_texts(adapter, questions, m.settings.get("text", "question")))
+                            if m.needs_text else None)
+                    tokens = [k.tokens for k in m.apply(vision, text, _keys(seed, batch, m))]
+                    fastv = (None if m.fastv_layer is None else
+                             FastVSpec(m.fastv_layer, m.fastv_k(vision.tokens.shape[1])))
+                    for ex, ans in zip(batch, adapter.generate(tokens, questions, fastv=fastv)):
+                        out[ex.id, cname, m.label] = ans
+    return out
+
+
+def engine_run(adapter, examples, methods, image_conds, text_conds, suite, batch_size: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        store = RunStore(Path(tmp) / "predictions.sqlite")
+        stats = run_engine(examples=examples, methods=methods, image_conditions=image_conds,
+                           adapter_factory=lambda: adapter, store=store, seed=suite.seed, metrics=suite.metrics,
+                           batch_size=batch_size, include_clean=suite.include_clean, progress=False,
+                           text_conditions=text_conds, cross=suite.perturbations.cross,
+                           resolution=suite.perturbations.image.resolution if suite.perturbations.image else None,
+                           cache=CorruptionCache(enabled=False))
+        preds = {(p.example_id, p.condition, p.method): p.prediction for p in store.rows()}
+        store.close()
+    assert stats.corruption_hits == 0
+    return preds
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--suite", default=str(ROOT / "suites" / "demo.yaml"))
+    ap.add_argument("--limit", type=int, default=10, help="questions of the suite (one batch)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--quick", action="store_true", help="a smoke test: a small slice, 1 repeat")
+    a = ap.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    from robust_atp.models.base import load_adapter
+    from robust_atp.run import _load_dataset
+
+    hf_logging.disable_progress_bar()
+    overrides = {"dataset.limit": 2 if a.quick else a.limit}
+    if a.device:
+        overrides["model.device"] = a.device
+    if a.quick:
+        overrides["perturbations.image"] = {"corruptions": ["gaussian_noise"], "severities": [1]}
+        overrides["perturbations.text"] = {"perturbations": ["keyboard"], "severities": [1]}
+    suite = load_suite(a.suite, overrides)
+    repeats = 1 if a.quick else a.repeats
+    torch.manual_seed(suite.seed)
+    examples = _load_dataset(suite, Path(a.suite))
+    methods = [validate_method(m) for m in suite.methods]
+    image_conds = resolve_image_conditions(suite.perturbations.image)
+    text_conds = resolve_text_conditions(suite.perturbations.text)
+    plan = condition_plan(image_conds, text_conds, suite.include_clean, suite.perturbations.cross)
+    n_cond = sum(len(t) for _, t in plan)
+    resolution = suite.perturbations.image.resolution if suite.perturbations.image else None
+    adapter = load_adapter(suite.model)
+    batch_size = len(examples)
+    times = {"engine": [], "naive": []}
+    # warm-up (untimed): lazy imports and first-call costs (nlpaug, imagecorruptions, kernels)
+    engine_run(adapter, examples[:1], methods, image_conds, text_conds, suite, 1)
+    for _ in range(repeats):
+        t = time.perf_counter()
+        engine = engine_run(adapter, examples, methods, image_conds, text_conds, suite, batch_size)
+        times["engine"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        naive = naive_loop(adapter, examples, methods, plan, suite.seed, batch_size, resolution)
+        times["naive"].append(time.perf_counter() - t)
+        assert engine == naive, "the naive loop and the engine disagree"
+    threads = torch.get_num_threads()
+    print(f"suite {Path(a.suite).name}{' (QUICK slice)' if a.quick else ''}: {len(examples)} questions (one batch) x "
+          f"{n_cond} conditions x {len(methods)} methods = {len(engine)} answers, identical in both; "
+          f"device {adapter.device} ({threads} threads), median of {repeats}; no corruption cache")
+    print(f"{'loop':<44}{'vision passes':>14}{'corrupted images':>18}{'seconds':>10}")
+    n_img = sum(1 for ic, _ in plan if ic is not None) * len(examples)
+    n_vis = len(plan)
+    rows = [("engine (shared vision pass and corruptions)", n_vis, n_img, statistics.median(times["engine"])),
+            ("naive (per method and condition)", n_cond * len(methods), n_img * len(methods),
+             statistics.median(times["naive"]))]
+    for label, vis, img, s in rows:
+        print(f"{label:<44}{vis:>14}{img:>18}{s:>10.2f}")
+    print(f"speedup (naive / engine): {rows[1][3] / rows[0][3]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
