@@ -119,6 +119,10 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
 
     adapter = adapter_factory()
     check_method_layers(methods, adapter)
+    if measuring and not hasattr(adapter, "run_llm"):
+        # timing the prefill and a decoding step apart needs the adapter's own LLM loop
+        raise UserError(f"cost: measured latency and counted FLOPs need the llava adapter's timed LLM passes; "
+                        f"{type(adapter).__name__} has none (remove the suite's cost section)")
     cache = cache if cache is not None else CorruptionCache()
     text_kinds = sorted({m.settings.get("text", "question") for m in methods if m.needs_text})
     bar = tqdm(total=len(plan), desc="evaluating", unit="unit", disable=not progress, dynamic_ncols=True)

@@ -76,3 +76,15 @@ def test_fastv_on_a_new_adapter_is_one_line(tmp_path, tiny_blip2_dir, capsys):
                  str(tmp_path / "run"), "--no-progress", "--no-report"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "fastv is not supported on the blip2 adapter" in err
+
+
+def test_measured_cost_on_an_adapter_without_timed_llm_passes_is_one_error(tmp_path, tiny_qwen_dir, capsys):
+    p = tmp_path / "suite.yaml"
+    p.write_text(yaml.safe_dump({
+        "name": "family", "dataset": {"loader": "shapes", "split": "val", "limit": 2},
+        "model": {"adapter": "qwen2_vl", "checkpoint": str(tiny_qwen_dir), "prompt": QWEN_PROMPT},
+        "methods": [{"name": "full"}], "cost": {"latency": True}}))
+    assert main([str(p), "--out", str(tmp_path / "run"), "--no-progress", "--no-report"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cost: measured latency") and "Qwen2VLAdapter" in err[0]
+    assert not (tmp_path / "run" / "results.json").exists()
