@@ -97,6 +97,32 @@ def adapter_names() -> list[str]:
     return sorted(set(_ADAPTERS) | set(_LAZY))
 
 
+def load_pretrained(model_cls, cfg, device: torch.device, dtype: torch.dtype):
+    """A suite's checkpoint as `model_cls` (eval, on `device`) and its processor; remote code runs
+    only when the suite sets `trust_remote_code`. -> (model, processor)"""
+    from transformers import AutoProcessor
+
+    path = resolve_checkpoint(cfg.checkpoint)
+    try:
+        model = model_cls.from_pretrained(path, dtype=dtype, attn_implementation=cfg.attn_implementation,
+                                          trust_remote_code=cfg.trust_remote_code).to(device).eval()
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    except OSError as e:
+        raise UserError(f"model.checkpoint: cannot load {cfg.checkpoint!r}: {str(e).splitlines()[0]}") from None
+    return model, processor
+
+
+def greedy_generation(cfg, tokenizer):
+    """Greedy decoding of up to `cfg.generation.max_new_tokens`; padding with the tokenizer's pad
+    token, or its EOS when it has none. -> (pad token id, GenerationConfig)"""
+    from transformers import GenerationConfig
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return pad, GenerationConfig(max_new_tokens=cfg.generation.max_new_tokens, do_sample=False, num_beams=1,
+                                 pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
+                                 bos_token_id=tokenizer.bos_token_id)
+
+
 def load_adapter(model_cfg) -> Adapter:
     """The one entry point: a suite's `model:` section -> a ready adapter."""
     import importlib

@@ -22,7 +22,7 @@ from PIL import Image
 
 from ..errors import UserError
 from ..perturb.image import to_rgb
-from .base import VisionOutput, register_adapter, resolve_checkpoint
+from .base import VisionOutput, greedy_generation, load_pretrained, register_adapter
 from .llava import _left_pad, pick_device
 from .scorer import load_scorer
 
@@ -64,7 +64,7 @@ class FusedQkvClsProbe:
 @register_adapter("blip2")
 class Blip2Adapter:
     def __init__(self, cfg):
-        from transformers import AutoProcessor, Blip2ForConditionalGeneration, GenerationConfig
+        from transformers import Blip2ForConditionalGeneration
 
         self.cfg = cfg
         self.device = pick_device(cfg.device)
@@ -72,14 +72,7 @@ class Blip2Adapter:
         if not cfg.prompt.startswith("<image>"):
             raise UserError("model.prompt: BLIP-2 puts its query tokens before the text: the prompt must start "
                             "with '<image>'")
-        path = resolve_checkpoint(cfg.checkpoint)
-        try:
-            self.model = Blip2ForConditionalGeneration.from_pretrained(
-                path, dtype=self.dtype, attn_implementation=cfg.attn_implementation,
-                trust_remote_code=cfg.trust_remote_code).to(self.device).eval()
-            self.processor = AutoProcessor.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-        except OSError as e:
-            raise UserError(f"model.checkpoint: cannot load {cfg.checkpoint!r}: {str(e).splitlines()[0]}") from None
+        self.model, self.processor = load_pretrained(Blip2ForConditionalGeneration, cfg, self.device, self.dtype)
         mc = self.model.config
         if not mc.use_decoder_only_language_model:
             raise UserError("model.checkpoint: only BLIP-2 with a decoder-only LLM (OPT) is supported, not Flan-T5")
@@ -92,12 +85,7 @@ class Blip2Adapter:
         self.num_query_tokens = mc.num_query_tokens
         self.scorer = load_scorer(cfg.scorer, self.device) if cfg.scorer else None
         self._cls: torch.Tensor | None = None  # [B, C]: the last batch's CLS tokens, for the Q-Former
-        pad = self.tokenizer.pad_token_id
-        self.pad_token_id = pad if pad is not None else self.tokenizer.eos_token_id
-        self.generation_config = GenerationConfig(
-            max_new_tokens=cfg.generation.max_new_tokens, do_sample=False, num_beams=1,
-            pad_token_id=self.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
-            bos_token_id=self.tokenizer.bos_token_id)
+        self.pad_token_id, self.generation_config = greedy_generation(cfg, self.tokenizer)
         self._prompt_cache: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ vision

@@ -14,7 +14,7 @@ from PIL import Image
 from ..cost import kv_cache_bytes
 from ..errors import UserError
 from ..perturb.image import to_rgb
-from .base import VisionOutput, register_adapter, resolve_checkpoint
+from .base import VisionOutput, greedy_generation, load_pretrained, register_adapter, resolve_checkpoint
 from .fastv import FastVHooks
 
 
@@ -77,19 +77,12 @@ class ClsAttentionProbe:
 @register_adapter("llava")
 class LlavaAdapter:
     def __init__(self, cfg):
-        from transformers import AutoProcessor, GenerationConfig, LlavaForConditionalGeneration
+        from transformers import LlavaForConditionalGeneration
 
         self.cfg = cfg
         self.device = pick_device(cfg.device)
         self.dtype = getattr(torch, cfg.dtype)
-        path = resolve_checkpoint(cfg.checkpoint)
-        try:
-            self.model = LlavaForConditionalGeneration.from_pretrained(
-                path, dtype=self.dtype, attn_implementation=cfg.attn_implementation,
-                trust_remote_code=cfg.trust_remote_code).to(self.device).eval()
-            self.processor = AutoProcessor.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-        except OSError as e:
-            raise UserError(f"model.checkpoint: cannot load {cfg.checkpoint!r}: {str(e).splitlines()[0]}") from None
+        self.model, self.processor = load_pretrained(LlavaForConditionalGeneration, cfg, self.device, self.dtype)
         mc = self.model.config
         if mc.vision_feature_select_strategy != "default" or not isinstance(mc.vision_feature_layer, int):
             raise UserError("model.checkpoint: only LLaVA's 'default' feature selection from one ViT layer is supported")
@@ -104,13 +97,7 @@ class LlavaAdapter:
         self.clip = self.clip_tokenizer = None
         if cfg.clip:
             self._load_clip(cfg.clip, vc.hidden_size)
-        pad = self.tokenizer.pad_token_id
-        if pad is None:
-            pad = self.tokenizer.eos_token_id
-        self.pad_token_id = pad
-        self.generation_config = GenerationConfig(
-            max_new_tokens=cfg.generation.max_new_tokens, do_sample=False, num_beams=1,
-            pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id, bos_token_id=self.tokenizer.bos_token_id)
+        self.pad_token_id, self.generation_config = greedy_generation(cfg, self.tokenizer)
         self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _load_clip(self, ref: str, vision_width: int) -> None:

@@ -32,7 +32,7 @@ from PIL import Image
 
 from ..errors import UserError
 from ..perturb.image import to_rgb
-from .base import VisionOutput, register_adapter, resolve_checkpoint
+from .base import VisionOutput, greedy_generation, load_pretrained, register_adapter
 from .llava import ClsAttentionProbe, LlavaAdapter, pick_device, vit_layers
 from .scorer import load_scorer
 
@@ -42,19 +42,12 @@ class LlavaNextAdapter(LlavaAdapter):
     wants_kept_indices = True  # newlines follow the rows of the kept tokens
 
     def __init__(self, cfg):
-        from transformers import AutoProcessor, GenerationConfig, LlavaNextForConditionalGeneration
+        from transformers import LlavaNextForConditionalGeneration
 
         self.cfg = cfg
         self.device = pick_device(cfg.device)
         self.dtype = getattr(torch, cfg.dtype)
-        path = resolve_checkpoint(cfg.checkpoint)
-        try:
-            self.model = LlavaNextForConditionalGeneration.from_pretrained(
-                path, dtype=self.dtype, attn_implementation=cfg.attn_implementation,
-                trust_remote_code=cfg.trust_remote_code).to(self.device).eval()
-            self.processor = AutoProcessor.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-        except OSError as e:
-            raise UserError(f"model.checkpoint: cannot load {cfg.checkpoint!r}: {str(e).splitlines()[0]}") from None
+        self.model, self.processor = load_pretrained(LlavaNextForConditionalGeneration, cfg, self.device, self.dtype)
         mc = self.model.config
         if mc.vision_feature_select_strategy != "default" or not isinstance(mc.vision_feature_layer, int):
             raise UserError("model.checkpoint: only the 'default' feature selection from one ViT layer is supported")
@@ -74,12 +67,7 @@ class LlavaNextAdapter(LlavaAdapter):
         if cfg.clip:
             self._load_clip(cfg.clip, vc.hidden_size)
         self.scorer = load_scorer(cfg.scorer, self.device) if cfg.scorer else None
-        pad = self.tokenizer.pad_token_id
-        self.pad_token_id = pad if pad is not None else self.tokenizer.eos_token_id
-        self.generation_config = GenerationConfig(
-            max_new_tokens=cfg.generation.max_new_tokens, do_sample=False, num_beams=1,
-            pad_token_id=self.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
-            bos_token_id=self.tokenizer.bos_token_id)
+        self.pad_token_id, self.generation_config = greedy_generation(cfg, self.tokenizer)
         self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------ vision

@@ -28,7 +28,7 @@ from PIL import Image
 
 from ..errors import UserError
 from ..perturb.image import to_rgb
-from .base import VisionOutput, register_adapter, resolve_checkpoint
+from .base import VisionOutput, greedy_generation, load_pretrained, register_adapter
 from .llava import _left_pad, pick_device
 from .scorer import load_scorer
 
@@ -121,19 +121,12 @@ class Qwen2VLAdapter:
     wants_kept_indices = True  # positions of kept tokens come from their grid indices
 
     def __init__(self, cfg):
-        from transformers import AutoProcessor, GenerationConfig, Qwen2VLForConditionalGeneration
+        from transformers import Qwen2VLForConditionalGeneration
 
         self.cfg = cfg
         self.device = pick_device(cfg.device)
         self.dtype = getattr(torch, cfg.dtype)
-        path = resolve_checkpoint(cfg.checkpoint)
-        try:
-            self.model = Qwen2VLForConditionalGeneration.from_pretrained(
-                path, dtype=self.dtype, attn_implementation=cfg.attn_implementation,
-                trust_remote_code=cfg.trust_remote_code).to(self.device).eval()
-            self.processor = AutoProcessor.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-        except OSError as e:
-            raise UserError(f"model.checkpoint: cannot load {cfg.checkpoint!r}: {str(e).splitlines()[0]}") from None
+        self.model, self.processor = load_pretrained(Qwen2VLForConditionalGeneration, cfg, self.device, self.dtype)
         mc = self.model.config
         self.tokenizer = self.processor.tokenizer
         self.image_token = self.processor.image_token
@@ -146,12 +139,7 @@ class Qwen2VLAdapter:
         self.grid: tuple[int, int] | None = None  # merged grid, known once images are seen
         self.num_visual_tokens: int | None = None
         self.scorer = load_scorer(cfg.scorer, self.device) if cfg.scorer else None
-        pad = self.tokenizer.pad_token_id
-        self.pad_token_id = pad if pad is not None else self.tokenizer.eos_token_id
-        self.generation_config = GenerationConfig(
-            max_new_tokens=cfg.generation.max_new_tokens, do_sample=False, num_beams=1,
-            pad_token_id=self.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
-            bos_token_id=self.tokenizer.bos_token_id)
+        self.pad_token_id, self.generation_config = greedy_generation(cfg, self.tokenizer)
         self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------ vision
