@@ -85,9 +85,10 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
                batch_size: int, include_clean: bool = True, progress: bool = True,
                text_conditions: list[TextCondition] = (), cross: bool = False, resolution: int | None = None,
                cache: CorruptionCache | None = None, shard: tuple[int, int] = (0, 1),
-               done: set | None = None, cost=None) -> EngineStats:
+               done: set | None = None, cost=None, cost_done: set | None = None) -> EngineStats:
     """`shard` (rank, world): evaluate only the batches b with b % world == rank (a data-parallel
-    rank; batches are the single process's); `done`: keys already computed (default: the store's).
+    rank; batches are the single process's); `done` / `cost_done`: prediction / cost keys already
+    computed (default: the store's).
     cost: the suite's `cost` section; when enabled, the first `cost.batches` batches of every
     condition are also measured (`measure.measure_cost`) into the store's cost table, after
     their predictions (a finished run whose cost is missing gets only the measurements)."""
@@ -102,7 +103,7 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
         return [m for m in methods if any((ex.id, cname, m.label) not in done for ex in batch)]
 
     measuring = cost is not None and cost.enabled
-    cost_done = store.cost_done() if measuring else set()
+    cost_done = (store.cost_done() if cost_done is None else set(cost_done)) if measuring else set()
 
     def cost_missing(b, cname):
         if not measuring or b >= cost.batches:

@@ -140,10 +140,11 @@ def execute(suite, suite_path: Path, run_dir: Path, fresh: bool = False, progres
             procs = f" on {ranks.world} processes" if ranks.parallel else ""
             print(f"{suite.name}: {len(examples)} examples x {len(conditions)} conditions "
                   f"x {len(methods)} methods -> {run_dir}{procs}", file=sys.stderr)
-        failure, stats, target, done = None, None, store, None
+        failure, stats, target, done, cost_done = None, None, store, None, None
         try:  # a user error on one rank reaches the others through the gather below
             if ranks.parallel:  # each rank writes its own shard; what is done is the merged store's
                 done = distributed.read_done(run_dir / STORE)
+                cost_done = distributed.read_cost_done(run_dir / STORE)
                 target = RunStore(distributed.shard_path(run_dir, ranks.rank))
                 target.claim(suite.name, suite.config_hash())
             stats = run_engine(examples=examples, methods=methods, image_conditions=image_conditions,
@@ -152,7 +153,8 @@ def execute(suite, suite_path: Path, run_dir: Path, fresh: bool = False, progres
                                metrics=suite.metrics, batch_size=suite.batch_size,
                                include_clean=suite.include_clean, progress=progress and ranks.rank == 0,
                                text_conditions=text_conditions, cross=cross, resolution=resolution, cache=cache,
-                               shard=(ranks.rank, ranks.world), done=done, cost=suite.cost)
+                               shard=(ranks.rank, ranks.world), done=done, cost=suite.cost,
+                               cost_done=cost_done)
         except UserError as e:
             failure = e
         finally:
@@ -169,7 +171,7 @@ def execute(suite, suite_path: Path, run_dir: Path, fresh: bool = False, progres
         distributed.merge_shards(store, run_dir)
         labels = [m.label for m in methods]
         by_key = {(p.example_id, p.condition, p.method): p for p in store.rows()}  # read the store once
-        cost_records = store.cost_rows()
+        cost_records = this_runs_cost(store.cost_rows(), examples, suite)
         store.close()
         store = None
         rows = summarize(by_key, examples, conditions, labels, suite.metrics)
@@ -196,6 +198,19 @@ def execute(suite, suite_path: Path, run_dir: Path, fresh: bool = False, progres
         distributed.stop()
 
 
+def this_runs_cost(records: list, examples, suite) -> list:
+    """The cost records of the batches this run samples (its first `cost.batches` at its batch
+    size): records from an earlier run with another batch size, --limit or `batches` are left
+    out rather than averaged in."""
+    from .data.base import iter_batches
+    from .engine import _batch_key
+
+    if not records or not suite.cost.enabled:
+        return []
+    keys = {_batch_key(b) for b in list(iter_batches(examples, suite.batch_size))[:suite.cost.batches]}
+    return [r for r in records if r[2] in keys]
+
+
 def _open_run(run_dir: Path, fresh: bool, suite, log):
     """Take the run directory: create it, lock it, discard an old run when `fresh`, open and
     claim the store, and merge store shards a data-parallel run left. -> (lock, store)."""
@@ -210,7 +225,7 @@ def _open_run(run_dir: Path, fresh: bool, suite, log):
         if fresh:
             _discard(run_dir)
         store = RunStore(run_dir / STORE)
-        store.claim(suite.name, suite.config_hash())
+        store.claim(suite.name, suite.config_hash(), rebind_empty=not distributed.shard_paths(run_dir))
         distributed.merge_shards(store, run_dir, log)
         return lock, store
     except BaseException:

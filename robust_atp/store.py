@@ -61,8 +61,10 @@ class RunStore:
     def meta(self) -> dict[str, str]:
         return dict(self.conn.execute("SELECT key, value FROM meta"))
 
-    def claim(self, suite_name: str, config_hash: str) -> None:
-        """Bind an empty store to a suite config, or check that it already holds that config."""
+    def claim(self, suite_name: str, config_hash: str, rebind_empty: bool = True) -> None:
+        """Bind an empty store to a suite config, or check that it already holds that config.
+        rebind_empty: a store without predictions may take another config (False when store
+        shards of a data-parallel run sit beside it: their rows are its run's)."""
         meta = self.meta()
         if meta and meta.get("schema") != SCHEMA_VERSION:
             raise UserError(f"{self.path.parent}: holds a run store of format {meta.get('schema')}, this version "
@@ -72,7 +74,7 @@ class RunStore:
                 self.conn.executemany("INSERT INTO meta VALUES (?, ?)", [
                     ("schema", SCHEMA_VERSION), ("suite", suite_name), ("config_hash", config_hash)])
             return
-        if meta.get("config_hash") != config_hash and self.count() == 0:
+        if meta.get("config_hash") != config_hash and rebind_empty and self.count() == 0:
             # a store with no prediction holds nothing to protect (a run that stopped before its
             # first unit, e.g. on a bad input): it takes the new config
             with self.conn:
@@ -179,10 +181,14 @@ class RunStore:
 
     def put_cost(self, records: list[tuple[str, str, str, dict]]) -> None:
         """records: (condition, method, batch key, measurements)."""
-        with self.conn:
-            self.conn.execute(self._COST_SCHEMA)
-            self.conn.executemany("INSERT OR REPLACE INTO cost VALUES (?, ?, ?, ?)",
-                                  [(c, m, b, json.dumps(r, sort_keys=True)) for c, m, b, r in records])
+        try:
+            with self.conn:
+                self.conn.execute(self._COST_SCHEMA)
+                self.conn.executemany("INSERT OR REPLACE INTO cost VALUES (?, ?, ?, ?)",
+                                      [(c, m, b, json.dumps(r, sort_keys=True)) for c, m, b, r in records])
+        except sqlite3.OperationalError as e:
+            raise UserError(f"{self.path}: cannot write ({e}); the units committed before are kept, "
+                            "run again to continue once there is room") from None
 
     def cost_rows(self) -> list[tuple[str, str, str, dict]]:
         self.conn.execute(self._COST_SCHEMA)

@@ -277,6 +277,8 @@ class StrictSafeLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`, resolved by the base class
+                continue
             key = self.construct_object(key_node, deep=deep)
             try:
                 repeated = key in seen

@@ -242,3 +242,50 @@ def test_ten_sigkills_at_random_points_then_resume_equal_an_uninterrupted_run(re
     subprocess.run(cmd, env=env(), check=True, capture_output=True, timeout=300)
     assert count(db) == total
     assert rows_of(run) == rows_of(reference) and result_rows(run) == result_rows(reference)
+
+
+def test_an_empty_store_beside_shards_keeps_its_suite(tmp_path):
+    """A data-parallel run killed before its merge has rows only in its shards: another suite
+    into that directory is refused, not rebound over them."""
+    main_store = RunStore(tmp_path / "predictions.sqlite")
+    main_store.claim("A", "hA")
+    shard = RunStore(distributed.shard_path(tmp_path, 1))
+    shard.claim("A", "hA")
+    shard.put([pred("a")])
+    shard.close()
+    with pytest.raises(UserError, match="holds a run of suite 'A'"):
+        main_store.claim("B", "hB", rebind_empty=not distributed.shard_paths(tmp_path))
+    assert main_store.meta()["suite"] == "A"
+    main_store.close()
+
+
+def test_ranks_see_the_merged_stores_cost_records(tmp_path):
+    """A finished data-parallel run with `cost:` run again: each rank reads the merged store's
+    cost keys, so no rank loads the model to measure again."""
+    from robust_atp.data.shapes import load_shapes
+    from robust_atp.engine import _batch_key, run_engine
+    from robust_atp.suite import CostCfg
+
+    examples = load_shapes("val", limit=4)
+    batches = [examples[:2], examples[2:]]
+    main_store = RunStore(tmp_path / "predictions.sqlite")
+    main_store.claim("s", "h")
+    main_store.put([Prediction(ex.id, "clean", "full", "x", 0.0, {"exact_match": 0.0}, 144) for ex in examples])
+    main_store.put_cost([("clean", "full", _batch_key(b), {"prefill_ms": 1.0}) for b in batches])
+    main_store.close()
+
+    class Method:
+        label, name, settings, needs_text, fastv_layer = "full", "full", {}, False, None
+
+    def no_model():
+        raise AssertionError("the model was loaded")
+
+    for rank in (0, 1):
+        shard = RunStore(distributed.shard_path(tmp_path, rank))
+        stats = run_engine(examples=examples, methods=[Method()], image_conditions=[], adapter_factory=no_model,
+                           store=shard, seed=0, metrics=["exact_match"], batch_size=2, progress=False,
+                           shard=(rank, 2), done=distributed.read_done(tmp_path / "predictions.sqlite"),
+                           cost=CostCfg(latency=True, batches=2),
+                           cost_done=distributed.read_cost_done(tmp_path / "predictions.sqlite"))
+        assert stats.units_run == 0
+        shard.close()

@@ -103,3 +103,23 @@ def test_merge_copies_measured_cost_and_keeps_what_the_store_holds(tmp_path):
     assert main.cost_rows() == [("clean", "atp@0.25", "b0", {"prefill_ms": 0.5}),
                                 ("clean", "full", "b0", {"prefill_ms": 1.0})]
     main.close()
+
+
+def test_results_average_only_this_runs_sampled_batches(tmp_path):
+    """Cost records from an earlier run with another batch size are left out, not averaged in."""
+    from types import SimpleNamespace
+
+    from robust_atp.data.shapes import load_shapes
+    from robust_atp.run import this_runs_cost
+    from robust_atp.suite import CostCfg
+
+    examples = load_shapes("val", limit=6)
+    records = [("clean", "full", f"{examples[0].id}+2", {"prefill_ms": 1.0}),
+               ("clean", "full", f"{examples[0].id}+4", {"prefill_ms": 9.0}),
+               ("clean", "full", f"{examples[2].id}+2", {"prefill_ms": 2.0})]
+    suite = SimpleNamespace(batch_size=2, cost=CostCfg(latency=True, batches=1))
+    assert this_runs_cost(records, examples, suite) == records[:1]
+    suite = SimpleNamespace(batch_size=2, cost=CostCfg(latency=True, batches=2))
+    assert this_runs_cost(records, examples, suite) == [records[0], records[2]]
+    suite = SimpleNamespace(batch_size=2, cost=CostCfg())
+    assert this_runs_cost(records, examples, suite) == []

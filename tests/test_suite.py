@@ -128,3 +128,13 @@ def test_config_hash_of_a_suite_without_text_or_cross_is_unchanged_by_those_opti
     root = Path(__file__).resolve().parents[1]
     baseline = json.loads((root / "reports" / "baselines" / "demo_ci" / "results.json").read_text())
     assert load_suite(root / "suites" / "demo_ci.yaml").config_hash() == baseline["manifest"]["config_hash"]
+
+
+def test_yaml_merge_keys_work_and_a_repeated_key_is_still_refused(tmp_path):
+    text = GOOD.replace("  - {name: atp, keep: 0.5}\n", "  - &atp {name: atp, keep: 0.5, alpha: 0.25}\n"
+                                                          "  - {<<: *atp, keep: 0.25}\n")
+    suite = load_suite(write(tmp_path, text))
+    assert [(m.name, dict(m.model_extra)) for m in suite.methods[1:3]] == [
+        ("atp", {"keep": 0.5, "alpha": 0.25}), ("atp", {"keep": 0.25, "alpha": 0.25})]
+    with pytest.raises(SuiteError, match="key 'seed' given twice"):
+        load_suite(write(tmp_path, GOOD + "seed: 1\nseed: 2\n", "twice.yaml"))

@@ -21,6 +21,10 @@ from .fastv import FastVHooks
 def pick_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"model.device: {name!r} requested but no CUDA device is available (use --device cpu)")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        # a data-parallel rank maps `cuda` to cuda:LOCAL_RANK: more processes than GPUs land here
+        raise UserError(f"model.device: {name!r} requested but this machine has {torch.cuda.device_count()} "
+                        "CUDA device(s) (start at most that many processes per node)")
     if name == "mps" and not torch.backends.mps.is_available():
         raise UserError("model.device: 'mps' requested but MPS is not available (use --device cpu)")
     return torch.device(name)
