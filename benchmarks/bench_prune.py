@@ -9,8 +9,8 @@ the code behind a suite's `cost:` option), the median of --repeats rounds after 
 round, each round measuring every keep once:
 
     flops       analytical LLM prefill FLOPs / full's (FlopCounterMode agrees: `flops err`)
-    prefill     measured prefill time / full's; `pred` = FLOPs-predicted speedup / measured
-                speedup as a ratio (measured speedup / predicted speedup: 1.0 = as predicted)
+    prefill     measured prefill time / full's; `pred` = measured speedup / FLOPs-predicted
+                speedup (1.0 = as predicted)
     e2e         measured end to end (vision pass + CLIP text pass + selection + generate) / full's
     select%     ATP's scoring + selection (`Method.apply`), % of the vision pass actually run
     +text%      the same plus the CLIP text pass of the question (ATP's relevance term needs it)

@@ -136,6 +136,8 @@ class Clock:
     def sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        elif self.device.type == "mps":
+            torch.mps.synchronize()
 
     def __call__(self) -> float:
         self.sync()

@@ -120,8 +120,10 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
 
     adapter = adapter_factory()
     check_method_layers(methods, adapter)
-    if measuring and not hasattr(adapter, "run_llm"):
-        # timing the prefill and a decoding step apart needs the adapter's own LLM loop
+    if measuring and (not hasattr(adapter, "run_llm") or getattr(adapter, "wants_kept_indices", False)):
+        # timing the prefill and a decoding step apart needs the adapter's own LLM loop, over the
+        # visual tokens exactly as it lays them out (LLaVA-NeXT's newlines, Qwen2-VL's positions
+        # are not in that loop)
         raise UserError(f"cost: measured latency and counted FLOPs need the llava adapter's timed LLM passes; "
                         f"{type(adapter).__name__} has none (remove the suite's cost section)")
     cache = cache if cache is not None else CorruptionCache()

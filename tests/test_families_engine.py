@@ -78,13 +78,20 @@ def test_fastv_on_a_new_adapter_is_one_line(tmp_path, tiny_blip2_dir, capsys):
     assert len(err.splitlines()) == 1 and "fastv is not supported on the blip2 adapter" in err
 
 
-def test_measured_cost_on_an_adapter_without_timed_llm_passes_is_one_error(tmp_path, tiny_qwen_dir, capsys):
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_next"])
+def test_measured_cost_on_an_adapter_without_timed_llm_passes_is_one_error(tmp_path, family, request, capsys):
+    """LLaVA-NeXT inherits LLaVA's timed LLM loop, but that loop has no newline tokens: refused too."""
+    if family == "qwen2_vl":
+        model = {"adapter": "qwen2_vl", "checkpoint": str(request.getfixturevalue("tiny_qwen_dir")),
+                 "prompt": QWEN_PROMPT}
+    else:
+        model = {"adapter": "llava_next", "checkpoint": str(request.getfixturevalue("tiny_next_dir") / "llava_next")}
     p = tmp_path / "suite.yaml"
     p.write_text(yaml.safe_dump({
         "name": "family", "dataset": {"loader": "shapes", "split": "val", "limit": 2},
-        "model": {"adapter": "qwen2_vl", "checkpoint": str(tiny_qwen_dir), "prompt": QWEN_PROMPT},
-        "methods": [{"name": "full"}], "cost": {"latency": True}}))
+        "model": model, "methods": [{"name": "full"}], "cost": {"latency": True}}))
     assert main([str(p), "--out", str(tmp_path / "run"), "--no-progress", "--no-report"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: cost: measured latency") and "Qwen2VLAdapter" in err[0]
+    name = {"qwen2_vl": "Qwen2VLAdapter", "llava_next": "LlavaNextAdapter"}[family]
+    assert len(err) == 1 and err[0].startswith("error: cost: measured latency") and name in err[0]
     assert not (tmp_path / "run" / "results.json").exists()
