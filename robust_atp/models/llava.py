@@ -200,17 +200,7 @@ class LlavaAdapter:
     def prompt_embeddings(self, visual_tokens: list[torch.Tensor], questions: list[str]):
         """The LLM's input: left-padded prompt embeddings [B, T, d] with example i's visual tokens
         in place of the image, the attention mask [B, T], and per example its left pads."""
-        embed = self.model.get_input_embeddings()
-        seqs = []
-        for toks, q in zip(visual_tokens, questions):
-            before, after = self.prompt_ids(q)
-            seqs.append(torch.cat([embed(before.to(self.device)), toks.to(self.dtype), embed(after.to(self.device))]))
-        pad = embed(torch.tensor([self.pad_token_id], device=self.device))[0]
-        length = max(len(s) for s in seqs)
-        inputs = torch.stack([torch.cat([pad.expand(length - len(s), -1), s]) for s in seqs])
-        mask = torch.stack([torch.cat([torch.zeros(length - len(s), dtype=torch.long),
-                                       torch.ones(len(s), dtype=torch.long)]) for s in seqs]).to(self.device)
-        return inputs, mask, [length - len(s) for s in seqs]
+        return prompt_embeddings(self, visual_tokens, questions)
 
     def _fastv_hooks(self, fastv, visual_tokens, questions, pads) -> FastVHooks:
         spans = [(p + len(self.prompt_ids(q)[0]), len(t)) for p, q, t in zip(pads, questions, visual_tokens)]
@@ -262,6 +252,24 @@ class LlavaAdapter:
             if hooks is not None:
                 hooks.__exit__(None, None, None)
         return {"kv_bytes": kv, "marks": marks}
+
+
+def prompt_embeddings(adapter, visual_tokens: list[torch.Tensor], questions: list[str]):
+    """Left-padded prompt embeddings [B, T, d] with example i's visual tokens ([K_i, d]) between
+    the prompt ids before and after its image placeholder (`adapter.prompt_ids`), the attention
+    mask [B, T] and per example its left pads. Shared by adapters that feed the LLM embeddings."""
+    embed = adapter.model.get_input_embeddings()
+    dev = adapter.device
+    seqs = []
+    for toks, q in zip(visual_tokens, questions):
+        before, after = adapter.prompt_ids(q)
+        seqs.append(torch.cat([embed(before.to(dev)), toks.to(adapter.dtype), embed(after.to(dev))]))
+    pad = embed(torch.tensor([adapter.pad_token_id], device=dev))[0]
+    length = max(len(s) for s in seqs)
+    inputs = torch.stack([torch.cat([pad.expand(length - len(s), -1), s]) for s in seqs])
+    mask = torch.stack([torch.cat([torch.zeros(length - len(s), dtype=torch.long),
+                                   torch.ones(len(s), dtype=torch.long)]) for s in seqs]).to(dev)
+    return inputs, mask, [length - len(s) for s in seqs]
 
 
 def _left_pad(rows: list[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,7 +29,7 @@ from PIL import Image
 from ..errors import UserError
 from ..perturb.image import to_rgb
 from .base import VisionOutput, greedy_generation, load_pretrained, register_adapter
-from .llava import _left_pad, pick_device
+from .llava import _left_pad, pick_device, prompt_embeddings
 from .scorer import load_scorer
 
 
@@ -265,16 +265,7 @@ class Qwen2VLAdapter:
             raise UserError("methods: a merging method (pool, tome, visionzip) gives tokens without a grid "
                             "position; qwen2_vl places every visual token by its 3-D position: use a selection method")
         kept_indices = [torch.arange(len(t)) if i is None else i for i, t in zip(kept_indices, visual_tokens)]
-        embed = self.model.get_input_embeddings()
-        seqs = []
-        for toks, q in zip(visual_tokens, questions):
-            before, after = self.prompt_ids(q)
-            seqs.append(torch.cat([embed(before.to(self.device)), toks.to(self.dtype), embed(after.to(self.device))]))
-        pad = embed(torch.tensor([self.pad_token_id], device=self.device))[0]
-        length = max(len(s) for s in seqs)
-        inputs = torch.stack([torch.cat([pad.expand(length - len(s), -1), s]) for s in seqs])
-        mask = torch.stack([torch.cat([torch.zeros(length - len(s), dtype=torch.long),
-                                       torch.ones(len(s), dtype=torch.long)]) for s in seqs]).to(self.device)
+        inputs, mask, _ = prompt_embeddings(self, visual_tokens, questions)
         position_ids, deltas = self.positions(kept_indices, questions)
         self.model.model.rope_deltas = deltas  # what the model adds to sequence indices while decoding
         out = self.model.generate(inputs_embeds=inputs, attention_mask=mask, position_ids=position_ids,
