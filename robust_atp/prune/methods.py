@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..errors import SuiteError
 from ..seeding import stable_seed
 from .merge import Kept
-from .scores import atp_scores, clip_relevance, cls_attention
+from .scores import atp_scores, clip_relevance, cls_attention, minmax
 from .select import budget, group_budgets, select_adaptive, select_topk
 
 Selector = Callable[[object, "torch.Tensor | None", list[str]], list[torch.Tensor]]
@@ -205,9 +205,11 @@ def _cls(p: ClsParams):
 
 @register_method("clip", ClipParams)
 def _clip(p: ClipParams):
-    """ATP with alpha = 1: CLIP text-patch relevance alone."""
+    """ATP with alpha = 1: CLIP text-patch relevance alone, min-max normalised (the order is the
+    cosine's; a `mass` budget is a share of the normalised scores, as for ATP)."""
     def select(vision, text, keys):
-        return p.pick(clip_relevance(vision.clip_patches, text, p.relevance_sign), getattr(vision, "crop_ids", None))
+        rel = minmax(clip_relevance(vision.clip_patches, text, p.relevance_sign))
+        return p.pick(rel, getattr(vision, "crop_ids", None))
     return select, True
 
 
