@@ -1,7 +1,8 @@
 """Per-row measurements the engine stores in `Prediction.extra`: cost and object recall.
 
     prefill_flops  LLM prefill FLOPs for this row's prompt and visual tokens (see `cost`)
-    vision_flops   the vision tower + projector (the same for every method)
+    vision_flops   the vision tower + projector (the same for every method but tome, whose own
+                   merged tower pass it is, and visionzip, whose projector reads K tokens)
     scorer_flops   the method's own cost (CLIP text tower, similarity, merging; see `cost`)
     object_recall  share of the patches covering the objects the question names that the
                    method kept; None when the example has no boxes, the question names no

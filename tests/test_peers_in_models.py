@@ -228,3 +228,38 @@ def test_tome_tower_flops_are_what_torch_counts(tiny_adapter, images):
     matching = cost.scorer_flops("tome", {}, 36, 9, d=48, c=0, head_dim=vc.hidden_size // vc.num_attention_heads,
                                  schedule=sched)
     assert counted == cost.tome_tower_flops(vc, 36, sched, cfgs["projector"]) + matching
+
+
+def test_tome_and_visionzip_do_not_depend_on_the_batch(tiny_adapter, images):
+    spec = ToMeTower(keep=0.25)
+    together = tiny_adapter.encode_images_merged(images, spec)
+    vz = validate_method(MethodCfg(name="visionzip", keep=0.25))
+    zipped = vz.apply(tiny_adapter.encode_images(images), None, [""] * 3)
+    for i, im in enumerate(images):
+        alone = tiny_adapter.encode_images_merged([im], spec)
+        assert torch.equal(alone.token_sizes[0], together.token_sizes[i])  # the same merges
+        assert torch.allclose(alone.tokens[0], together.tokens[i], atol=1e-5)
+        one = vz.apply(tiny_adapter.encode_images([im]), None, [""])[0]
+        assert torch.equal(one.sizes, zipped[i].sizes) and torch.allclose(one.tokens, zipped[i].tokens, atol=1e-5)
+
+
+def test_a_tower_merge_on_blip2_is_one_error_line_before_any_work(tmp_path, tiny_blip2_dir, capsys):
+    from robust_atp.run import main
+    from tiny_families import BLIP2_PROMPT
+
+    p = tmp_path / "s.yaml"
+    p.write_text(textwrap.dedent(f"""
+        name: refused
+        dataset: {{loader: shapes, split: val, limit: 2}}
+        model: {{adapter: blip2, checkpoint: "{tiny_blip2_dir}", prompt: "{BLIP2_PROMPT.encode('unicode_escape').decode()}"}}
+        methods: [{{name: full}}, {{name: tome, keep: 0.25}}]
+    """))
+    assert main([str(p), "--out", str(tmp_path / "run"), "--no-progress", "--no-report"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == ("error: method 'tome@0.25': tome merges tokens inside the vision tower, which the Blip2Adapter "
+                       "cannot do (use tome_posthoc, which merges after the tower)")
+    assert "Traceback" not in "\n".join(err)
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "run" / "predictions.sqlite") as db:
+        assert db.execute("select count(*) from predictions").fetchone()[0] == 0
