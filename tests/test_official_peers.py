@@ -174,8 +174,12 @@ def test_visionzip_accepts_every_cls_row_shape():
     hidden, attn, keys = _zip_inputs()
     ref = visionzip(hidden, attn, keys, 3, 2)
     with_cls_column = torch.cat([torch.full((1, 2, 1), 9.0, dtype=D64), attn], -1)  # [B, H, N+1]
-    for a in (with_cls_column, attn.sum(1), with_cls_column.sum(1)):
+    full = torch.zeros(1, 2, 7, 7, dtype=D64)
+    full[:, :, 0] = with_cls_column  # the whole attention matrix: row 0 is the CLS row
+    for a in (with_cls_column, attn.sum(1), with_cls_column.sum(1), full):
         assert torch.equal(visionzip(hidden, a, keys, 3, 2), ref)
+    per_head = torch.stack([keys[0] * 0.5, keys[0] * 1.5])[None]  # [B, H, N+1, hd]: their mean is keys
+    assert torch.equal(visionzip(hidden, attn, per_head, 3, 2), ref)
 
 
 def test_visionzip_ties_break_as_torch_does():

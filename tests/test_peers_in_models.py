@@ -102,8 +102,8 @@ def test_visionzip_merges_before_the_projector_and_hands_the_llm_cls_first(tiny_
     with torch.inference_mode():
         projected = tiny_adapter.model.model.multi_modal_projector(zipped)
         cls = tiny_adapter.model.model.multi_modal_projector(layer.hidden[:, 0, 0])
-    for i, x in enumerate(kept):
-        assert torch.equal(x.tokens, projected[i]) and x.indices is None
+    for i, x in enumerate(kept):  # (the projector over 3 images or 1 may round differently on 2 threads)
+        assert torch.allclose(x.tokens, projected[i], atol=1e-6) and x.indices is None
         assert x.sizes[:8].tolist() == [1] * 8 and int(x.sizes.sum()) == 37  # 36 patches + CLS
         assert torch.allclose(x.tokens[0], cls[i], atol=1e-6)  # the projected CLS token comes first
 

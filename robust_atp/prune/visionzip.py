@@ -40,10 +40,18 @@ def visionzip_counts(k: int, contextual: float | None = None) -> tuple[int, int]
 
 
 def _cls_scores(cls_attn: torch.Tensor, n_tokens: int) -> torch.Tensor:
-    """The CLS row [B, H, N+1] | [B, H, N] | [B, N+1] | [B, N] -> patch scores [B, N], heads
-    summed (as the reference sums them) when present, the CLS column dropped when present."""
-    a = cls_attn.sum(dim=1) if cls_attn.dim() == 3 else cls_attn
+    """The CLS row [B, H, N+1] | [B, H, N] | [B, N+1] | [B, N] (or the whole attention
+    [B, H, N+1, N+1], whose row 0 it takes) -> patch scores [B, N], heads summed (as the
+    reference sums them) when present, the CLS column dropped when present."""
+    a = cls_attn[:, :, 0] if cls_attn.dim() == 4 else cls_attn
+    a = a.sum(dim=1) if a.dim() == 3 else a
     return a[:, 1:] if a.shape[-1] == n_tokens else a
+
+
+def _head_mean(keys: torch.Tensor) -> torch.Tensor:
+    """Keys [B, N+1, Ck] (averaged over heads) or [B, H, N+1, hd] (per head, averaged here as
+    the reference's raw_key_states.mean(1))."""
+    return keys.mean(1) if keys.dim() == 4 else keys
 
 
 @dataclass(frozen=True)
@@ -72,8 +80,9 @@ class VisionZipPlan:
 
 
 def visionzip_plan(cls_attn: torch.Tensor, keys: torch.Tensor, dominant: int, contextual: int) -> VisionZipPlan:
-    """cls_attn (see `_cls_scores`), keys [B, N+1, Ck] (averaged over heads, CLS first),
-    dominant (incl. CLS, >= 1), contextual (>= 0) -> the plan."""
+    """cls_attn (see `_cls_scores`), keys [B, N+1, Ck] (averaged over heads, CLS first; or
+    per head [B, H, N+1, hd]), dominant (incl. CLS, >= 1), contextual (>= 0) -> the plan."""
+    keys = _head_mean(keys)
     b, t, _ = keys.shape
     scores = _cls_scores(cls_attn, t)
     top = scores.topk(dominant - 1, dim=1).indices + 1
@@ -98,8 +107,10 @@ def visionzip(hidden: torch.Tensor, cls_attn: torch.Tensor, keys: torch.Tensor, 
     """VisionZip's tokens, before the projector.
 
     hidden [B, N+1, C] (CLS first), cls_attn [B, H, N+1] | [B, H, N] | [B, N+1] | [B, N] (the
-    CLS row of the same layer; heads are summed), keys [B, N+1, Ck] (that layer's keys averaged
-    over heads), dominant (tokens kept, CLS included), contextual (merged tokens) ->
+    CLS row of the same layer; heads are summed; or its whole attention [B, H, N+1, N+1]), keys
+    [B, N+1, Ck] (that layer's keys averaged over heads; or per head [B, H, N+1, hd]), dominant
+    (tokens kept, CLS included: the official `visionzip(model, dominant=54, contextual=10)`
+    keeps 53 patches + CLS), contextual (merged tokens) ->
     [B, dominant + contextual, C]: the CLS token and the dominant patches in their original
     order, then the contextual tokens in target order.
     """
