@@ -85,19 +85,43 @@ def vision_flops(vision_cfg, n_patches: int, projector: dict | None = None) -> i
     s = LayerShape.from_config(vision_cfg, gated=False)
     p = vision_cfg.patch_size
     macs = n_patches * vision_cfg.num_channels * p * p * s.d + s.layers * layer_macs(s, n_patches + 1)
-    if projector:
-        macs += n_patches * (projector["in"] * projector["out"] + (projector["layers"] - 1) * projector["out"] ** 2)
-    return 2 * macs
+    return 2 * macs + projector_flops(projector, n_patches)
+
+
+def projector_flops(projector: dict | None, n: int) -> int:
+    """The LLaVA projector (`{'in', 'out', 'layers'}`: an MLP of that depth) over n tokens."""
+    if not projector:
+        return 0
+    return 2 * n * (projector["in"] * projector["out"] + (projector["layers"] - 1) * projector["out"] ** 2)
+
+
+def tome_tower_flops(vision_cfg, n_patches: int, schedule: list[int], projector: dict | None = None) -> int:
+    """A CLIP-style ViT run with ToMe merging (one crop): the patch embedding, then block l over
+    t_l tokens (CLS included) for its attention and t_l - r_l for its MLP (ToMe merges between
+    them), for the len(schedule) blocks the projector reads; the projector over what is left."""
+    s = LayerShape.from_config(vision_cfg, gated=False)
+    p = vision_cfg.patch_size
+    macs = n_patches * vision_cfg.num_channels * p * p * s.d
+    ffn = lambda n: 2 * n * s.d * s.m  # a plain MLP, as in layer_macs
+    t = n_patches + 1
+    for r in schedule:
+        macs += layer_macs(s, t) - ffn(t) + ffn(t - r)
+        t -= r
+    return 2 * macs + projector_flops(projector, t - 1)
 
 
 def scorer_flops(method: str, settings: dict, n: int, k: int, *, d: int, c: int, text_cfg=None,
-                 text_len: int = 0, proj: int = 0) -> int:
+                 text_len: int = 0, proj: int = 0, head_dim: int = 0, crops: int = 1, patches: int | None = None,
+                 schedule: list[int] | None = None, split: tuple[int, int] | None = None) -> int:
     """A method's own cost on top of the vision tower, per example (FLOPs).
 
     n tokens of LLM width d and ViT width c, k kept. CLIP relevance: the text tower over
     text_len tokens, the patches' post-norm projection (n c proj) and the similarity (n proj).
     Merging: the similarity matrices and the weighted sums. CLS attention comes from the
     vision pass (the CLS row only: n c). Selection sorts are not counted.
+    In-tower and official merges (per crop of `patches` patches, `crops` crops): `tome` the
+    matching in each block of `schedule` (|A| x |B| cosines of head_dim keys); `visionzip` with
+    `split` (dominant incl. CLS, contextual) the key cosines to the targets and the one-hot sums.
     """
     macs = 0
     alpha = settings.get("alpha", 1.0 if method == "clip" else 0.0)
@@ -106,15 +130,25 @@ def scorer_flops(method: str, settings: dict, n: int, k: int, *, d: int, c: int,
             t = LayerShape.from_config(text_cfg, gated=False)
             macs += t.layers * layer_macs(t, text_len) + t.d * proj
         macs += n * c * proj + n * proj
-    if method in ("atp", "cls", "visionzip") and alpha < 1:
+    if method in ("atp", "cls", "visionzip", "visionzip_mean") and alpha < 1:
         macs += n * c
-    if method == "tome":
+    if method == "tome" and schedule is not None:
+        t = (patches if patches is not None else n) + 1
+        for r in schedule:
+            if r > 0:
+                macs += crops * (((t + 1) // 2) * (t // 2) * head_dim + t * c)
+            t -= r
+    elif method == "tome_posthoc":
         m = n
         while m > k:  # each round: |A| x |B| similarities, then the merge sums
             a, b = (m + 1) // 2, m // 2
             macs += a * b * c + m * (c + d)
             m -= min(m - k, a)
-    elif method == "visionzip":
+    elif method == "visionzip" and split is not None:
+        rest = (patches if patches is not None else n) + 1 - split[0]
+        ctx = min(split[1], rest)
+        macs += crops * ((rest - ctx) * ctx * (head_dim + c))
+    elif method == "visionzip_mean":
         share = settings.get("contextual", 0.15625)
         k_ctx = min(max(1, int(share * k + 0.5)), k) if k < n and share > 0 else 0
         macs += (n - k + k_ctx) * k_ctx * c + (n - k + k_ctx) * d

@@ -45,6 +45,7 @@ class EngineStats:
     units_total: int = 0
     units_run: int = 0
     vision_passes: int = 0
+    merged_tower_passes: int = 0  # extra tower passes of methods that merge inside it (ToMe)
     generations: int = 0
     corruption_hits: int = 0  # corrupted images read from the cache
     corruption_computed: int = 0  # corrupted images computed now
@@ -120,6 +121,7 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
 
     adapter = adapter_factory()
     check_method_layers(methods, adapter)
+    check_tower_methods(methods, adapter)
     if measuring and (not hasattr(adapter, "run_llm") or getattr(adapter, "wants_kept_indices", False)):
         # timing the prefill and a decoding step apart needs the adapter's own LLM loop, over the
         # visual tokens exactly as it lays them out (LLaVA-NeXT's newlines, Qwen2-VL's positions
@@ -155,6 +157,7 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
             vision = adapter.encode_images(imgs)
             tm["vision"] += time.perf_counter() - t
             stats.vision_passes += 1
+            merged: dict[str, object] = {}  # method label -> its merged tower pass on these images
             rows, cost_rows = [], []
             for text_cond in text_conds:
                 cname = condition_name(image_cond, text_cond)
@@ -174,8 +177,13 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
                 tm["text"] += time.perf_counter() - t
                 for m in todo_methods:
                     text = text_cache[text_cond, m.settings.get("text", "question")] if m.needs_text else None
+                    if m.tower is not None and m.label not in merged:  # once per image condition
+                        t = time.perf_counter()
+                        merged[m.label] = adapter.encode_images_merged(imgs, m.tower)
+                        tm["vision"] += time.perf_counter() - t
+                        stats.merged_tower_passes += 1
                     rows += _method_rows(m, adapter, vision, text, questions, batch, cname, seed, metrics, done, stats,
-                                         resolution, [im.size for im in images])
+                                         resolution, [im.size for im in images], merged.get(m.label))
                 if to_measure:  # after the answers: measuring never changes them
                     t = time.perf_counter()
                     texts = {kind: _texts(adapter, questions, kind) for kind in text_kinds}
@@ -197,11 +205,13 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
 
 
 def _method_rows(m, adapter, vision, text, questions, batch, cname, seed, metrics, done, stats,
-                 resolution: int | None = None, source_sizes: list | None = None) -> list[Prediction]:
-    """One method on one batch under one condition: select (or merge), generate, score, measure."""
+                 resolution: int | None = None, source_sizes: list | None = None,
+                 merged_vision=None) -> list[Prediction]:
+    """One method on one batch under one condition: select (or merge), generate, score, measure.
+    merged_vision: the method's own merged tower pass (ToMe), which it reads instead of `vision`."""
     tm = stats.timings
     t = time.perf_counter()
-    kept = m.apply(vision, text, _keys(seed, batch, m))
+    kept = m.apply(vision if merged_vision is None else merged_vision, text, _keys(seed, batch, m))
     tm["select"] += time.perf_counter() - t
     t = time.perf_counter()
     tokens = [k.tokens for k in kept]
@@ -250,6 +260,15 @@ def check_method_layers(methods, adapter) -> None:
         elif n_vit is not None and not -n_vit <= layer < n_vit:
             raise UserError(f"method {m.label!r}: layer {layer} is outside the vision tower's {n_vit} layers "
                             f"(use {-n_vit}..{n_vit - 1})")
+
+
+def check_tower_methods(methods, adapter) -> None:
+    """A method that merges inside the vision tower (ToMe) needs an adapter that can run its
+    tower so: one UserError line naming the method otherwise (before any work)."""
+    for m in methods:
+        if m.tower is not None and not adapter.merges_in_tower:
+            raise UserError(f"method {m.label!r}: {m.name} merges tokens inside the vision tower, which the "
+                            f"{type(adapter).__name__} cannot do (use tome_posthoc, which merges after the tower)")
 
 
 def _keys(seed: int, batch, m) -> list[str]:

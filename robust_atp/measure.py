@@ -1,7 +1,8 @@
 """Per-row measurements the engine stores in `Prediction.extra`: cost and object recall.
 
     prefill_flops  LLM prefill FLOPs for this row's prompt and visual tokens (see `cost`)
-    vision_flops   the vision tower + projector (the same for every method)
+    vision_flops   the vision tower + projector (the same for every method but tome, whose own
+                   merged tower pass it is, and visionzip, whose projector reads K tokens)
     scorer_flops   the method's own cost (CLIP text tower, similarity, merging; see `cost`)
     object_recall  share of the patches covering the objects the question names that the
                    method kept; None when the example has no boxes, the question names no
@@ -19,6 +20,8 @@ from . import cost
 from .models.fastv import FastVSpec
 from .perturb.image import canonical_boxes
 from .prune.coverage import object_recall, patch_mask
+from .prune.select import budget
+from .prune.visionzip import visionzip_counts
 
 
 
@@ -48,6 +51,7 @@ def row_measurements(method, adapter, vision, kept: list, questions: list[str], 
             # towers that are not a CLIP ViT over N + 1 tokens (Qwen2-VL's merger, anyres crops) count themselves
             extra["vision_flops"] = (adapter.vision_flops(n) if hasattr(adapter, "vision_flops") else
                                      cost.vision_flops(cfgs["vision"], n, cfgs.get("projector")))
+            merge_cost = _official_merge_cost(method, vision, cfgs, n_llm[i], extra)
             if hasattr(adapter, "extra_flops"):  # e.g. BLIP-2's Q-Former over the kept ViT tokens
                 extra.update(adapter.extra_flops(n, n_llm[i]))
             # CLIP text length: the encoded text's words plus BOS / EOS, an estimate (no tokenizer here);
@@ -55,11 +59,33 @@ def row_measurements(method, adapter, vision, kept: list, questions: list[str], 
             encoded = adapter.prompt(q) if method.settings.get("text") == "prompt" else q
             extra["scorer_flops"] = cost.scorer_flops(
                 method.name, method.settings, n, n_llm[i], d=vision.tokens.shape[-1], c=vision.vit_features.shape[-1],
-                text_cfg=cfgs.get("clip_text"), text_len=len(encoded.split()) + 2, proj=cfgs.get("clip_projection") or 0)
+                text_cfg=cfgs.get("clip_text"), text_len=len(encoded.split()) + 2, proj=cfgs.get("clip_projection") or 0,
+                **merge_cost)
         extra["object_recall"] = _recall(ex, kept[i], vision, geometry, i, resolution,
                                          source_sizes[i] if source_sizes else None)
         out.append(extra)
     return out
+
+
+def _official_merge_cost(method, vision, cfgs: dict, n_llm: int, extra: dict) -> dict:
+    """ToMe inside the tower and VisionZip before the projector change the vision FLOPs (updated
+    in `extra`): ToMe's own merged tower pass replaces the tower's, VisionZip's projector reads
+    its K tokens. -> the keyword arguments `cost.scorer_flops` needs for their matching."""
+    layer = vision.feature_layer
+    if layer is None or method.name not in ("tome", "visionzip"):
+        return {}
+    crops, patches = layer.hidden.shape[1], layer.hidden.shape[2] - 1
+    vc = cfgs["vision"]
+    out = {"head_dim": vc.hidden_size // vc.num_attention_heads, "crops": crops, "patches": patches}
+    if method.tower is not None:
+        schedule = method.tower.schedule(patches, cfgs["feature_blocks"])
+        extra["vision_flops"] = crops * cost.tome_tower_flops(vc, patches, schedule, cfgs.get("projector"))
+        return {**out, "schedule": schedule}
+    split = visionzip_counts(budget(patches, method.settings.get("keep"), method.settings.get("k")),
+                             method.settings.get("contextual"))
+    extra["vision_flops"] += (cost.projector_flops(cfgs.get("projector"), n_llm)
+                              - cost.projector_flops(cfgs.get("projector"), crops * patches))
+    return {**out, "split": split}
 
 
 def _recall(ex, kept, vision, geometry, i, resolution=None, source_size=None):
@@ -111,13 +137,16 @@ def measure_cost(methods: list, adapter, images: list, questions: list[str], tex
     out = {}
     for m in methods:
         text = encoded[m.settings.get("text", "question")] if m.needs_text else None
-        kept = m.apply(vision, text, keys[m.label])
+        # a method merging inside the tower (ToMe) reads its own tower pass: its selection cost
+        own = (lambda: m.apply(vision, text, keys[m.label])) if m.tower is None else (
+            lambda: m.apply(adapter.encode_images_merged(images, m.tower), text, keys[m.label]))
+        kept = own()
         tokens = [k.tokens for k in kept]
         spec = (lambda: None) if m.fastv_layer is None else (lambda: FastVSpec(m.fastv_layer, m.fastv_k(n)))
         rec = {"batch": len(questions), "device": str(adapter.device)}
         if cfg.latency:
             text_s = shared["text", m.settings.get("text", "question")] if m.needs_text else 0.0
-            select_s = cost.median_seconds(lambda: m.apply(vision, text, keys[m.label]), **runs)
+            select_s = cost.median_seconds(own, **runs)
             with cost.PeakMemory(adapter.device) as peak:
                 generate_s = cost.median_seconds(lambda: adapter.generate(tokens, questions, fastv=spec()), **runs)
             marks = [adapter.run_llm(tokens, questions, steps, fastv=spec(), clock=clock)["marks"]

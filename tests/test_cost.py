@@ -63,7 +63,12 @@ def test_scorer_costs_are_ordered_sensibly():
     assert cost.scorer_flops("full", {}, 144, 144, **kw) == 0
     assert cost.scorer_flops("random", {}, 144, 36, **kw) == 0
     assert 0 < cost.scorer_flops("cls", {}, 144, 36, **kw) < atp
-    assert cost.scorer_flops("tome", {}, 144, 36, **kw) > 0 and cost.scorer_flops("divprune", {}, 144, 36, **kw) > 0
+    assert cost.scorer_flops("tome_posthoc", {}, 144, 36, **kw) > 0 and cost.scorer_flops("divprune", {}, 144, 36, **kw) > 0
+    # ToMe inside the tower: |A| x |B| cosines of 32-wide keys in each merging block
+    tome = cost.scorer_flops("tome", {}, 144, 36, head_dim=32, schedule=[36, 36, 36], **kw)
+    assert tome == 2 * sum(((t + 1) // 2) * (t // 2) * 32 + t * 128 for t in (145, 109, 73))
+    zip_ = cost.scorer_flops("visionzip", {}, 144, 36, head_dim=32, split=(30, 6), **kw)
+    assert zip_ == 2 * (144 * 128 + (115 - 6) * 6 * (32 + 128))  # CLS row; M = 145 - 30 rest tokens
 
 
 def test_patch_mask_maps_boxes_through_resize_and_crop():

@@ -183,9 +183,9 @@ def test_a_layer_the_model_does_not_have_is_one_user_error():
     adapter = SimpleNamespace(cost_configs=lambda: {"vision": SimpleNamespace(num_hidden_layers=4),
                                                     "llm": SimpleNamespace(num_hidden_layers=4)})
     ok = [validate_method(MethodCfg(name=n, keep=0.25, layer=l))
-          for n, l in (("atp", -4), ("cls", 3), ("visionzip", 0), ("fastv", 2))]
+          for n, l in (("atp", -4), ("cls", 3), ("visionzip_mean", 0), ("fastv", 2))]
     check_method_layers(ok, adapter)
-    for name, layer, msg in (("visionzip", 12, "outside the vision tower's 4 layers"),
+    for name, layer, msg in (("visionzip_mean", 12, "outside the vision tower's 4 layers"),
                              ("atp", -5, "outside the vision tower's 4 layers"),
                              ("fastv", 3, "must be in 0..2"), ("fastv", 9, "must be in 0..2")):
         with pytest.raises(UserError, match=msg):

@@ -8,7 +8,7 @@ import pytest
 from robust_atp.prune.methods import method_names
 from robust_atp.run import main
 
-MERGING = {"pool", "tome", "visionzip"}
+MERGING = {"pool", "tome", "tome_posthoc", "visionzip", "visionzip_mean"}
 
 
 def _suite(tmp_path, checkpoint, clip):

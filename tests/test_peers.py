@@ -14,7 +14,7 @@ from robust_atp.prune.select import budget, select_diverse, select_grid
 from robust_atp.suite import MethodCfg
 
 SELECTION = ["atp", "cls", "clip", "random", "uniform", "divprune"]
-MERGING = ["pool", "tome", "visionzip"]
+MERGING = ["pool", "tome_posthoc", "visionzip_mean"]  # size-weighted means of post-projector tokens
 FAST = settings(max_examples=40, deadline=None)
 
 
@@ -85,7 +85,7 @@ def test_merges_keep_the_size_weighted_mean_and_are_deterministic(grid, seed, fr
             assert len(x) == grid_groups(grid, k)[1]
         else:
             assert len(x) == k
-        assert (x.indices is None) == (k < n or name != "visionzip")
+        assert (x.indices is None) == (k < n or name != "visionzip_mean")
 
 
 @FAST
@@ -119,7 +119,7 @@ def test_divprune_starts_far_and_stays_diverse():
     assert select_diverse(f[None], 3).tolist() == [[0, 2, 3]]
 
 
-def test_tome_merges_the_best_linked_pair_size_weighted():
+def test_tome_posthoc_merges_the_best_linked_pair_size_weighted():
     metric = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.01], [-1.0, 0.0]])
     x = torch.arange(8.0).view(4, 2)
     tokens, sizes, pos = bipartite_merge(metric, x, 3)
@@ -128,7 +128,7 @@ def test_tome_merges_the_best_linked_pair_size_weighted():
     assert torch.equal(tokens, torch.tensor([[0.0, 1.0], [3.0, 4.0], [6.0, 7.0]]))
 
 
-def test_contextual_merge_joins_each_token_to_its_nearest_target():
+def test_visionzip_mean_joins_each_token_to_its_nearest_target():
     metric = torch.eye(6)
     x = torch.arange(12.0).view(6, 2)
     tokens, sizes = contextual_merge(metric, x, 3)
@@ -137,11 +137,41 @@ def test_contextual_merge_joins_each_token_to_its_nearest_target():
     assert torch.equal(tokens, torch.tensor([[3.5, 4.5], [6.0, 7.0], [10.0, 11.0]]))
 
 
+@FAST
+@given(side=st.integers(1, 8), seed=st.integers(0, 10**6), frac=st.floats(0.01, 1.0), ties=st.booleans())
+def test_official_visionzip_gives_k_tokens_cls_first_and_covers_every_token(side, seed, frac, ties):
+    from robust_atp.models.base import FeatureLayer
+    from robust_atp.prune.visionzip import visionzip_counts
+
+    g = torch.Generator().manual_seed(seed)
+    n = side * side
+    hidden = torch.randn(2, 1, n + 1, 5, generator=g)
+    keys = torch.randn(2, 1, n + 1, 3, generator=g)
+    attn = torch.rand(2, 1, 2, n, generator=g)
+    if ties:
+        attn, keys = (attn * 2).round() / 2, keys.round()
+    layer = FeatureLayer(hidden=hidden, keys=keys, cls_attn=attn, project=lambda x: 2 * x)
+    v = SimpleNamespace(tokens=torch.zeros(2, n, 5), feature_layer=layer)
+    m = validate_method(MethodCfg(name="visionzip", keep=frac))
+    a, b = m.apply(v, None, ["", ""]), m.apply(v, None, ["", ""])
+    contextual = visionzip_counts(budget(n, frac))[1]
+    for i, (x, y) in enumerate(zip(a, b)):
+        assert torch.equal(x.tokens, y.tokens) and len(x) == budget(n, frac)
+        assert torch.equal(x.tokens[0], 2 * hidden[i, 0, 0])
+        # with a contextual token every token is represented (with none, the rest is dropped)
+        assert int(x.sizes.sum()) == (n + 1 if contextual else len(x))
+
+
 def test_peer_settings_are_validated():
     with pytest.raises(SuiteError, match="no score to hold a mass"):
         validate_method(MethodCfg(name="tome", mass=0.5))
     with pytest.raises(SuiteError, match=r"\.contextual: must be in \[0, 1\)"):
         validate_method(MethodCfg(name="visionzip", keep=0.25, contextual=1.0))
+    with pytest.raises(SuiteError, match=r"\.contextual: must be in \[0, 1\)"):
+        validate_method(MethodCfg(name="visionzip_mean", keep=0.25, contextual=1.0))
+    with pytest.raises(SuiteError, match=r"\.layer: unknown key"):  # the official layer is the projector's
+        validate_method(MethodCfg(name="visionzip", keep=0.25, layer=-3))
+    assert validate_method(MethodCfg(name="tome", keep=0.25, prop_attn=False)).label == "tome@0.25[prop_attn=False]"
     m = validate_method(MethodCfg(name="fastv", keep=0.25, layer=2))
     assert m.label == "fastv@0.25[layer=2]" and m.fastv_layer == 2 and m.fastv_k(144) == 36
     assert validate_method(MethodCfg(name="pool", keep=0.5)).merges

@@ -35,7 +35,8 @@ def test_normalisers_exact_values_and_constant_rows():
     z = S.zscore(x)
     assert torch.allclose(z[0], (x[0] - 2.75) / x[0].std(unbiased=False))
     assert torch.equal(z[1], torch.zeros(4))
-    assert torch.equal(S.rank(x), torch.tensor([[0.0, 2 / 3, 1 / 3, 1.0], [0.0, 1 / 3, 2 / 3, 1.0]]))
+    # a constant row maps to zeros, as under the other normalisers (it was an index ramp)
+    assert torch.equal(S.rank(x), torch.tensor([[0.0, 2 / 3, 1 / 3, 1.0], [0.0, 0.0, 0.0, 0.0]]))
 
 
 def test_atp_scores_alpha_weights_the_clip_term():
@@ -143,3 +144,64 @@ def test_labels():
     assert lab(name="random", k=64) == "random@k64"
     assert lab(name="atp", mass=0.9, k_min=8) == "atp@mass0.9[k_min=8]"
     assert lab(name="atp", keep=0.25, label="mine") == "mine"
+
+
+# ----------------------------------------------------------------------------- adaptive budget bugs
+
+def test_mass_one_keeps_every_token_with_mass_on_random_rows():
+    """float32 running sums ended below the float32 total, so `mass: 1.0` reached nothing and
+    kept k_min tokens on hundreds of 2,000 random rows."""
+    scores = torch.rand(2000, 576, generator=torch.Generator().manual_seed(0))
+    assert all(len(x) == 576 for x in select_adaptive(scores, 1.0))
+    normed = S.minmax(scores)  # the min token holds no mass
+    assert all(len(x) == 575 for x in select_adaptive(normed, 1.0, k_min=3))
+
+
+def test_clip_mass_is_a_share_of_the_normalised_relevance():
+    """clip with `mass` read raw cosines: with relevance_sign -1 and patches all aligned with the
+    question, every score was negative, clamped to 0, and one token was kept."""
+    g = torch.Generator().manual_seed(1)
+    text = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    patches = torch.rand(1, 16, 4, generator=g) + torch.tensor([2.0, 0, 0, 0])  # cosines all in (0, 1)
+    vision = SimpleNamespace(tokens=torch.zeros(1, 16, 2), clip_patches=patches)
+    for sign in (1, -1):
+        rel = S.minmax(S.clip_relevance(patches, text, sign))
+        want = select_adaptive(rel, 0.6)[0]
+        got = validate_method(MethodCfg(name="clip", mass=0.6, relevance_sign=sign)).select(vision, text, ["a"])[0]
+        assert torch.equal(got, want) and len(got) > 1
+        atp = validate_method(MethodCfg(name="atp", mass=0.6, alpha=1.0, relevance_sign=sign))
+        assert torch.equal(atp.select(vision, text, ["a"])[0], got)  # clip is ATP at alpha 1
+
+
+def test_zscore_mass_is_a_share_of_the_whole_row():
+    """Under zscore the mass was a share of the positive scores only (negatives clamped to 0)."""
+    s = torch.tensor([[2.0, 1.0, 0.5, -0.5, -1.0, -2.0]])
+    shifted = s - s.min()  # [4, 3, 2.5, 1.5, 1, 0]: total 12; 0.5 of it needs 4 + 3 (7 >= 6)
+    assert select_adaptive(s, 0.5)[0].tolist() == [0, 1]
+    assert select_adaptive(shifted, 0.5)[0].tolist() == [0, 1]
+    assert select_adaptive(s, 0.9)[0].tolist() == [0, 1, 2, 3]  # 11 >= 10.8; positive part only: [0, 1, 2]
+    # through ATP: relevance = cos of 2-D patches with the text [1, 0]
+    sal = torch.tensor([[0.1, 0.4, 0.2, 0.9, 0.3, 0.5]])
+    rel = torch.tensor([[0.3, 0.1, 0.8, 0.2, 0.6, 0.4]])
+    vision = SimpleNamespace(tokens=torch.zeros(1, 6, 2), cls_attn=sal[:, None, None],
+                             clip_patches=torch.stack([rel, (1 - rel ** 2).sqrt()], -1))
+    text = torch.tensor([[1.0, 0.0]])
+    scores = S.atp_scores(sal, rel, 0.5, "zscore")
+    for mass in (0.5, 0.8):
+        atp = validate_method(MethodCfg(name="atp", mass=mass, normalizer="zscore", layer=0))
+        want = select_adaptive(scores - scores.min(), mass)[0]
+        assert torch.equal(atp.select(vision, text, ["a"])[0], want)
+    assert len(select_adaptive(scores, 0.8)[0]) > len(select_adaptive(scores.clamp_min(0), 0.8)[0])
+
+
+def test_rank_keeps_ties_tied_and_lower_index_first():
+    """rank turned a constant row into an index ramp and ranked the later of two ties higher,
+    so selection preferred the higher index."""
+    x = torch.tensor([[0.5, 0.5, 0.1, 0.5], [0.2, 0.2, 0.2, 0.2]])
+    r = S.rank(x)
+    assert r[0, 0] == r[0, 1] == r[0, 3] and r[0, 2] == 0 and torch.equal(r[1], torch.zeros(4))
+    assert select_topk(r, 2).tolist() == [[0, 1], [0, 1]]
+    # ATP with the rank normaliser: a constant saliency adds nothing, ties in relevance go low
+    sal = torch.full((1, 4), 0.3)
+    rel = torch.tensor([[0.1, 0.7, 0.7, 0.2]])
+    assert select_topk(S.atp_scores(sal, rel, 0.5, "rank"), 1).tolist() == [[1]]

@@ -242,7 +242,7 @@ def test_merging_methods_and_fastv_are_refused(qwen, batch):
 
     images, questions = batch
     vision = qwen.encode_images(images)
-    merged = kept_tokens_of(validate_method(MethodCfg(name="tome", keep=0.5)), vision, None, [""] * 4)
+    merged = kept_tokens_of(validate_method(MethodCfg(name="tome_posthoc", keep=0.5)), vision, None, [""] * 4)
     with pytest.raises(UserError, match="merging method"):
         qwen.generate(merged, questions, kept_indices=[None] * 4)
     with pytest.raises(UserError, match="fastv is not supported"):

@@ -12,6 +12,27 @@ from ..errors import UserError
 
 
 @dataclass
+class FeatureLayer:
+    """The ViT layer the connector reads, per crop and with its CLS token: what VisionZip needs
+    to merge before the projector, as its official code does.
+
+    hidden:   [B, R, 1 + S, C]  that layer's hidden states (R crops: 1 unless any-resolution), CLS first
+    keys:     [B, R, 1 + S, Ck] that layer's keys, averaged over heads
+    cls_attn: [B, R, H, S]      that layer's CLS -> patch attention (CLS column dropped)
+    project:  ViT features [..., C] -> what the adapter hands the LLM (or the Q-Former) [..., D]
+    mosaic:   (rows, cols) of the any-resolution crops after the base crop (LLaVA-NeXT), else None
+    cls_prepended: the adapter adds the CLS token itself (BLIP-2): a method's tokens leave it out
+    """
+
+    hidden: torch.Tensor
+    keys: torch.Tensor
+    cls_attn: torch.Tensor
+    project: Callable[[torch.Tensor], torch.Tensor]
+    mosaic: tuple[int, int] | None = None
+    cls_prepended: bool = False
+
+
+@dataclass
 class VisionOutput:
     """One vision pass over a batch, shared by every method and text condition.
 
@@ -23,6 +44,9 @@ class VisionOutput:
     image_sizes:  B (width, height) of the input images, before the processor's resize / crop
     crop_ids:     [N]           the crop each token comes from, when budgets are per crop (LLaVA-NeXT
                                 `budget_scope: per_crop`); None: one budget over all N tokens
+    feature_layer: `FeatureLayer` or None (a tower without a CLS token: Qwen2-VL)
+    token_sizes:  [B, N]        patches each token stands for, when the tower merged them (ToMe
+                                inside the tower); None: one each
     """
 
     tokens: torch.Tensor
@@ -32,6 +56,8 @@ class VisionOutput:
     grid: tuple[int, int]
     image_sizes: list[tuple[int, int]] | None = None
     crop_ids: torch.Tensor | None = None
+    feature_layer: FeatureLayer | None = None
+    token_sizes: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -41,7 +67,13 @@ class Adapter(Protocol):
     num_visual_tokens: int
     device: torch.device
 
+    merges_in_tower: bool  # can run its vision tower with ToMe merging (`encode_images_merged`)
+
     def encode_images(self, images: list[Image.Image]) -> VisionOutput: ...
+
+    def encode_images_merged(self, images: list[Image.Image], spec) -> VisionOutput:
+        """The tower run with ToMe merging inside its blocks (`prune.tome.ToMeTower`): tokens
+        [B, K, D] and `token_sizes` [B, K]; the other fields are empty. Only when merges_in_tower."""
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         """CLIP text embeddings [B, P]."""

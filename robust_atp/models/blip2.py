@@ -22,7 +22,7 @@ from PIL import Image
 
 from ..errors import UserError
 from ..perturb.image import to_rgb
-from .base import VisionOutput, greedy_generation, load_pretrained, register_adapter
+from .base import FeatureLayer, VisionOutput, greedy_generation, load_pretrained, register_adapter
 from .llava import _left_pad, pick_device
 from .scorer import load_scorer
 
@@ -34,6 +34,7 @@ class FusedQkvClsProbe:
     def __init__(self, layers: list):
         self.layers = layers
         self.rows: dict[int, torch.Tensor] = {}
+        self.last_keys: torch.Tensor | None = None  # the last layer's keys averaged over heads [B, T, hd]
         self.active = False
         for i, layer in enumerate(layers):
             layer.self_attn.qkv.register_forward_hook(functools.partial(self._row, i))
@@ -46,6 +47,8 @@ class FusedQkvClsProbe:
         qkv = out.float().view(b, t, 3, attn.num_heads, attn.head_dim)
         logits = torch.einsum("bhd,bthd->bht", qkv[:, 0, 0], qkv[:, :, 1]) * attn.scale
         self.rows[i] = logits.softmax(-1)[..., 1:]
+        if i == len(self.layers) - 1:
+            self.last_keys = out.view(b, t, 3, attn.num_heads, attn.head_dim)[:, :, 1].mean(2)
 
     def __enter__(self):
         self.rows.clear()
@@ -63,6 +66,8 @@ class FusedQkvClsProbe:
 
 @register_adapter("blip2")
 class Blip2Adapter:
+    merges_in_tower = False  # its attention takes no bias, so no ToMe proportional attention inside the ViT
+
     def __init__(self, cfg):
         from transformers import Blip2ForConditionalGeneration
 
@@ -105,8 +110,14 @@ class Blip2Adapter:
             clip_patches = self.scorer.patches(images, self.grid)
         else:
             clip_patches = torch.empty(len(images), patches.shape[1], 0, device=self.device)
-        return VisionOutput(tokens=patches, cls_attn=self.probe.result(), clip_patches=clip_patches,
-                            vit_features=patches, grid=self.grid, image_sizes=[im.size for im in images])
+        cls_attn = self.probe.result()
+        # VisionZip merges what the Q-Former reads: the post-LayerNorm output of the last layer,
+        # matched on that layer's keys; the adapter adds the CLS token to every method's tokens
+        layer = FeatureLayer(hidden=hidden[:, None], keys=self.probe.last_keys.to(hidden.dtype)[:, None],
+                             cls_attn=cls_attn[:, -1, None], project=lambda x: x, cls_prepended=True)
+        return VisionOutput(tokens=patches, cls_attn=cls_attn, clip_patches=clip_patches,
+                            vit_features=patches, grid=self.grid, image_sizes=[im.size for im in images],
+                            feature_layer=layer)
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:

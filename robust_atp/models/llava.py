@@ -14,8 +14,9 @@ from PIL import Image
 from ..cost import kv_cache_bytes
 from ..errors import UserError
 from ..perturb.image import to_rgb
-from .base import VisionOutput, greedy_generation, load_pretrained, register_adapter, resolve_checkpoint
+from .base import FeatureLayer, VisionOutput, greedy_generation, load_pretrained, register_adapter, resolve_checkpoint
 from .fastv import FastVHooks
+from .tome_tower import blocks_read, merged_tower
 
 
 def pick_device(name: str) -> torch.device:
@@ -63,6 +64,12 @@ class ClsAttentionProbe:
     def __exit__(self, *exc):
         self.active = False
 
+    def head_mean_keys(self, i: int) -> torch.Tensor:
+        """Layer i's keys averaged over heads [B, T, hd] (what VisionZip matches on); before `result`."""
+        attn = self.layers[i].self_attn
+        k = self.k[i]
+        return k.view(k.shape[0], k.shape[1], attn.num_heads, attn.head_dim).mean(2)
+
     def result(self) -> torch.Tensor:
         rows = []
         for i, layer in enumerate(self.layers):
@@ -80,6 +87,8 @@ class ClsAttentionProbe:
 
 @register_adapter("llava")
 class LlavaAdapter:
+    merges_in_tower = True  # ToMe inside the CLIP tower: `encode_images_merged`
+
     def __init__(self, cfg):
         from transformers import LlavaForConditionalGeneration
 
@@ -130,16 +139,42 @@ class LlavaAdapter:
         mc = self.model.config
         with self.probe:
             out = self.vision_tower(self.pixel_values(images), output_hidden_states=True, return_dict=True)
+        keys = self.feature_keys()
         cls_attn = self.probe.result()
-        feats = out.hidden_states[mc.vision_feature_layer][:, 1:]
+        hidden = out.hidden_states[mc.vision_feature_layer]
+        feats = hidden[:, 1:]
         tokens = self.model.model.multi_modal_projector(feats)
         if self.clip is not None:
             post_ln = getattr(self.vision_tower, "vision_model", self.vision_tower).post_layernorm
             clip_patches = self.clip.visual_projection(post_ln(out.hidden_states[-1][:, 1:]))
         else:
             clip_patches = torch.empty(tokens.shape[0], tokens.shape[1], 0, device=self.device)
+        layer = None
+        if keys is not None:
+            block = self.feature_block()
+            layer = FeatureLayer(hidden=hidden[:, None], keys=keys[:, None], cls_attn=cls_attn[:, block, None],
+                                 project=self.model.model.multi_modal_projector)
         return VisionOutput(tokens=tokens, cls_attn=cls_attn, clip_patches=clip_patches, vit_features=feats,
-                            grid=self.grid, image_sizes=[im.size for im in images])
+                            grid=self.grid, image_sizes=[im.size for im in images], feature_layer=layer)
+
+    def feature_block(self) -> int:
+        """Index of the ViT block whose output the projector reads (-1: the embeddings)."""
+        return blocks_read(len(self.probe.layers), self.model.config.vision_feature_layer) - 1
+
+    def feature_keys(self) -> torch.Tensor | None:
+        """The projector's layer's keys averaged over heads [B * crops, 1 + S, hd], from the probe's
+        last pass (None when the projector reads the embeddings: no attention there)."""
+        block = self.feature_block()
+        return self.probe.head_mean_keys(block) if block >= 0 else None
+
+    @torch.inference_mode()
+    def encode_images_merged(self, images: list[Image.Image], spec) -> VisionOutput:
+        """The tower with ToMe merging in every block up to the projector's layer (`spec`: a
+        `prune.tome.ToMeTower`): tokens [B, K, D] in ToMe's order, `token_sizes` [B, K]."""
+        hidden, size = merged_tower(self.vision_tower, self.pixel_values(images), spec,
+                                    self.model.config.vision_feature_layer)
+        return merged_output(hidden[:, 1:], size[:, 1:], self.model.model.multi_modal_projector,
+                             [im.size for im in images])
 
     def patch_geometry(self) -> dict:
         """CLIPImageProcessor: resize the shortest edge to S, centre-crop (h, w), cut into the grid."""
@@ -155,6 +190,7 @@ class LlavaAdapter:
         return {"llm": mc.text_config, "vision": mc.vision_config,
                 "projector": {"in": mc.vision_config.hidden_size, "out": mc.text_config.hidden_size,
                               "layers": 2},
+                "feature_blocks": self.feature_block() + 1,  # ViT blocks the projector's input went through
                 "clip_text": self.clip.config.text_config if self.clip is not None else None,
                 "clip_projection": self.clip.config.projection_dim if self.clip is not None else None}
 
@@ -252,6 +288,14 @@ class LlavaAdapter:
             if hooks is not None:
                 hooks.__exit__(None, None, None)
         return {"kv_bytes": kv, "marks": marks}
+
+
+def merged_output(feats: torch.Tensor, sizes: torch.Tensor, project, image_sizes) -> VisionOutput:
+    """A merged tower pass as a VisionOutput: feats [B, K, C] (patches, CLS dropped), sizes [B, K];
+    no CLS attention or CLIP patches (a merged token is no single patch)."""
+    b, k, _ = feats.shape
+    return VisionOutput(tokens=project(feats), cls_attn=feats.new_zeros(b, 0, 0, k), clip_patches=feats.new_zeros(b, k, 0),
+                        vit_features=feats, grid=(1, k), image_sizes=image_sizes, token_sizes=sizes)
 
 
 def prompt_embeddings(adapter, visual_tokens: list[torch.Tensor], questions: list[str]):

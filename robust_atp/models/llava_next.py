@@ -32,9 +32,10 @@ from PIL import Image
 
 from ..errors import UserError
 from ..perturb.image import to_rgb
-from .base import VisionOutput, greedy_generation, load_pretrained, register_adapter
-from .llava import ClsAttentionProbe, LlavaAdapter, pick_device, vit_layers
+from .base import FeatureLayer, VisionOutput, greedy_generation, load_pretrained, register_adapter
+from .llava import ClsAttentionProbe, LlavaAdapter, merged_output, pick_device, vit_layers
 from .scorer import load_scorer
+from .tome_tower import merged_tower
 
 
 @register_adapter("llava_next")
@@ -105,9 +106,17 @@ class LlavaNextAdapter(LlavaAdapter):
         b, crops = px.shape[:2]
         with self.probe:
             out = self.vision_tower(px.flatten(0, 1), output_hidden_states=True, return_dict=True)
+        keys = self.feature_keys()
         attn = self.probe.result()  # [B * crops, L, H, side^2]
         n_layers, heads = attn.shape[1:3]
-        feats = out.hidden_states[mc.vision_feature_layer][:, 1:]
+        hidden = out.hidden_states[mc.vision_feature_layer]
+        layer = None
+        if keys is not None:  # per crop, for VisionZip's official any-resolution path
+            per_image = lambda x: x.view(b, crops, *x.shape[1:])
+            layer = FeatureLayer(hidden=per_image(hidden), keys=per_image(keys),
+                                 cls_attn=per_image(attn[:, self.feature_block()]),
+                                 project=self.model.model.multi_modal_projector, mosaic=self.mosaic(sizes[0]))
+        feats = hidden[:, 1:]
         tokens = self.model.model.multi_modal_projector(feats)
         parts = [tokens.float(), feats.float(), attn.flatten(1, 2).transpose(1, 2)]
         if self.clip is not None:
@@ -141,7 +150,26 @@ class LlavaNextAdapter(LlavaAdapter):
             clip_patches = torch.empty(b, n, 0, device=self.device)
         return VisionOutput(tokens=tokens.to(self.dtype), cls_attn=cls_attn, clip_patches=clip_patches,
                             vit_features=feats.to(self.dtype), grid=self.grid, image_sizes=[im.size for im in images],
-                            crop_ids=crop_ids if self.per_crop else None)
+                            crop_ids=crop_ids if self.per_crop else None, feature_layer=layer)
+
+    def mosaic(self, image_size) -> tuple[int, int]:
+        """(rows, cols) of the any-resolution crops after the base crop, for an image of (h, w)."""
+        from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape
+
+        rows, cols = get_anyres_image_grid_shape(image_size, self.model.config.image_grid_pinpoints,
+                                                 self.model.config.vision_config.image_size)
+        return int(rows), int(cols)
+
+    @torch.inference_mode()
+    def encode_images_merged(self, images: list[Image.Image], spec) -> VisionOutput:
+        """ToMe inside the tower, every crop (the base and the mosaic's) merged to K patch tokens
+        (K of its side^2): tokens [B, crops * K, D], crop after crop in ToMe's order, no newlines."""
+        px, sizes = self.processed(images)
+        b, crops = px.shape[:2]
+        hidden, size = merged_tower(self.vision_tower, px.flatten(0, 1), spec, self.model.config.vision_feature_layer)
+        feats = hidden[:, 1:].reshape(b, -1, hidden.shape[-1])
+        return merged_output(feats, size[:, 1:].reshape(b, -1), self.model.model.multi_modal_projector,
+                             [im.size for im in images])
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:

@@ -118,6 +118,7 @@ class FeatureNormProbe:
 
 @register_adapter("qwen2_vl")
 class Qwen2VLAdapter:
+    merges_in_tower = False  # no CLS token to protect, and merged tokens have no 3-D position
     wants_kept_indices = True  # positions of kept tokens come from their grid indices
 
     def __init__(self, cfg):

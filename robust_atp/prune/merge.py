@@ -1,5 +1,6 @@
-"""What a method hands the LLM (`Kept`), and the merging operators: ToMe bipartite soft
-matching, grid pooling, VisionZip's contextual merge.
+"""What a method hands the LLM (`Kept`), and the post-hoc merging operators of `tome_posthoc`
+(bipartite soft matching repeated down to k), `pool` (grid cells) and `visionzip_mean` (a
+contextual merge); the official ToMe and VisionZip are `tome.py` and `visionzip.py`.
 
 Pure tensor code, one example at a time. Shapes: N tokens, D LLM-side width, C metric width.
 Merging happens in the space the LLM reads (post-projector `vision.tokens`): the LLM then sees

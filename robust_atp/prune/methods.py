@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..errors import SuiteError
 from ..seeding import stable_seed
 from .merge import Kept
-from .scores import atp_scores, clip_relevance, cls_attention
+from .scores import atp_scores, clip_relevance, cls_attention, minmax
 from .select import budget, group_budgets, select_adaptive, select_topk
 
 Selector = Callable[[object, "torch.Tensor | None", list[str]], list[torch.Tensor]]
@@ -35,7 +35,9 @@ Merger = Callable[[object, "torch.Tensor | None", list[str]], list[Kept]]
 @dataclass(frozen=True)
 class Method:
     """`select` (indices) for selection methods, `merge` (Kept) for merging ones; `fastv_layer`
-    is set for a method that prunes inside the LLM after that decoder layer."""
+    is set for a method that prunes inside the LLM after that decoder layer; `tower` for one
+    that merges inside the vision tower (its `merge` then reads the merged pass the engine asks
+    the adapter for, not the shared one)."""
 
     name: str
     label: str
@@ -44,6 +46,7 @@ class Method:
     settings: dict
     merge: Merger | None = None
     fastv_layer: int | None = None
+    tower: object | None = None  # a `tome.ToMeTower`: the adapter merges inside its vision tower
 
     @property
     def merges(self) -> bool:
@@ -65,7 +68,8 @@ _REGISTRY: dict[str, tuple[type[BaseModel], Callable, str]] = {}
 
 def register_method(name: str, params: type[BaseModel], kind: str = "select"):
     """kind: 'select' (factory returns (select, needs_text)), 'merge' (returns (merge,
-    needs_text)) or 'llm' (returns (select, needs_text); the params carry `layer`)."""
+    needs_text)), 'llm' (returns (select, needs_text); the params carry `layer`) or 'tower'
+    (returns (merge, needs_text, tower spec))."""
     def deco(factory):
         _REGISTRY[name] = (params, factory, kind)
         return factory
@@ -205,9 +209,11 @@ def _cls(p: ClsParams):
 
 @register_method("clip", ClipParams)
 def _clip(p: ClipParams):
-    """ATP with alpha = 1: CLIP text-patch relevance alone."""
+    """ATP with alpha = 1: CLIP text-patch relevance alone, min-max normalised (the order is the
+    cosine's; a `mass` budget is a share of the normalised scores, as for ATP)."""
     def select(vision, text, keys):
-        return p.pick(clip_relevance(vision.clip_patches, text, p.relevance_sign), getattr(vision, "crop_ids", None))
+        rel = minmax(clip_relevance(vision.clip_patches, text, p.relevance_sign))
+        return p.pick(rel, getattr(vision, "crop_ids", None))
     return select, True
 
 
@@ -266,10 +272,12 @@ def validate_method(cfg) -> Method:
         field_and_msg = line[2:]
         raise SuiteError("." + field_and_msg if not field_and_msg.startswith("<root>") else
                          ": " + field_and_msg.split(": ", 1)[1]) from None
-    fn, needs_text = factory(params)
+    fn, needs_text, *tower = factory(params)
+    merges = kind in ("merge", "tower")
     return Method(name=name, label=_label(name, params), needs_text=needs_text,
-                  select=None if kind == "merge" else fn, settings=params.model_dump(),
-                  merge=fn if kind == "merge" else None, fastv_layer=params.layer if kind == "llm" else None)
+                  select=None if merges else fn, settings=params.model_dump(),
+                  merge=fn if merges else None, fastv_layer=params.layer if kind == "llm" else None,
+                  tower=tower[0] if kind == "tower" else None)
 
 
 from . import peers  # noqa: E402,F401  (registers the peer methods)

@@ -1,9 +1,11 @@
 """Peer methods: uniform grid, grid pooling, ToMe, VisionZip, DivPrune, FastV.
 
 Each is a registered method with a fixed budget (`keep` ratio or `k` count; no adaptive mass:
-these methods have no score to hold a share of). Merging methods (pool, tome, visionzip)
-average post-projector tokens (`vision.tokens`, what the LLM reads) and match on the ViT
-features the projector reads (`vision.vit_features`).
+these methods have no score to hold a share of). `tome` and `visionzip` are the official
+algorithms (`tome.py`, `visionzip.py`): ToMe merges inside the vision tower (an adapter
+capability), VisionZip merges the projector's ViT layer before the projector. `pool`,
+`tome_posthoc` and `visionzip_mean` average post-projector tokens (`vision.tokens`, what the
+LLM reads) size-weighted, matching on the ViT features the projector reads (`vision.vit_features`).
 """
 from __future__ import annotations
 
@@ -12,10 +14,13 @@ from typing import Literal
 import torch
 from pydantic import Field, field_validator, model_validator
 
+from ..errors import UserError
 from .merge import Kept, bipartite_merge, contextual_merge, grid_groups, merge_groups
 from .methods import Budget, SaliencyKnobs, register_method
 from .scores import cls_attention
 from .select import budget, select_diverse, select_grid, select_topk
+from .tome import ToMeTower
+from .visionzip import anyres_layout, visionzip_apply, visionzip_counts, visionzip_plan
 
 
 class FixedBudget(Budget):
@@ -38,19 +43,39 @@ class PoolParams(FixedBudget):
 
 
 class ToMeParams(FixedBudget):
+    # ToMe's proportional attention (log size on the attention logits), its default off the shelf
+    prop_attn: bool = True
+
+
+class ToMePosthocParams(FixedBudget):
     pass
 
 
-class VisionZipParams(FixedBudget, SaliencyKnobs):
+def _share(v):
+    if v is not None and not (0 <= v < 1):
+        raise ValueError(f"must be in [0, 1), got {v}")
+    return v
+
+
+class VisionZipParams(FixedBudget):
+    # share of the budget given to contextual tokens; unset: the paper's splits (64 = 54 + 10,
+    # 128 = 108 + 20, 192 = 162 + 30) and 10/64 of any other budget
+    contextual: float | None = None
+
+    @field_validator("contextual")
+    @classmethod
+    def _contextual(cls, v):
+        return _share(v)
+
+
+class VisionZipMeanParams(FixedBudget, SaliencyKnobs):
     # share of the budget given to merged contextual tokens (VisionZip: 10 of 64)
     contextual: float = 0.15625
 
     @field_validator("contextual")
     @classmethod
-    def _share(cls, v):
-        if not (0 <= v < 1):
-            raise ValueError(f"must be in [0, 1), got {v}")
-        return v
+    def _contextual(cls, v):
+        return _share(v)
 
 
 class DivPruneParams(FixedBudget):
@@ -90,9 +115,22 @@ def _pool(p: PoolParams):
     return merge, False
 
 
-@register_method("tome", ToMeParams, kind="merge")
+@register_method("tome", ToMeParams, kind="tower")
 def _tome(p: ToMeParams):
-    """ToMe bipartite soft matching down to K tokens, size-weighted."""
+    """ToMe inside the vision tower (facebookresearch/ToMe): r tokens merged in every block up to
+    the projector's layer, ending at K patch tokens; the engine runs the adapter's merged pass
+    and this reads its tokens and sizes."""
+    def merge(vision, text, keys):
+        if vision.token_sizes is None:
+            raise RuntimeError("tome reads the adapter's merged tower pass (encode_images_merged)")
+        return [Kept(None, x, s.round().long()) for x, s in zip(vision.tokens, vision.token_sizes)]
+    return merge, False, ToMeTower(keep=p.keep, k=p.k, prop_attn=p.prop_attn)
+
+
+@register_method("tome_posthoc", ToMePosthocParams, kind="merge")
+def _tome_posthoc(p: ToMePosthocParams):
+    """ToMe's bipartite soft matching after the tower, repeated down to K tokens: cosine on the
+    projector's ViT features, merging the post-projector tokens size-weighted, in position order."""
     def merge(vision, text, keys):
         n = vision.tokens.shape[1]
         out = []
@@ -105,9 +143,42 @@ def _tome(p: ToMeParams):
 
 @register_method("visionzip", VisionZipParams, kind="merge")
 def _visionzip(p: VisionZipParams):
-    """VisionZip: the K_d tokens with the most CLS attention, then K_c contextual tokens merged
-    from the rest (K_c = round(contextual * K), at least 1 when anything is left, so every token
-    is represented; contextual 0 makes it a pure CLS-attention selection)."""
+    """VisionZip (dvlab-research/VisionZip): on the projector's ViT layer, the CLS token and the
+    patches with the most CLS attention, then contextual tokens (target + mean of the tokens
+    matched to it on the keys), before the projector. K counts the CLS token; on any-resolution
+    adapters every crop gets K (of its S patches) and the official any-resolution layout."""
+    def merge(vision, text, keys):
+        layer = vision.feature_layer
+        if layer is None:
+            raise UserError("methods: visionzip needs the ViT's CLS token and the keys of the layer the projector "
+                            "reads; this adapter's tower has no CLS token")
+        crops, patches = layer.hidden.shape[1], layer.hidden.shape[2] - 1
+        dominant, contextual = visionzip_counts(p.count(patches), p.contextual)
+        out = []
+        for hidden, attn, k in zip(layer.hidden, layer.cls_attn, layer.keys):  # one image: [R, 1 + S, .]
+            plan = visionzip_plan(attn, k, dominant, contextual)
+            with torch.inference_mode():  # the adapter's projector: no autograd graph
+                tokens = layer.project(visionzip_apply(plan, hidden))  # [R, D + c, D_llm]
+            sizes = plan.sizes()
+            if crops > 1:
+                tokens = anyres_layout(tokens, plan, layer.mosaic)
+                sizes = anyres_layout(sizes[..., None], plan, layer.mosaic)[:, 0]
+            else:
+                tokens, sizes = tokens[0], sizes[0]
+            if layer.cls_prepended:
+                tokens, sizes = tokens[1:], sizes[1:]
+            out.append(Kept(None, tokens, sizes))
+        return out
+    return merge, False
+
+
+@register_method("visionzip_mean", VisionZipMeanParams, kind="merge")
+def _visionzip_mean(p: VisionZipMeanParams):
+    """A VisionZip variant on the post-projector tokens: the K_d patches with the most CLS
+    attention, then K_c contextual tokens merged from the rest (K_c = round(contextual * K), at
+    least 1 when anything is left, so every token is represented; contextual 0 makes it a pure
+    CLS-attention selection), each the size-weighted mean of its group, matched on the
+    projector's ViT features. No CLS token; K counts patches."""
     def merge(vision, text, keys):
         n = vision.tokens.shape[1]
         k = p.count(n)

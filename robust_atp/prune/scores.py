@@ -57,13 +57,22 @@ def zscore(x: torch.Tensor) -> torch.Tensor:
 
 
 def rank(x: torch.Tensor) -> torch.Tensor:
-    """[B, N] -> [B, N] in [0, 1]: rank / (N - 1), ties ordered by index (deterministic); NaN ranks
-    lowest."""
+    """[B, N] -> [B, N] in [0, 1]: average ranks (tied values share the mean of their ranks, as
+    scipy.stats.rankdata's default), min-max scaled, so a constant row maps to zeros and ties
+    stay ties (selection then breaks them toward the lower index). NaN ranks lowest."""
     n = x.shape[-1]
-    order = torch.sort(x.masked_fill(x.isnan(), float("-inf")), dim=-1, stable=True).indices
-    r = torch.empty_like(order)
-    r.scatter_(-1, order, torch.arange(n, device=x.device).expand_as(order))
-    return r.to(x.dtype) / max(n - 1, 1)
+    v = x.masked_fill(x.isnan(), float("-inf"))
+    order = torch.sort(v, dim=-1, stable=True).indices
+    ranked = torch.gather(v, -1, order)
+    starts = torch.ones_like(ranked, dtype=torch.bool)
+    starts[:, 1:] = ranked[:, 1:] != ranked[:, :-1]
+    run = starts.long().cumsum(-1) - 1  # which run of equal values each sorted position is in
+    pos = torch.arange(n, device=x.device, dtype=torch.float64).expand(x.shape[0], n)
+    first = torch.full(x.shape, float(n), dtype=torch.float64, device=x.device).scatter_reduce(-1, run, pos, "amin")
+    last = torch.zeros(x.shape, dtype=torch.float64, device=x.device).scatter_reduce(-1, run, pos, "amax")
+    mean_rank = torch.gather((first + last) / 2, -1, run)
+    out = torch.empty_like(mean_rank).scatter_(-1, order, mean_rank)
+    return minmax(out).to(x.dtype)
 
 
 NORMALIZERS = {"minmax": minmax, "zscore": zscore, "rank": rank}

@@ -41,21 +41,26 @@ def select_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def select_adaptive(scores: torch.Tensor, mass: float, k_min: int = 1, k_max: int | None = None) -> list[torch.Tensor]:
-    """Per row, the smallest top set whose normalised scores hold `mass` of the row's total,
-    clamped to [k_min, k_max]. scores: [B, N], non-negative (e.g. min-max normalised).
+    """Per row, the smallest top set whose scores hold `mass` of the row's total, clamped to
+    [k_min, k_max]. scores: [B, N] (normalised); NaN holds no mass.
 
-    Returns B index tensors of varying length, each in original order.
+    A row with negative scores (z-scored terms) is measured from its minimum (s - min s), so the
+    mass is a share of the whole row, not of its positive part; a non-negative row as it is.
+    Sums are float64 and the total is the running sum's own end, so `mass: 1.0` always reaches
+    it (the last token with any mass) instead of falling short by rounding. A row without mass
+    keeps k_min. Returns B index tensors of varying length, each in original order.
     """
     n = scores.shape[-1]
     k_max = n if k_max is None else min(k_max, n)
     order = _rank_order(scores)
-    s = torch.nan_to_num(scores.float(), nan=0.0).clamp_min(0)
-    sorted_s = torch.gather(s, -1, order)
-    total = sorted_s.sum(-1, keepdim=True)
-    cum = sorted_s.cumsum(-1)
-    # first position where the running share reaches `mass`; a zero row keeps k_min
-    reached = cum >= mass * total - 1e-12 * total.abs()
-    k = torch.where(total.squeeze(-1) > 0, reached.float().argmax(-1) + 1, torch.full_like(total.squeeze(-1), k_min).long())
+    s = scores.double()
+    nan = s.isnan()
+    low = s.masked_fill(nan, float("inf")).amin(-1, keepdim=True).clamp(max=0)
+    s = (s - low).masked_fill(nan, 0.0)
+    cum = torch.gather(s, -1, order).cumsum(-1)
+    total = cum[:, -1:]
+    reached = cum >= mass * total  # mass <= 1: true at the end at the latest
+    k = torch.where(total[:, 0] > 0, reached.int().argmax(-1) + 1, torch.full_like(total[:, 0], k_min).long())
     k = k.clamp(min=k_min, max=k_max)
     return [order[b, : int(k[b])].sort().values for b in range(scores.shape[0])]
 
