@@ -14,7 +14,8 @@ from PIL import Image
 from ..cost import kv_cache_bytes
 from ..errors import UserError
 from ..perturb.image import to_rgb
-from .base import VisionOutput, greedy_generation, load_pretrained, register_adapter, resolve_checkpoint
+from .base import (VisionOutput, decode_answers, generate_greedy, greedy_generation, load_pretrained,
+                   prompt_ids_for_penalties, register_adapter, resolve_checkpoint)
 from .fastv import FastVHooks
 
 
@@ -101,7 +102,7 @@ class LlavaAdapter:
         self.clip = self.clip_tokenizer = None
         if cfg.clip:
             self._load_clip(cfg.clip, vc.hidden_size)
-        self.pad_token_id, self.generation_config = greedy_generation(cfg, self.tokenizer)
+        self.pad_token_id, self.generation_config = greedy_generation(cfg, self.model, self.tokenizer)
         self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _load_clip(self, ref: str, vision_width: int) -> None:
@@ -209,13 +210,17 @@ class LlavaAdapter:
     @torch.inference_mode()
     def generate(self, visual_tokens: list[torch.Tensor], questions: list[str], fastv=None) -> list[str]:
         inputs, mask, pads = self.prompt_embeddings(visual_tokens, questions)
+        # the ids of that input, one image token per visual token: what HF's own generate(input_ids)
+        # carries, so a penalty sees the prompt as there
+        ids = prompt_ids_for_penalties([torch.cat([b, torch.full((len(t),), self.image_token_id), a])
+                                        for t, (b, a) in zip(visual_tokens, map(self.prompt_ids, questions))])
+        run = dict(inputs_embeds=inputs, input_ids=ids.to(self.device), attention_mask=mask)
         if fastv is None:
-            out = self.model.generate(inputs_embeds=inputs, attention_mask=mask, generation_config=self.generation_config)
+            out = generate_greedy(self.model, self.generation_config, **run)
         else:
             with self._fastv_hooks(fastv, visual_tokens, questions, pads):
-                out = self.model.generate(inputs_embeds=inputs, attention_mask=mask,
-                                          generation_config=self.generation_config)
-        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+                out = generate_greedy(self.model, self.generation_config, **run)
+        return decode_answers(self.tokenizer, out[:, ids.shape[1]:], self.generation_config.eos_token_id)
 
     @torch.inference_mode()
     def run_llm(self, visual_tokens: list[torch.Tensor], questions: list[str], steps: int = 0, fastv=None,
