@@ -164,7 +164,10 @@ class LlavaAdapter:
         if self.clip is None:
             raise UserError("model.clip: a method needs CLIP text relevance, but the suite names no 'clip' model")
         max_len = self.clip.config.text_config.max_position_embeddings
-        enc = self.clip_tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+        # right padding whatever the checkpoint's tokenizer says: CLIP's text tower reads positions from
+        # 0 and pools at the first EOS, so left padding would make an embedding depend on its batch
+        enc = self.clip_tokenizer(texts, padding=True, padding_side="right", truncation=True, max_length=max_len,
+                                  return_tensors="pt")
         enc = {k: v.to(self.device) for k, v in enc.items()}
         return self.clip.get_text_features(**enc).pooler_output
 
