@@ -137,7 +137,8 @@ def test_eos_and_pad_come_from_the_checkpoint_and_nothing_else(variant):
     adapter = _load(variant)
     eos = variant[4]
     if variant[0] != "blip2":  # the reference below reads the checkpoint's own file, untouched by the adapter
-        assert adapter.model.generation_config.to_diff_dict() == GenerationConfig.from_pretrained(variant[1]).to_diff_dict()
+        saved = GenerationConfig.from_pretrained(variant[1])
+        assert adapter.model.generation_config.to_diff_dict() == saved.to_diff_dict()
     assert adapter.generation_config.eos_token_id == eos  # a list stays a list
     assert adapter.generation_config.eos_token_id != adapter.tokenizer.eos_token_id
     assert adapter.generation_config.do_sample is False

@@ -52,7 +52,7 @@ PUNCTUATION = [
     ("a,b 1,2", "ab 12", "ab 12"),                   # one digit,digit anywhere deletes every comma
     ("x(1,2)", "x12", "x12"),
     ("1,,000", "1000", "1  000"),                    # lmms-eval: a comma run; vqaEval.py: exactly one comma
-    ("１,０００", "１０００", "１ ０００"),               # full-width digits: \d in Python 3, not in Python 2
+    ("１,０００", "１０００", "１ ０００"),               # full-width digits: \d in Python 3, not 2
     ("３.", "３", "３"),
     ("1.５", "1.５", "1５"),                           # Python 2 sees no digit after the period
 ]

@@ -39,8 +39,8 @@ def _gold(answers) -> str | None:
     return str(answers[0]) if len(answers) else None
 
 
-@register_metric("gqa_accuracy", "gqa", "GQA eval.py v1.1 (cs.stanford.edu/people/dorarad/gqa/evaluate.html): exact match; "
-                 f"{GQA_OOD} code/gqa_eval.py: GQAEval, code/evaluation.py")
+@register_metric("gqa_accuracy", "gqa", "GQA eval.py v1.1 (cs.stanford.edu/people/dorarad/gqa/evaluate.html): "
+                 f"exact match; {GQA_OOD} code/gqa_eval.py: GQAEval, code/evaluation.py")
 def gqa_accuracy(prediction: str, answers) -> float:
     """1.0 if the prediction is exactly the answer."""
     gold = _gold(answers)

@@ -11,7 +11,7 @@ Both delete or space out the same 21 marks (not the apostrophe, not the colon), 
 with the same malformed pattern, map number words zero..ten (and "none") to digits, drop the
 articles a / an / the and restore the apostrophes of a fixed contraction table (ASCII
 apostrophes, identical in both). They differ in the digit-comma-digit test that decides whether
-marks are deleted (`has_digit_comma`), and vqaEval.py runs under Python 2.7, whose `str.lower`,
+marks are deleted (`COMMA_RUN`, `COMMA_ONE_PY2`), and vqaEval.py runs under Python 2.7, whose `str.lower`,
 whitespace and `\\d` are not Python 3's (`py2_lower`, `PY2_SPACE`, ASCII digits).
 """
 from __future__ import annotations
@@ -73,11 +73,11 @@ def py2_lower(text: str) -> str:
     return "".join("i" if c == "\u0130" else c.lower() for c in text)
 
 
+_PY2_TO_SPACE = str.maketrans({"\u180e": " "})
+
+
 def py2_split(text: str) -> list[str]:
     return text.translate(_PY2_TO_SPACE).split() if "\u180e" in text else text.split()
-
-
-_PY2_TO_SPACE = str.maketrans({"\u180e": " "})
 
 
 def py2_strip(text: str) -> str:
@@ -100,7 +100,7 @@ def strip_marks(text: str, glued_digits: bool) -> str:
 def evalai_punctuation(text: str) -> str:
     """lmms-eval `EvalAIAnswerProcessor.process_punctuation`."""
     out = strip_marks(text, COMMA_RUN.search(text) is not None)
-    return PERIOD_STRIP.sub("", out, PERIOD_COUNT)
+    return PERIOD_STRIP.sub("", out, count=PERIOD_COUNT)
 
 
 def evalai_digit_article(text: str) -> str:
@@ -122,7 +122,7 @@ def evalai_process(text: str) -> str:
 def official_punctuation(text: str) -> str:
     """vqaEval.py `processPunctuation`, as Python 2.7 runs it."""
     out = strip_marks(text, COMMA_ONE_PY2.search(text) is not None)
-    return PERIOD_STRIP_PY2.sub("", out, PERIOD_COUNT)
+    return PERIOD_STRIP_PY2.sub("", out, count=PERIOD_COUNT)
 
 
 def official_digit_article(text: str) -> str:
