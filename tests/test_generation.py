@@ -125,10 +125,16 @@ def variant(request, tmp_path_factory, batch):
     return name, ckpt, clip, extra, eos
 
 
+_LOADED: dict = {}  # (checkpoint, settings) -> adapter: each is loaded once for the module's tests
+
+
 def _load(variant, **generation):
     name, ckpt, clip, extra, _ = variant
-    return load_adapter(ModelCfg(adapter=name, checkpoint=str(ckpt), generation={"max_new_tokens": N_NEW, **generation},
-                                 **clip, **extra))
+    key = (str(ckpt), tuple(sorted(generation.items())))
+    if key not in _LOADED:
+        _LOADED[key] = load_adapter(ModelCfg(adapter=name, checkpoint=str(ckpt),
+                                             generation={"max_new_tokens": N_NEW, **generation}, **clip, **extra))
+    return _LOADED[key]
 
 
 def test_eos_and_pad_come_from_the_checkpoint_and_nothing_else(variant):
