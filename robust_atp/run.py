@@ -171,6 +171,7 @@ def execute(suite, suite_path: Path, run_dir: Path, fresh: bool = False, progres
         distributed.merge_shards(store, run_dir)
         labels = [m.label for m in methods]
         by_key = {(p.example_id, p.condition, p.method): p for p in store.rows()}  # read the store once
+        by_key = rescored(by_key, examples, suite.metrics)
         cost_records = this_runs_cost(store.cost_rows(), examples, suite)
         store.close()
         store = None
@@ -346,6 +347,24 @@ def summarize(by_key: dict, examples, conditions: list[str], labels: list[str], 
     return rows
 
 
+def rescored(by_key: dict, examples, metrics: list[str]) -> dict:
+    """The stored predictions of the current examples scored again under the current metric
+    conventions, so that a run resumed across a change of a convention reports every row under
+    one rule (scoring is cheap; answers are never recomputed)."""
+    import dataclasses
+
+    from .metrics import score_all
+
+    answers = {ex.id: ex.answers for ex in examples}
+    out = {}
+    for key, p in by_key.items():
+        if p.example_id in answers:
+            scores = score_all(metrics, p.prediction, answers[p.example_id])
+            p = dataclasses.replace(p, score=scores[metrics[0]], scores=scores)
+        out[key] = p
+    return out
+
+
 def samples(by_key: dict, examples, conditions: list[str], labels: list[str]):
     for ex in examples:
         for cond in conditions:
@@ -376,6 +395,8 @@ def _mean(xs):
 def build_manifest(suite, suite_path: Path, examples, conditions, methods, stats, cache=None) -> dict:
     from importlib import metadata
 
+    from .metrics import sources as metric_sources
+
     versions = {"python": sys.version.split()[0]}
     for dist in ("robust_atp", "torch", "transformers", "numpy", "imagecorruptions-imaug", "nlpaug", "nltk", "pillow",
                  "pydantic"):
@@ -394,6 +415,9 @@ def build_manifest(suite, suite_path: Path, examples, conditions, methods, stats
         "n_examples": len(examples),
         "conditions": conditions,
         "methods": [{"label": m.label, "name": m.name, "settings": m.settings} for m in methods],
+        # every number's convention: rows' `accuracy` and samples' `score` are the first metric's
+        "accuracy_metric": suite.metrics[0],
+        "metric_sources": metric_sources(suite.metrics),
         "config": suite.model_dump(mode="json"),
         "engine": {"units_total": stats.units_total, "units_run": stats.units_run,
                    "vision_passes": stats.vision_passes, "merged_tower_passes": stats.merged_tower_passes,

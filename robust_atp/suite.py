@@ -30,7 +30,21 @@ class DatasetCfg(Strict):
 
 
 class GenerationCfg(Strict):
+    """Greedy decoding. EOS, pad and BOS come from the checkpoint's generation config; nothing
+    else of it is inherited: a penalty applies only when set here (see models.base)."""
+
     max_new_tokens: int = Field(default=10, gt=0, le=512)
+    do_sample: bool = False
+    repetition_penalty: float | None = Field(default=None, gt=0)
+    no_repeat_ngram_size: int | None = Field(default=None, ge=0)
+
+    @field_validator("do_sample")
+    @classmethod
+    def _greedy(cls, v: bool) -> bool:
+        if v:
+            raise ValueError("sampling is not supported: answers must not depend on the batch, order or process; "
+                             "decoding is greedy")
+        return v
 
 
 class ScorerCfg(Strict):
@@ -205,6 +219,11 @@ class Suite(Strict):
         d.pop("cost")  # measured cost is kept apart from the predictions (store table `cost`)
         d["dataset"].pop("limit")
         d["model"].pop("device")
+        gen = d["model"]["generation"]
+        for key in ("repetition_penalty", "no_repeat_ngram_size"):  # unset: older suites keep their hash
+            if gen.get(key) is None:
+                gen.pop(key, None)
+        gen.pop("do_sample")  # always false
         for key in ADAPTER_SETTINGS:  # unset adapter settings keep older suites' hashes
             if d["model"].get(key) is None:
                 d["model"].pop(key, None)

@@ -10,11 +10,12 @@ ADAPTERS = ["tiny_adapter", "demo_adapter"]
 
 
 def _reference(adapter, images, questions):
-    """What `LlavaForConditionalGeneration.generate(input_ids, pixel_values)` answers."""
+    """What `LlavaForConditionalGeneration.generate(input_ids, pixel_values)` answers, reading the
+    checkpoint's own generation config, given the suite's length and greedy decoding."""
     ids, mask = adapter.reference_input_ids(questions, adapter.num_visual_tokens)
     with torch.inference_mode():
         out = adapter.model.generate(input_ids=ids, attention_mask=mask, pixel_values=adapter.pixel_values(images),
-                                     generation_config=adapter.generation_config)
+                                     max_new_tokens=adapter.cfg.generation.max_new_tokens, do_sample=False)
     new = out[:, ids.shape[1]:]
     return new, [t.strip() for t in adapter.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
@@ -25,8 +26,9 @@ def _adapter_tokens(adapter, visual, questions):
     orig = adapter.model.generate
 
     def spy(*a, **kw):
-        captured["out"] = orig(*a, **kw)
-        return captured["out"]
+        out = orig(*a, **kw)
+        captured["out"] = out[:, kw["input_ids"].shape[1]:]  # generate returns the prompt ids too
+        return out
 
     adapter.model.generate = spy
     try:

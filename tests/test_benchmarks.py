@@ -169,10 +169,10 @@ def test_gqa_hub_layout(tmp_path):
     assert ex[1].image().size == (64, 48)
 
 
-def test_gqa_metric_normalises_case_and_punctuation():
-    assert gqa_accuracy("Yes.", ("yes",)) == 1.0
-    assert gqa_accuracy(" The man ", ("the man",)) == 1.0
-    assert gqa_accuracy("man", ("the man",)) == 0.0
+def test_gqa_metric_is_the_official_exact_match():
+    assert gqa_accuracy("yes", ("yes",)) == 1.0
+    assert gqa_accuracy("Yes.", ("yes",)) == 0.0
+    assert gqa_accuracy(" the man ", ("the man",)) == 0.0
     assert gqa_accuracy("left", ()) == 0.0
 
 

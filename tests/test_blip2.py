@@ -30,12 +30,18 @@ def test_full_matches_hf_generate_token_for_token(blip, batch):
     images, questions = batch
     ref = blip.reference_inputs(images, questions)
     with torch.inference_mode():
-        out = blip.model.generate(**ref, generation_config=blip.generation_config)
+        out = blip.model.generate(**ref, max_new_tokens=6, do_sample=False)
     ref_ids = out[:, ref["input_ids"].shape[1]:]  # the model's generate returns the prompt too
     vision = blip.encode_images(images)
     captured = {}
     orig = blip.model.language_model.generate
-    blip.model.language_model.generate = lambda *a, **kw: captured.setdefault("out", orig(*a, **kw))
+
+    def spy(*a, **kw):
+        out = orig(*a, **kw)
+        captured["out"] = out[:, kw["input_ids"].shape[1]:]  # the prompt ids, then the new ones
+        return out
+
+    blip.model.language_model.generate = spy
     try:
         texts = blip.generate([k.tokens for k in _kept({"name": "full"}, vision)], questions)
     finally:

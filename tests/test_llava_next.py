@@ -38,13 +38,19 @@ def test_full_matches_hf_generate_token_for_token(nxt, batch):
     images, questions = batch
     ref = nxt.reference_inputs(images, questions)
     with torch.inference_mode():
-        out = nxt.model.generate(**ref, generation_config=nxt.generation_config)
+        out = nxt.model.generate(**ref, max_new_tokens=6, do_sample=False)
     ref_ids = out[:, ref["input_ids"].shape[1]:]
     vision = nxt.encode_images(images)
     assert vision.tokens.shape[:2] == (4, 16 + 64) and nxt.layout == (5, 8, 8)
     captured = {}
     orig = nxt.model.generate
-    nxt.model.generate = lambda *a, **kw: captured.setdefault("out", orig(*a, **kw))
+
+    def spy(*a, **kw):
+        out = orig(*a, **kw)
+        captured["out"] = out[:, kw["input_ids"].shape[1]:]  # the prompt ids, then the new ones
+        return out
+
+    nxt.model.generate = spy
     try:
         texts = _generate(nxt, _kept({"name": "full"}, vision), questions)
     finally:

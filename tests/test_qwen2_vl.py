@@ -38,8 +38,9 @@ def _generated_ids(adapter, tokens, questions, indices):
     orig = adapter.model.generate
 
     def spy(*a, **kw):
-        captured["out"] = orig(*a, **kw)
-        return captured["out"]
+        out = orig(*a, **kw)
+        captured["out"] = out[:, kw["input_ids"].shape[1]:]  # the prompt ids, then the new ones
+        return out
 
     adapter.model.generate = spy
     try:
@@ -53,7 +54,7 @@ def test_full_matches_hf_generate_token_for_token(qwen, batch):
     images, questions = batch
     ref = qwen.reference_inputs(images, questions)
     with torch.inference_mode():
-        out = qwen.model.generate(**ref, generation_config=qwen.generation_config)
+        out = qwen.model.generate(**ref, max_new_tokens=8, do_sample=False)
     ref_ids = out[:, ref["input_ids"].shape[1]:]
     vision = qwen.encode_images(images)
     assert vision.tokens.shape[:2] == (4, 16) and vision.grid == (4, 4)
@@ -143,7 +144,7 @@ def test_pruned_decoding_follows_the_kept_tokens_rope_positions(qwen, batch):
 
     def spy(*a, **kw):
         out = orig(*a, output_logits=True, return_dict_in_generate=True, **kw)
-        captured["out"] = out
+        captured["out"], captured["prompt"] = out, kw["input_ids"].shape[1]
         return out.sequences
 
     qwen.model.generate = spy
@@ -151,7 +152,8 @@ def test_pruned_decoding_follows_the_kept_tokens_rope_positions(qwen, batch):
         qwen.generate([k.tokens for k in kept], questions, kept_indices=[k.indices for k in kept])
     finally:
         qwen.model.generate = orig
-    ids, logits = captured["out"].sequences, torch.stack(captured["out"].logits, 1)  # [B, steps, V]
+    ids = captured["out"].sequences[:, captured["prompt"]:]  # after the prompt ids
+    logits = torch.stack(captured["out"].logits, 1)  # [B, steps, V]
     assert ids.shape[1] >= 8
     embed = qwen.model.get_input_embeddings()
     for i, (k, q) in enumerate(zip(kept, questions)):

@@ -92,6 +92,10 @@ def test_tiny_vqa_c_end_to_end(tmp_path, tiny_dir):
     assert main([str(suite), "--out", str(run), "--no-progress"]) == 0
     res = json.loads((run / "results.json").read_text())
     assert res["manifest"]["n_examples"] == 5
+    # every number names its convention: rows' `accuracy` and samples' `score` are the first metric's
+    assert res["manifest"]["accuracy_metric"] == "vqa_accuracy"
+    assert set(res["manifest"]["metric_sources"]) == {"vqa_accuracy", "vqa_accuracy_official"}
+    assert "vqaEval.py" in res["manifest"]["metric_sources"]["vqa_accuracy_official"]
     assert res["manifest"]["conditions"] == ["clean", "text:keyboard@1", "text:paraphrase@1",
                                              "image:gaussian_noise@3", "image:fog@3"]
     rows = res["rows"]

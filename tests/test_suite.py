@@ -57,6 +57,11 @@ CASES = [
     (GOOD.replace("preset: imagenet_c", "preset: imagenet_z"), "perturbations.image.preset: unknown preset 'imagenet_z'"),
     (GOOD.replace("preset: imagenet_c", "corruptions: [fogg]"), "perturbations.image.corruptions[0]: unknown corruption 'fogg' (did you mean 'fog'?)"),
     (GOOD + "metrics: [bleu]\n", "metrics[0]: unknown metric 'bleu'"),
+    (GOOD.replace("model: {", "model: {generation: {do_sample: true}, "),
+     "model.generation.do_sample: sampling is not supported"),
+    (GOOD.replace("model: {", "model: {generation: {repetition_penalty: 0}, "),
+     "model.generation.repetition_penalty: Input should be greater than 0"),
+    (GOOD.replace("model: {", "model: {generation: {temperature: 0.2}, "), "model.generation.temperature: unknown key"),
     (GOOD.replace("name: t", "name: 'a b'"), "name: String should match pattern"),
     (GOOD.replace("model: {", "model: {device: tpu, "), "model.device: must be cpu, cuda, cuda:N or mps, got 'tpu'"),
     ("name: t\n  bad: [\n", "malformed YAML"),
@@ -128,6 +133,16 @@ def test_config_hash_of_a_suite_without_text_or_cross_is_unchanged_by_those_opti
     root = Path(__file__).resolve().parents[1]
     baseline = json.loads((root / "reports" / "baselines" / "demo_ci" / "results.json").read_text())
     assert load_suite(root / "suites" / "demo_ci.yaml").config_hash() == baseline["manifest"]["config_hash"]
+
+
+def test_generation_settings_enter_the_config_hash_only_when_set(tmp_path):
+    a = load_suite(write(tmp_path, GOOD))
+    same = load_suite(write(tmp_path, GOOD.replace("model: {", "model: {generation: {do_sample: false}, ")))
+    penalty = load_suite(write(tmp_path, GOOD.replace("model: {", "model: {generation: {repetition_penalty: 1.05}, ")))
+    ngram = load_suite(write(tmp_path, GOOD.replace("model: {", "model: {generation: {no_repeat_ngram_size: 3}, ")))
+    assert a.config_hash() == same.config_hash()
+    assert len({a.config_hash(), penalty.config_hash(), ngram.config_hash()}) == 3
+    assert penalty.model.generation.repetition_penalty == 1.05
 
 
 def test_yaml_merge_keys_work_and_a_repeated_key_is_still_refused(tmp_path):

@@ -1,32 +1,43 @@
 """Metric registry: name -> score(prediction, answers) in [0, 1], and the group-level `aggregate`.
 
-Per-row metrics are scored by the engine right after generation. What cannot be computed
-one row at a time (per answer / question type, GQA's balanced-only and GQA-OOD's head / tail
-accuracy, VQA-Rephrasings' CS(k), corpus-level CIDEr-D) is computed by `aggregate` once per
+Every name is one convention reproducing one reference implementation (`CONVENTIONS[name].source`;
+README "How the metrics are computed"); each is also a module-level function of the same name
+(`metrics.vqa.vqa_accuracy`, `metrics.vqa.vqa_accuracy_official`, `metrics.textvqa.textvqa_accuracy`,
+`metrics.gqa.gqa_accuracy`, `metrics.gqa.gqa_accuracy_lmms`, `metrics.gqa.gqa_accuracy_llava`,
+`metrics.match.exact_match`, `metrics.captions.cider_d`).
+
+Per-row metrics are scored by the engine right after generation and scored again from the
+stored prediction when a run is summarised (`score_all`), so a run resumed across a change of
+a convention reports every row under the current one. What cannot be computed one row at a
+time (per answer / question type, GQA's balanced-only and GQA-OOD's head / tail accuracy,
+VQA-Rephrasings' CS(k), corpus-level CIDEr-D) is computed by `aggregate` once per
 (condition, method) when the run is summarised.
 """
 from __future__ import annotations
 
-from typing import Callable
-
-from .captions import caption_f1
-from .gqa import gqa_accuracy
+from . import captions, gqa, match, textvqa, vqa  # noqa: F401  (each registers its conventions)
+from .captions import cider_d
+from .gqa import gqa_accuracy, gqa_accuracy_llava, gqa_accuracy_lmms
 from .match import exact_match
+from .registry import CONVENTIONS, METRICS, names_of
+from .textvqa import textvqa_accuracy
 from .vqa import vqa_accuracy, vqa_accuracy_official
 
-METRICS: dict[str, Callable[[str, tuple[str, ...]], float]] = {
-    "exact_match": exact_match,
-    "vqa_accuracy": vqa_accuracy,                    # EvalAI convention: references always normalised
-    "vqa_accuracy_official": vqa_accuracy_official,  # vqaEval.py: references normalised only when they disagree
-    "gqa_accuracy": gqa_accuracy,
-    "cider_d": caption_f1,                           # per-row proxy; the summary holds corpus CIDEr-D
-}
-VQA_METRICS = ("vqa_accuracy", "vqa_accuracy_official")
-CAPTION_METRICS = ("cider_d",)
+VQA_METRICS = names_of("vqa")
+GQA_METRICS = names_of("gqa")
+CAPTION_METRICS = names_of("caption")
+
+__all__ = ["CONVENTIONS", "METRICS", "aggregate", "cider_d", "exact_match", "gqa_accuracy", "gqa_accuracy_llava",
+           "gqa_accuracy_lmms", "score_all", "sources", "textvqa_accuracy", "vqa_accuracy", "vqa_accuracy_official"]
 
 
 def score_all(names: list[str], prediction: str, answers: tuple[str, ...]) -> dict[str, float]:
     return {n: float(METRICS[n](prediction, answers)) for n in names}
+
+
+def sources(names: list[str]) -> dict[str, str]:
+    """What each metric of a suite reproduces: name -> 'repository@commit file: function'."""
+    return {n: CONVENTIONS[n].source for n in names}
 
 
 def aggregate(metric_names: list[str], examples, predictions: dict) -> dict:
@@ -50,7 +61,7 @@ def aggregate(metric_names: list[str], examples, predictions: dict) -> dict:
                 groups = by_field(examples, scores, field)
                 if groups:
                     part[field] = groups
-        elif name == "gqa_accuracy":
+        elif name in GQA_METRICS:
             override, part = aggregate_gqa(name, examples, scores)
             metrics.update(override)
         elif name in CAPTION_METRICS:
@@ -59,7 +70,7 @@ def aggregate(metric_names: list[str], examples, predictions: dict) -> dict:
             if corpus:
                 metrics[name] = corpus["cider_d"]
                 part = corpus
-        if any(ex.meta.get("rephrasing_group") is not None for ex in examples) and name != "cider_d":
+        if any(ex.meta.get("rephrasing_group") is not None for ex in examples) and name not in CAPTION_METRICS:
             part["consensus"] = consensus_from_examples(examples, scores)
         if part:
             breakdown[name] = part

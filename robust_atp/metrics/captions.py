@@ -16,6 +16,8 @@ import re
 import shutil
 from collections import Counter
 
+from .registry import register_metric
+
 # the tokens PTBTokenizer's post-processing removes
 _PTB_DROP = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"}
 _TOKEN = re.compile(r"\w+(?:'\w+)?|[^\w\s]+")
@@ -25,6 +27,8 @@ def simple_tokenize(text: str) -> str:
     return " ".join(t for t in _TOKEN.findall(text.lower()) if t not in _PTB_DROP)
 
 
+@register_metric("cider_d", "caption", "pycocoevalcap cider/cider.py: Cider (corpus CIDEr-D in the summary); "
+                 "per row a unigram-F1 proxy")
 def caption_f1(prediction: str, references) -> float:
     """Per-row proxy: the best unigram F1 of the caption against one reference."""
     pred = simple_tokenize(prediction).split()
@@ -36,6 +40,9 @@ def caption_f1(prediction: str, references) -> float:
             p, rec = common / len(pred), common / len(r)
             best = max(best, 2 * p * rec / (p + rec))
     return best
+
+
+cider_d = caption_f1  # the per-row value registered as `cider_d`; the corpus CIDEr-D is `corpus_scores`
 
 
 def java_available() -> bool:

@@ -144,15 +144,64 @@ def load_pretrained(model_cls, cfg, device: torch.device, dtype: torch.dtype):
     return model, processor
 
 
-def greedy_generation(cfg, tokenizer):
-    """Greedy decoding of up to `cfg.generation.max_new_tokens`; padding with the tokenizer's pad
-    token, or its EOS when it has none. -> (pad token id, GenerationConfig)"""
+def greedy_generation(cfg, source, tokenizer):
+    """Greedy decoding as the checkpoint defines it, of up to `cfg.generation.max_new_tokens`.
+
+    `source` is the module whose `generate` the adapter calls (the VLM, or BLIP-2's language
+    model, which HF's own `Blip2ForConditionalGeneration.generate` calls): its
+    `generation_config` is what HF's `generate` reads. From it come the EOS ids (a list stays a
+    list: Qwen2-VL-Instruct stops at either of two), the pad id that fills finished rows (HF's
+    fallback: the first EOS id) and BOS. Nothing else is inherited: no sampling, and a penalty
+    only when the suite sets one (`generate_greedy` keeps HF from filling unset fields from the
+    checkpoint's file). -> (pad id for left-padding prompts, as the processor pads: the
+    tokenizer's, GenerationConfig)"""
     from transformers import GenerationConfig
 
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return pad, GenerationConfig(max_new_tokens=cfg.generation.max_new_tokens, do_sample=False, num_beams=1,
-                                 pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
-                                 bos_token_id=tokenizer.bos_token_id)
+    saved = source.generation_config
+    eos = saved.eos_token_id if saved.eos_token_id is not None else tokenizer.eos_token_id
+    first_eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+    prompt_pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else first_eos
+    fill_pad = saved.pad_token_id if saved.pad_token_id is not None else first_eos
+    bos = saved.bos_token_id if saved.bos_token_id is not None else tokenizer.bos_token_id
+    g = cfg.generation
+    knobs = {k: getattr(g, k) for k in ("repetition_penalty", "no_repeat_ngram_size") if getattr(g, k) is not None}
+    return prompt_pad, GenerationConfig(max_new_tokens=g.max_new_tokens, do_sample=False, num_beams=1,
+                                        eos_token_id=list(eos) if isinstance(eos, (list, tuple)) else eos,
+                                        pad_token_id=fill_pad, bos_token_id=bos, **knobs)
+
+
+def generate_greedy(source, generation_config, **inputs) -> torch.Tensor:
+    """`source.generate(**inputs)` under exactly `generation_config`. HF fills every field a
+    passed config leaves unset from `source.generation_config` (the checkpoint's file: its
+    repetition_penalty, temperature, ...), so that attribute is this config for the call.
+    Pass `input_ids` beside `inputs_embeds`: penalties then see the prompt, as on HF's own path,
+    and the output starts with it. -> [B, T + new] token ids"""
+    saved = source.generation_config
+    source.generation_config = generation_config
+    try:
+        return source.generate(**inputs, generation_config=generation_config)
+    finally:
+        source.generation_config = saved
+
+
+def prompt_ids_for_penalties(rows: list[torch.Tensor]) -> torch.Tensor:
+    """Left-aligned prompt ids [B, T] for `generate_greedy`'s `input_ids`: each row's pad
+    positions (masked out of attention anyway) carry the row's own first id, so the set of ids a
+    repetition penalty sees is the example's alone, whatever else is in its batch: the answer is
+    HF's `generate(input_ids)` on that example by itself, at every batch size."""
+    length = max(len(r) for r in rows)
+    return torch.stack([torch.cat([r[:1].expand(length - len(r)), r]) for r in rows])
+
+
+def decode_answers(tokenizer, new_tokens: torch.Tensor, eos) -> list[str]:
+    """new_tokens [B, n] -> each row's text before its first EOS id, special tokens dropped,
+    stripped (an EOS such as OPT's "\n", or a pad that is no special token, leaves no trace)."""
+    stops = set(eos) if isinstance(eos, (list, tuple)) else {eos}
+    rows = []
+    for row in new_tokens.tolist():
+        cut = next((i for i, t in enumerate(row) if t in stops), len(row))
+        rows.append(row[:cut])
+    return [t.strip() for t in tokenizer.batch_decode(rows, skip_special_tokens=True)]
 
 
 def load_adapter(model_cfg) -> Adapter:

@@ -22,7 +22,8 @@ from PIL import Image
 
 from ..errors import UserError
 from ..perturb.image import to_rgb
-from .base import FeatureLayer, VisionOutput, greedy_generation, load_pretrained, register_adapter
+from .base import (FeatureLayer, VisionOutput, decode_answers, generate_greedy, greedy_generation, load_pretrained,
+                   prompt_ids_for_penalties, register_adapter)
 from .llava import _left_pad, pick_device
 from .scorer import load_scorer
 
@@ -90,7 +91,10 @@ class Blip2Adapter:
         self.num_query_tokens = mc.num_query_tokens
         self.scorer = load_scorer(cfg.scorer, self.device) if cfg.scorer else None
         self._cls: torch.Tensor | None = None  # [B, C]: the last batch's CLS tokens, for the Q-Former
-        self.pad_token_id, self.generation_config = greedy_generation(cfg, self.tokenizer)
+        # HF's Blip2ForConditionalGeneration.generate hands over to its language model's generate,
+        # which reads the language model's generation config (its text config's EOS: OPT's "\n")
+        self.pad_token_id, self.generation_config = greedy_generation(cfg, self.model.language_model,
+                                                                      self.tokenizer)
         self._prompt_cache: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ vision
@@ -197,9 +201,14 @@ class Blip2Adapter:
         embed = self.model.get_input_embeddings()
         inputs = torch.cat([queries.to(self.dtype), embed(ids.to(self.device))], 1)
         mask = torch.cat([torch.ones(queries.shape[:2], dtype=torch.long), text_mask], 1).to(self.device)
-        out = self.model.language_model.generate(inputs_embeds=inputs, attention_mask=mask,
-                                                 generation_config=self.generation_config)
-        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        # the input's ids as HF's own path hands them to the language model (query placeholders, then
+        # the text), so a penalty sees what it sees there
+        image = self.model.config.image_token_index
+        ids = prompt_ids_for_penalties([torch.cat([torch.full((queries.shape[1],), image), self.prompt_ids(q)])
+                                        for q in questions])
+        out = generate_greedy(self.model.language_model, self.generation_config, inputs_embeds=inputs,
+                              input_ids=ids.to(self.device), attention_mask=mask)
+        return decode_answers(self.tokenizer, out[:, ids.shape[1]:], self.generation_config.eos_token_id)
 
     def reference_inputs(self, images: list[Image.Image], questions: list[str]) -> dict:
         """The inputs of the model's own `generate`, laid out as `Blip2Processor` lays them out:

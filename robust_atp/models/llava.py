@@ -14,7 +14,8 @@ from PIL import Image
 from ..cost import kv_cache_bytes
 from ..errors import UserError
 from ..perturb.image import to_rgb
-from .base import FeatureLayer, VisionOutput, greedy_generation, load_pretrained, register_adapter, resolve_checkpoint
+from .base import (FeatureLayer, VisionOutput, decode_answers, generate_greedy, greedy_generation, load_pretrained,
+                   prompt_ids_for_penalties, register_adapter, resolve_checkpoint)
 from .fastv import FastVHooks
 from .tome_tower import blocks_read, merged_tower
 
@@ -110,7 +111,7 @@ class LlavaAdapter:
         self.clip = self.clip_tokenizer = None
         if cfg.clip:
             self._load_clip(cfg.clip, vc.hidden_size)
-        self.pad_token_id, self.generation_config = greedy_generation(cfg, self.tokenizer)
+        self.pad_token_id, self.generation_config = greedy_generation(cfg, self.model, self.tokenizer)
         self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _load_clip(self, ref: str, vision_width: int) -> None:
@@ -199,7 +200,10 @@ class LlavaAdapter:
         if self.clip is None:
             raise UserError("model.clip: a method needs CLIP text relevance, but the suite names no 'clip' model")
         max_len = self.clip.config.text_config.max_position_embeddings
-        enc = self.clip_tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+        # right padding whatever the checkpoint's tokenizer says: CLIP's text tower reads positions from
+        # 0 and pools at the first EOS, so left padding would make an embedding depend on its batch
+        enc = self.clip_tokenizer(texts, padding=True, padding_side="right", truncation=True, max_length=max_len,
+                                  return_tensors="pt")
         enc = {k: v.to(self.device) for k, v in enc.items()}
         return self.clip.get_text_features(**enc).pooler_output
 
@@ -245,13 +249,17 @@ class LlavaAdapter:
     @torch.inference_mode()
     def generate(self, visual_tokens: list[torch.Tensor], questions: list[str], fastv=None) -> list[str]:
         inputs, mask, pads = self.prompt_embeddings(visual_tokens, questions)
+        # the ids of that input, one image token per visual token: what HF's own generate(input_ids)
+        # carries, so a penalty sees the prompt as there
+        ids = prompt_ids_for_penalties([torch.cat([b, torch.full((len(t),), self.image_token_id), a])
+                                        for t, (b, a) in zip(visual_tokens, map(self.prompt_ids, questions))])
+        run = dict(inputs_embeds=inputs, input_ids=ids.to(self.device), attention_mask=mask)
         if fastv is None:
-            out = self.model.generate(inputs_embeds=inputs, attention_mask=mask, generation_config=self.generation_config)
+            out = generate_greedy(self.model, self.generation_config, **run)
         else:
             with self._fastv_hooks(fastv, visual_tokens, questions, pads):
-                out = self.model.generate(inputs_embeds=inputs, attention_mask=mask,
-                                          generation_config=self.generation_config)
-        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+                out = generate_greedy(self.model, self.generation_config, **run)
+        return decode_answers(self.tokenizer, out[:, ids.shape[1]:], self.generation_config.eos_token_id)
 
     @torch.inference_mode()
     def run_llm(self, visual_tokens: list[torch.Tensor], questions: list[str], steps: int = 0, fastv=None,

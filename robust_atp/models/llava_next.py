@@ -68,7 +68,7 @@ class LlavaNextAdapter(LlavaAdapter):
         if cfg.clip:
             self._load_clip(cfg.clip, vc.hidden_size)
         self.scorer = load_scorer(cfg.scorer, self.device) if cfg.scorer else None
-        self.pad_token_id, self.generation_config = greedy_generation(cfg, self.tokenizer)
+        self.pad_token_id, self.generation_config = greedy_generation(cfg, self.model, self.tokenizer)
         self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------ vision

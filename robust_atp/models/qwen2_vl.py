@@ -28,7 +28,8 @@ from PIL import Image
 
 from ..errors import UserError
 from ..perturb.image import to_rgb
-from .base import VisionOutput, greedy_generation, load_pretrained, register_adapter
+from .base import (VisionOutput, decode_answers, generate_greedy, greedy_generation, load_pretrained,
+                   prompt_ids_for_penalties, register_adapter)
 from .llava import _left_pad, pick_device, prompt_embeddings
 from .scorer import load_scorer
 
@@ -140,7 +141,7 @@ class Qwen2VLAdapter:
         self.grid: tuple[int, int] | None = None  # merged grid, known once images are seen
         self.num_visual_tokens: int | None = None
         self.scorer = load_scorer(cfg.scorer, self.device) if cfg.scorer else None
-        self.pad_token_id, self.generation_config = greedy_generation(cfg, self.tokenizer)
+        self.pad_token_id, self.generation_config = greedy_generation(cfg, self.model, self.tokenizer)
         self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------ vision
@@ -269,9 +270,11 @@ class Qwen2VLAdapter:
         inputs, mask, _ = prompt_embeddings(self, visual_tokens, questions)
         position_ids, deltas = self.positions(kept_indices, questions)
         self.model.model.rope_deltas = deltas  # what the model adds to sequence indices while decoding
-        out = self.model.generate(inputs_embeds=inputs, attention_mask=mask, position_ids=position_ids,
-                                  generation_config=self.generation_config)
-        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        ids = prompt_ids_for_penalties([torch.cat([b, torch.full((len(t),), self.image_token_id), a])
+                                        for t, (b, a) in zip(visual_tokens, map(self.prompt_ids, questions))])
+        out = generate_greedy(self.model, self.generation_config, inputs_embeds=inputs, input_ids=ids.to(self.device),
+                              attention_mask=mask, position_ids=position_ids)
+        return decode_answers(self.tokenizer, out[:, ids.shape[1]:], self.generation_config.eos_token_id)
 
     def reference_inputs(self, images: list[Image.Image], questions: list[str]) -> dict:
         """What the HF processor gives for these images and prompts (left-padded), for the
