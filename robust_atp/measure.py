@@ -58,6 +58,8 @@ def row_measurements(method, adapter, vision, kept: list, questions: list[str], 
                 text_cfg=cfgs.get("clip_text"), text_len=len(encoded.split()) + 2, proj=cfgs.get("clip_projection") or 0)
         extra["object_recall"] = _recall(ex, kept[i], vision, geometry, i, resolution,
                                          source_sizes[i] if source_sizes else None)
+        if ex.meta.get("group_id") is not None:  # MME image pairs, MMBench circular copies: a stats cluster
+            extra["group_id"] = str(ex.meta["group_id"])
         out.append(extra)
     return out
 
