@@ -209,3 +209,24 @@ def test_demo_pope_through_a_run(tmp_path):
         f1s = [b[s]["f1"] for s in ("random", "popular", "adversarial")]
         assert row["metrics"]["pope_f1"] == pytest.approx(sum(f1s) / 3, abs=2e-6)
         assert row["metrics"]["pope_accuracy"] == round(sum(s["score"] for s in mine) / 54, 6)
+
+
+@pytest.mark.parametrize("name, write, corrupt, message", [
+    ("pope", write_pope, lambda root: (root / "coco_pope_random.json").write_text("{not json\n"),
+     "coco_pope_random.json: line 1: not valid JSON"),
+    ("scienceqa_img", write_scienceqa, lambda root: (root / "problems.json").write_text("[1, 2"),
+     "problems.json: not valid JSON"),
+    ("mme", write_mme, lambda root: (root / "MME_Benchmark_release_version" / "existence" / "000000006040.txt")
+     .write_text("Is there a train?\tPerhaps\n"), "answer must be Yes or No, got 'Perhaps'"),
+    ("textvqa", write_textvqa, lambda root: (root / "TextVQA_0.5.1_val.json").write_text('{"data": {}}'),
+     "expected {'data': [...]} (TextVQA 0.5.1 format)"),
+])
+def test_malformed_benchmark_data_is_one_line(name, write, corrupt, message, tmp_path, capsys, textvqa_metric):
+    root = write(tmp_path / "data")
+    corrupt(root)
+    opts = {"mme": {"subtasks": ["existence"]}, "textvqa": {"ocr": True}}.get(name, {})
+    suite = variant(tmp_path, name, lambda r: (r["dataset"].update(source=str(root), options=opts),
+                                               r["dataset"].update(split="val") if name == "textvqa" else None))
+    assert main([str(suite), "--check"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: {suite}: dataset: ") and message in err
