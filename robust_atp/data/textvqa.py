@@ -63,7 +63,7 @@ def load_textvqa(split: str = "validation", limit: int | None = None, source: st
         if missing:
             raise DataError(f"{source!r}: split {split!r} lacks columns {missing} (lmms-lab/textvqa layout expected)")
         out = []
-        for i, row in enumerate(ds.select_columns([c for c in need])):
+        for i, row in enumerate(ds.select_columns(need)):
             out.append(_example(row, row.get("ocr_tokens"), hf_image(ds, i), ocr, prompt_style))
             if limit is not None and len(out) >= int(limit):
                 break
