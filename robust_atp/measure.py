@@ -63,6 +63,8 @@ def row_measurements(method, adapter, vision, kept: list, questions: list[str], 
                 **merge_cost)
         extra["object_recall"] = _recall(ex, kept[i], vision, geometry, i, resolution,
                                          source_sizes[i] if source_sizes else None)
+        if ex.meta.get("group_id") is not None:  # MME image pairs, MMBench circular copies: a stats cluster
+            extra["group_id"] = str(ex.meta["group_id"])
         out.append(extra)
     return out
 

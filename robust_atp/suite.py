@@ -162,7 +162,8 @@ class StatsCfg(Strict):
 
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
     bootstrap: int = Field(default=10_000, ge=100, le=1_000_000)  # resamples (and sign-flip permutations)
-    cluster_by: Literal["image_id", "example_id"] = "image_id"
+    # group_id: the sample field of grouped benchmarks (MME's image pairs, MMBench's circular copies)
+    cluster_by: Literal["image_id", "example_id", "group_id"] = "image_id"
     correction: Literal["holm"] = "holm"
 
 

@@ -49,6 +49,7 @@ def load_examples(loader: str, **kwargs) -> list[Example]:
 
 def _import_builtin_loaders() -> None:
     from . import coco, easy_vqa, gqa, shapes, vqav2  # noqa: F401  (each registers itself)
+    from . import mmbench, mme, pope, scienceqa, shapes_pope, textvqa  # noqa: F401
 
 
 def iter_batches(items: list, size: int) -> Iterator[list]:

@@ -13,7 +13,7 @@ LLAVA = "haotian-liu/LLaVA@c121f0432da27facab705978f83c4ada465e46fd"
 @dataclass(frozen=True)
 class Convention:
     """name: what suites list; score(prediction, answers) -> [0, 1]; family: how rows aggregate
-    (vqa | gqa | caption | match); source: the reference it reproduces (repository@commit file: function)."""
+    (vqa | gqa | caption | match | pope | mme | choice | mmbench); source: the reference it reproduces (repository@commit file: function)."""
 
     name: str
     score: Callable[[str, tuple[str, ...]], float]
