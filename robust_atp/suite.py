@@ -149,7 +149,9 @@ class StatsCfg(Strict):
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
     bootstrap: int = Field(default=10_000, ge=100, le=1_000_000)  # resamples (and sign-flip permutations)
     cluster_by: Literal["image_id", "example_id"] = "image_id"
-    correction: Literal["holm"] = "holm"
+    # maxt: Westfall-Young max-T step-down over the shared sign flips (works at any permutation count);
+    # holm: Holm over each comparison's own p-value (needs bootstrap + 1 >= comparisons / alpha)
+    correction: Literal["maxt", "holm"] = "maxt"
 
 
 class ReportCfg(Strict):
