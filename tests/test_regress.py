@@ -15,7 +15,6 @@ import pytest
 from fake_runs import write_fake_run
 from robust_atp.report.regress import compare, junit, main, markdown
 from robust_atp.report.rundata import RunData, load_run
-from robust_atp.stats import paired_tests
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = ROOT / "reports" / "baselines" / "demo_ci"
@@ -211,6 +210,8 @@ def test_the_gate_is_calibrated_at_its_margin_and_one_sided():
     """300 simulated pairs, n = 1000, 10% of answers changing: at a true drop equal to the margin the
     one-sided test rejects about alpha (the old cut-plus-two-sided gate: about half); at a true 2-point
     drop (margin 0) it rejects more often than the two-sided test does."""
+    from robust_atp.stats import paired_tests
+
     rng = np.random.default_rng(1)
     base = (rng.random((1000, 300)) < 0.8).astype(float)
 
@@ -246,7 +247,7 @@ def test_the_gate_clusters_as_the_suite_says(tmp_path):
     assert not row["failed"]  # an explicit choice wins
 
 
-def test_every_pair_prints_its_minimum_detectable_drop(tmp_path):
+def test_every_pair_prints_its_minimum_detectable_drop(tmp_path, capsys):
     small = load_run(write_fake_run(tmp_path / "small", n=60, kept_indices=False))
     rows = compare(small, small)
     assert all(10 < r["mdd"] < 40 for r in rows)
@@ -256,6 +257,9 @@ def test_every_pair_prints_its_minimum_detectable_drop(tmp_path):
     root = ET.fromstring(junit(rows, 1.0, 0.05).split("\n", 1)[1])
     assert "cannot detect" in root.find("testsuite/properties/property[@name='sensitivity']").get("value")
     assert len(root.findall(".//testcase/properties/property[@name='minimum_detectable_drop']")) == 15
+    run = str(tmp_path / "small")
+    assert main([run, run, "--alpha", "0.001", "--permutations", "100"]) == 0
+    assert "no p-value can fall below 0.0099: nothing can fail" in capsys.readouterr().out
     rng = np.random.default_rng(3)
     big = synthetic_run(tmp_path / "big", {("clean", "m"): (rng.random(3000) < 0.8).astype(float)})
     row, = compare(big, big)

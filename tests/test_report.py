@@ -263,3 +263,16 @@ def test_one_image_gives_no_interval_and_a_note(tmp_path):
     assert all(r["lo"] is None and r["hi"] is None for r in a.accuracy)
     assert any("fewer than 2 images" in n for n in a.notes)
     assert all(c["p"] == 1.0 and not c["significant"] for c in a.comparisons)
+
+
+def test_a_large_drop_is_a_regression_at_100_resamples(tmp_path):
+    """Questions sharing images (sign-flip tests) and `--bootstrap 100`: Holm over the 10 comparisons
+    could not get below alpha / 10 < 1 / 101; the max-T step-down reports the 50-point drop."""
+    path = write_fake_run(tmp_path / "run", n=120, kept_indices=False, score_shift={("clean", "atp@0.25"): 0.5})
+    lines = [json.loads(x) for x in (path / "samples.jsonl").read_text().splitlines()]
+    (path / "samples.jsonl").write_text("".join(
+        json.dumps({**s, "image_id": f"img{int(s['example_id'].rsplit('/', 1)[1]) // 4}"}) + "\n" for s in lines))
+    a = analyze(load_run(path), n_boot=100)
+    assert {c["test"] for c in a.comparisons} == {"sign_flip"}
+    assert ("clean", "atp@0.25") in [(c["condition"], c["method"]) for c in a.regressions]
+    assert all(c["resolvable"] for c in a.comparisons)

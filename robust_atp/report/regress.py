@@ -188,11 +188,15 @@ def junit(rows: list[dict], max_drop: float, alpha: float) -> str:
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
 
 
-def _notes(baseline: RunData, current: RunData) -> list[str]:
+def _notes(baseline: RunData, current: RunData, n_perm: int, alpha: float) -> list[str]:
+    notes = []
     hb, hc = baseline.manifest.get("config_hash"), current.manifest.get("config_hash")
     if hb and hc and hb != hc:
-        return [f"the runs' config hashes differ ({hb} vs {hc}): model, data or method settings changed."]
-    return []
+        notes.append(f"the runs' config hashes differ ({hb} vs {hc}): model, data or method settings changed.")
+    if 1 / (n_perm + 1) > alpha:
+        notes.append(f"with {n_perm} permutations no p-value can fall below {1 / (n_perm + 1):.3g}: nothing can fail "
+                     f"at alpha {alpha:g} (use at least {int(np.ceil(1 / alpha)) - 1}).")
+    return notes
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -232,5 +236,5 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(markdown(rows, args.baseline, args.current, args.max_drop, args.alpha, _notes(baseline, current)))
+    print(markdown(rows, args.baseline, args.current, args.max_drop, args.alpha, _notes(baseline, current, args.permutations, args.alpha)))
     return 1 if any(r["failed"] for r in rows) else 0
