@@ -1,5 +1,6 @@
-"""Statistics throughput: the clustered bootstrap and the sign-flip test at suite scale,
-medians over repeats.
+"""Statistics throughput: the clustered bootstrap (expanded BCa) and the sign-flip test (each
+column's p and the max-T step-down over the shared sign matrix) at suite scale, medians over repeats.
+Their calibration is benchmarks/bench_calibration.py.
 
     python benchmarks/bench_stats.py [--examples 300] [--columns 300] [--resamples 10000] [--repeats 3]
 

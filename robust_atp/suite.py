@@ -164,7 +164,9 @@ class StatsCfg(Strict):
     bootstrap: int = Field(default=10_000, ge=100, le=1_000_000)  # resamples (and sign-flip permutations)
     # group_id: the sample field of grouped benchmarks (MME's image pairs, MMBench's circular copies)
     cluster_by: Literal["image_id", "example_id", "group_id"] = "image_id"
-    correction: Literal["holm"] = "holm"
+    # maxt: Westfall-Young max-T step-down over the shared sign flips (works at any permutation count);
+    # holm: Holm over each comparison's own p-value (needs bootstrap + 1 >= comparisons / alpha)
+    correction: Literal["maxt", "holm"] = "maxt"
 
 
 class ReportCfg(Strict):

@@ -55,7 +55,7 @@ def write_fake_run(run_dir: Path, n: int = 30, seed: int = 0, kept_indices: bool
                 "config": {"name": "fake", "seed": seed, "dataset": {"loader": "shapes", "split": "test", "limit": n,
                                                                       "options": {}, "source": None},
                            "stats": {"confidence": 0.95, "bootstrap": 400, "cluster_by": "image_id",
-                                     "correction": "holm"}}}
+                                     "correction": "maxt"}}}
     (run_dir / "results.json").write_text(json.dumps({"manifest": manifest, "rows": rows}, indent=1))
     (run_dir / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
     return run_dir

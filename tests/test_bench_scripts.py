@@ -31,6 +31,16 @@ def test_bench_stats_prints_a_table():
 
 
 @pytest.mark.slow
+def test_bench_calibration_quick_prints_every_section():
+    lines = _table("bench_calibration.py", "--quick")
+    titles = [line.split(")")[0] for line in lines if line[:3] in {f"({k})" for k in "123456"}]
+    assert titles == [f"({k}" for k in "123456"]
+    rates = [float(line.split()[-1]) for line in lines if line.startswith("studentised")
+             or line.startswith("  studentised")]
+    assert rates and all(0 <= r <= 1 for r in rates) and lines[-1].startswith("total")
+
+
+@pytest.mark.slow
 def test_bench_prune_quick_prints_both_tables():
     lines = _table("bench_prune.py", "--quick")
     titles = [i for i, line in enumerate(lines) if line.startswith(("(a) demo model", "(b) LLaVA-1.5-shaped"))]

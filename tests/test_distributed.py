@@ -1,6 +1,6 @@
 """Data-parallel runs, shard merging, and runs killed at random points then resumed.
 
-The end-to-end tests run a slice of suites/demo_ci.yaml (the shipped demo model; 8
+The end-to-end tests run tests/suites/kill_slice.yaml (the shipped demo model; 8
 questions, 7 conditions, 3 methods, batches of 2) through `torch.distributed.run` and through
 SIGKILLs, and compare every prediction with an uninterrupted single-process run.
 """
@@ -26,7 +26,7 @@ from robust_atp.run import main
 from robust_atp.store import Prediction, RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
-SUITE = ROOT / "suites" / "demo_ci.yaml"
+SUITE = ROOT / "tests" / "suites" / "kill_slice.yaml"
 CONDITIONS, METHODS = 7, 3
 
 
@@ -155,7 +155,7 @@ def test_a_single_process_run_merges_shards_an_earlier_run_left(reference, tmp_p
     store.close()
     for rank in (0, 1):
         shard = RunStore(distributed.shard_path(run, rank))
-        shard.claim("demo_ci", json.loads((reference / "results.json").read_text())["manifest"]["config_hash"])
+        shard.claim("kill_slice", json.loads((reference / "results.json").read_text())["manifest"]["config_hash"])
         shard.put(moved[rank::2])
         shard.close()
     assert main(args(run, 8)) == 0

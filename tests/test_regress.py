@@ -1,5 +1,7 @@
 """The CI gate: exit 0 on a run against itself and on a fresh run of the baseline's suite, 1 on a
-deliberately broken method, 2 on unreadable input; gating needs both a large and a significant drop."""
+deliberately broken method, 2 on unreadable input; a pair fails on a drop significantly above
+--max-drop (one-sided, the margin inside the hypothesis, max-T across pairs, the suite's clusters);
+every pair prints its minimum detectable drop, and the committed slice can see a 5-point drop."""
 import json
 import subprocess
 import sys
@@ -11,8 +13,8 @@ import numpy as np
 import pytest
 
 from fake_runs import write_fake_run
-from robust_atp.report.regress import compare, main
-from robust_atp.report.rundata import load_run
+from robust_atp.report.regress import compare, junit, main, markdown
+from robust_atp.report.rundata import RunData, load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = ROOT / "reports" / "baselines" / "demo_ci"
@@ -22,11 +24,13 @@ def test_committed_baseline_against_itself_passes(tmp_path, capsys):
     junit = tmp_path / "gate.xml"
     assert main([str(BASELINE), str(BASELINE / "results.json"), "--junit", str(junit)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("## Regression gate: PASS") and "| clean | atp@0.25 |" in out
+    assert out.startswith("## Regression gate: PASS") and "| clean | atp@0.25 | 350 |" in out
     suite = ET.parse(junit).getroot().find("testsuite")
     manifest = json.loads((BASELINE / "results.json").read_text())["manifest"]
-    assert int(suite.get("tests")) == len(manifest["conditions"]) * len(manifest["methods"]) == 21
+    assert int(suite.get("tests")) == len(manifest["conditions"]) * len(manifest["methods"]) == 6
     assert int(suite.get("failures")) == 0 and suite.find("testcase/failure") is None
+    mdd = [float(p.get("value")) for p in suite.findall("testcase/properties/property[@name='minimum_detectable_drop']")]
+    assert len(mdd) == 6 and all(0 < x <= 5.0 for x in mdd)
 
 
 def test_gate_needs_a_drop_over_max_drop_and_significance(tmp_path):
@@ -37,9 +41,9 @@ def test_gate_needs_a_drop_over_max_drop_and_significance(tmp_path):
     rows = {(r["condition"], r["method"]): r for r in compare(base, worse, max_drop=1.0)}
     assert rows["clean", "atp@0.25"]["failed"] and rows["clean", "atp@0.25"]["drop"] > 30
     assert sum(r["failed"] for r in rows.values()) == 1  # independent redraws elsewhere are not significant
-    assert not any(r["failed"] for r in compare(base, worse, max_drop=60.0))  # significant but under the tolerance
+    assert not any(r["failed"] for r in compare(base, worse, max_drop=60.0))  # not significantly over the tolerance
     same = compare(base, base, max_drop=0.0)
-    assert not any(r["failed"] for r in same) and all(r["p_holm"] == 1.0 for r in same)
+    assert not any(r["failed"] for r in same) and all(r["p_adj"] == 1.0 for r in same)
 
 
 def test_soft_scores_use_the_sign_flip_test(tmp_path):
@@ -51,6 +55,7 @@ def test_soft_scores_use_the_sign_flip_test(tmp_path):
     (run / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in lines))
     rows = compare(load_run(run), load_run(run))
     assert {r["test"] for r in rows} == {"sign_flip"} and not any(r["failed"] for r in rows)
+    assert all(r["mdd"] > 0 for r in rows)
 
 
 def test_unreadable_input_exits_2(tmp_path, capsys):
@@ -137,7 +142,7 @@ model: {{checkpoint: zoo:shapes_vlm/llava, clip: zoo:shapes_vlm/clip, generation
 methods:
   - {method}
 perturbations:
-  image: {{corruptions: [gaussian_noise], severities: [1]}}
+  image: {{corruptions: [gaussian_noise], severities: [3]}}
 batch_size: 30
 """
 
@@ -164,3 +169,117 @@ def test_real_runs_pass_when_reproduced_and_fail_when_a_method_breaks(tmp_path):
     failures = ET.parse(junit).getroot().findall(".//testcase/failure")
     assert len(failures) >= 1
     assert all(f.get("type") == "AccuracyRegression" for f in failures)
+
+
+# ----------------------------------------------------------------------------- the one-sided gate
+
+def synthetic_run(path: Path, scores: dict, image_ids=None, cluster_by: str = "image_id") -> RunData:
+    """An in-memory run: `scores[(condition, method)]` is `[N]` per-example scores."""
+    n = len(next(iter(scores.values())))
+    image_ids = [f"img{i}" for i in range(n)] if image_ids is None else image_ids
+    samples = [{"example_id": f"q{i}", "image_id": image_ids[i], "condition": c, "method": m, "score": float(x)}
+               for (c, m), xs in scores.items() for i, x in enumerate(xs)]
+    manifest = {"config": {"stats": {"cluster_by": cluster_by}}}
+    return RunData(path, manifest, [], samples, list(dict.fromkeys(c for c, _ in scores)),
+                   list(dict.fromkeys(m for _, m in scores)))
+
+
+def _flipped(base: np.ndarray, losses: int, gains: int, rng) -> np.ndarray:
+    cur = base.copy()
+    cur[rng.choice(np.flatnonzero(base == 1), losses, replace=False)] = 0
+    cur[rng.choice(np.flatnonzero(base == 0), gains, replace=False)] = 1
+    return cur
+
+
+def test_a_drop_at_the_tolerance_passes_at_large_n(tmp_path):
+    """4000 questions, 400 answers changed, 1.2 points lost net: a two-sided test with a cut at the
+    point estimate fails it (p about 0.02, 1.2 > 1); H0 "drop <= 1 point" is not rejected. A 3-point
+    drop with the same churn is."""
+    rng = np.random.default_rng(0)
+    base = (rng.random(4000) < 0.8).astype(float)
+    near = _flipped(base, 224, 176, rng)
+    far = _flipped(base, 260, 140, rng)
+    b = synthetic_run(tmp_path / "b", {("clean", "m"): base})
+    near_row, = compare(b, synthetic_run(tmp_path / "c", {("clean", "m"): near}), max_drop=1.0)
+    assert near_row["drop"] == pytest.approx(1.2) and not near_row["failed"] and near_row["p"] > 0.2
+    far_row, = compare(b, synthetic_run(tmp_path / "d", {("clean", "m"): far}), max_drop=1.0)
+    assert far_row["drop"] == pytest.approx(3.0) and far_row["failed"] and far_row["test"] == "sign_flip"
+
+
+def test_the_gate_is_calibrated_at_its_margin_and_one_sided():
+    """300 simulated pairs, n = 1000, 10% of answers changing: at a true drop equal to the margin the
+    one-sided test rejects about alpha (the old cut-plus-two-sided gate: about half); at a true 2-point
+    drop (margin 0) it rejects more often than the two-sided test does."""
+    from robust_atp.stats import paired_tests
+
+    rng = np.random.default_rng(1)
+    base = (rng.random((1000, 300)) < 0.8).astype(float)
+
+    def churned(drop, churn=0.1):
+        lose, gain = (churn + drop) / 1.6, (churn - drop) / 0.4
+        u = rng.random(base.shape)
+        return np.where(base == 1, (u >= lose).astype(float), (u < gain).astype(float))
+
+    at_margin = paired_tests(base, churned(0.01), np.arange(1000), 2000, 0, "maxt", "greater", 0.01).p
+    assert np.mean(at_margin <= 0.05) <= 0.075
+    cur = churned(0.02)
+    one = np.mean(paired_tests(base, cur, np.arange(1000), 2000, 0, "maxt", "greater", 0.0).p <= 0.05)
+    two_p = paired_tests(base, cur, np.arange(1000), 2000, 0).p
+    two = np.mean((two_p <= 0.05) & (base.mean(0) > cur.mean(0)))
+    print(f"power at a 2-point drop: one-sided {one:.3f}, two-sided {two:.3f}")
+    assert one >= 0.55 and one >= two + 0.07
+
+
+def test_the_gate_clusters_as_the_suite_says(tmp_path):
+    """200 questions about 2 images: clustered by image nothing can be significant (2 clusters); a
+    suite with `cluster_by: example_id` treats the questions as independent and the drop fails."""
+    rng = np.random.default_rng(2)
+    base = (rng.random(200) < 0.8).astype(float)
+    cur = _flipped(base, 60, 0, rng)
+    images = ["a"] * 100 + ["b"] * 100
+    for cluster_by, fails in (("image_id", False), ("example_id", True)):
+        b = synthetic_run(tmp_path / cluster_by, {("clean", "m"): base}, images, cluster_by)
+        c = synthetic_run(tmp_path / f"{cluster_by}_c", {("clean", "m"): cur}, images, cluster_by)
+        row, = compare(b, c)
+        assert row["failed"] == fails, cluster_by
+    b = synthetic_run(tmp_path / "x", {("clean", "m"): base}, images, "example_id")
+    row, = compare(b, synthetic_run(tmp_path / "y", {("clean", "m"): cur}, images), cluster_by="image_id")
+    assert not row["failed"]  # an explicit choice wins
+
+
+def test_every_pair_prints_its_minimum_detectable_drop(tmp_path, capsys):
+    small = load_run(write_fake_run(tmp_path / "small", n=60, kept_indices=False))
+    rows = compare(small, small)
+    assert all(10 < r["mdd"] < 40 for r in rows)
+    text = markdown(rows, "b", "c", 1.0, 0.05)
+    notes = [line for line in text.splitlines() if "cannot detect" in line]
+    assert len(notes) == 1 and "of 15 pairs" in notes[0] and "| MDD (points) |" in text
+    root = ET.fromstring(junit(rows, 1.0, 0.05).split("\n", 1)[1])
+    assert "cannot detect" in root.find("testsuite/properties/property[@name='sensitivity']").get("value")
+    assert len(root.findall(".//testcase/properties/property[@name='minimum_detectable_drop']")) == 15
+    run = str(tmp_path / "small")
+    assert main([run, run, "--alpha", "0.001", "--permutations", "100"]) == 0
+    assert "no p-value can fall below 0.0099: nothing can fail" in capsys.readouterr().out
+    rng = np.random.default_rng(3)
+    big = synthetic_run(tmp_path / "big", {("clean", "m"): (rng.random(3000) < 0.8).astype(float)})
+    row, = compare(big, big)
+    assert row["mdd"] < 2.0 and "cannot detect" not in markdown([row], "b", "c", 1.0, 0.05)
+
+
+def test_the_committed_slice_finds_a_five_point_drop():
+    """A 5-point drop (answers lost) injected into any one pair of the committed baseline fails the
+    gate in at least 80% of draws; nothing else fails."""
+    base = load_run(BASELINE)
+    rng = np.random.default_rng(4)
+    pairs = list(dict.fromkeys((s["condition"], s["method"]) for s in base.samples))
+    for pair in pairs:
+        accuracy = np.mean([s["score"] for s in base.samples if (s["condition"], s["method"]) == pair])
+        found = 0
+        for draw in range(10):
+            cur = RunData(base.run_dir, base.manifest, base.rows, [
+                {**s, "score": 0.0} if (s["condition"], s["method"]) == pair and s["score"] == 1
+                and rng.random() < 0.05 / accuracy else s for s in base.samples], base.conditions, base.methods)
+            rows = compare(base, cur, n_perm=500, seed=draw)
+            assert not any(r["failed"] for r in rows if (r["condition"], r["method"]) != pair)
+            found += any(r["failed"] for r in rows)
+        assert found >= 8, (pair, found)

@@ -5,6 +5,7 @@ import shutil
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fake_runs import SCRIPT_QUESTION, write_fake_run
@@ -34,6 +35,7 @@ def test_analysis_tables_cover_every_condition_and_method(tmp_path):
         assert r["lo"] <= r["accuracy"] <= r["hi"] and r["n"] == 20
     assert {c["test"] for c in a.comparisons} == {"mcnemar_exact"}
     assert all(c["p"] <= c["p_adj"] <= 1 for c in a.comparisons)
+    assert "mean" in {r["family"] for r in a.mce} and all(r["kind"] == "image" for r in a.mce)
     assert {(d["scope"], d["method"]) for d in a.did if d["scope"] == "all"} == {("all", "atp@0.25"),
                                                                                 ("all", "random@0.25")}
     assert {r["family"] for r in a.mce} == {"image:gaussian_noise", "image:fog", "mean"}
@@ -166,7 +168,7 @@ methods: [{name: full}]
      "stats.seed: unknown key"),
     ("stats: {bootstrapp: 100}", "stats.bootstrapp: unknown key (did you mean 'bootstrap'?)"),
     ("stats: {confidence: 1.5}", "stats.confidence: Input should be less than 1"),
-    ("stats: {correction: bonferroni}", "stats.correction: Input should be 'holm'"),
+    ("stats: {correction: bonferroni}", "stats.correction: Input should be 'maxt' or 'holm'"),
     ("report: {formats: [html, docx]}", "report.formats[1]: Input should be 'html' or 'pdf'"),
 ])
 def test_suite_stats_and_report_sections_are_validated(tmp_path, capsys, extra, message):
@@ -186,7 +188,7 @@ def test_suite_stats_and_report_defaults_leave_the_config_hash_alone(tmp_path):
     path.write_text(textwrap.dedent(SCHEMA_SUITE))
     plain = load_suite(path)
     assert plain.stats.model_dump() == {"confidence": 0.95, "bootstrap": 10_000, "cluster_by": "image_id",
-                                        "correction": "holm"}
+                                        "correction": "maxt"}
     assert plain.report.formats == ["html", "pdf"]
     path.write_text(textwrap.dedent(SCHEMA_SUITE) + "stats: {bootstrap: 500}\nreport: {formats: [html]}\n")
     assert load_suite(path).config_hash() == plain.config_hash()
@@ -220,3 +222,57 @@ def test_the_report_names_its_per_example_score_and_a_caption_proxy():
     assert score_notes({"config": {"metrics": ["vqa_accuracy"]}}) == [
         "Per-example scores are the suite's first metric, vqa_accuracy; \"accuracy\" below means its mean."]
     assert score_notes({}) == []
+
+
+def test_comparisons_carry_agreement_and_flips(tmp_path):
+    """Beside each difference: the share of answers identical to full's and the right -> wrong and
+    wrong -> right counts, which for 0/1 scores make up the difference exactly."""
+    run = load_run(write_fake_run(tmp_path / "run", n=40, kept_indices=False))
+    a = analyze(run, n_boot=200)
+    by = {(s["example_id"], s["condition"], s["method"]): s for s in run.samples}
+    for c in a.comparisons:
+        pairs = [(by[ex, c["condition"], c["method"]], s) for (ex, cond, m), s in by.items()
+                 if cond == c["condition"] and m == "full"]
+        assert c["n_pairs"] == len(pairs) == 40
+        assert c["agreement"] == pytest.approx(np.mean([p["prediction"] == f["prediction"] for p, f in pairs]))
+        assert c["right_to_wrong"] == sum(p["score"] < f["score"] for p, f in pairs)
+        assert c["wrong_to_right"] == sum(p["score"] > f["score"] for p, f in pairs)
+        assert c["diff"] == pytest.approx((c["wrong_to_right"] - c["right_to_wrong"]) / 40)
+    html = build_report(run.run_dir, ("html",), n_boot=200)["html"].read_text()
+    assert "agree %" in html and "right &rarr; wrong" in html and "max-T step-down" in html
+
+
+def test_few_images_are_said_and_unreachable_significance_is_not_called_no(tmp_path):
+    """12 questions: the report warns that intervals are approximate, and comparisons with too few
+    differing answers to ever reach alpha read n/a, not "no"."""
+    run = load_run(write_fake_run(tmp_path / "run", n=12, kept_indices=False))
+    a = analyze(run, n_boot=200)
+    assert any("fewer than 30" in n for n in a.notes)
+    blind = [c for c in a.comparisons if not c["resolvable"]]
+    assert blind and all(c["right_to_wrong"] + c["wrong_to_right"] <= 5 and not c["significant"] for c in blind)
+    assert any("cannot reach alpha" in n for n in a.notes)
+    html = build_report(run.run_dir, ("html",), n_boot=200)["html"].read_text()
+    assert ">n/a</td>" in html
+
+
+def test_one_image_gives_no_interval_and_a_note(tmp_path):
+    path = write_fake_run(tmp_path / "run", n=20, kept_indices=False)
+    lines = [json.loads(x) for x in (path / "samples.jsonl").read_text().splitlines()]
+    (path / "samples.jsonl").write_text("".join(json.dumps({**s, "image_id": "one"}) + "\n" for s in lines))
+    a = analyze(load_run(path), n_boot=200)
+    assert all(r["lo"] is None and r["hi"] is None for r in a.accuracy)
+    assert any("fewer than 2 images" in n for n in a.notes)
+    assert all(c["p"] == 1.0 and not c["significant"] for c in a.comparisons)
+
+
+def test_a_large_drop_is_a_regression_at_100_resamples(tmp_path):
+    """Questions sharing images (sign-flip tests) and `--bootstrap 100`: Holm over the 10 comparisons
+    could not get below alpha / 10 < 1 / 101; the max-T step-down reports the 50-point drop."""
+    path = write_fake_run(tmp_path / "run", n=120, kept_indices=False, score_shift={("clean", "atp@0.25"): 0.5})
+    lines = [json.loads(x) for x in (path / "samples.jsonl").read_text().splitlines()]
+    (path / "samples.jsonl").write_text("".join(
+        json.dumps({**s, "image_id": f"img{int(s['example_id'].rsplit('/', 1)[1]) // 4}"}) + "\n" for s in lines))
+    a = analyze(load_run(path), n_boot=100)
+    assert {c["test"] for c in a.comparisons} == {"sign_flip"}
+    assert ("clean", "atp@0.25") in [(c["condition"], c["method"]) for c in a.regressions]
+    assert all(c["resolvable"] for c in a.comparisons)

@@ -5,8 +5,9 @@ import pytest
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
-from robust_atp.stats import (bootstrap_ci, cluster_index, corruption_errors, holm, jaccard, mcnemar_exact,
-                              paired_pvalues, parse_condition, signflip_pvalues)
+from robust_atp.metrics.robustness import corruption_errors, jaccard
+from robust_atp.stats import (bootstrap_ci, cluster_index, holm, mcnemar_exact, paired_pvalues, parse_condition,
+                              signflip_pvalues)
 
 ALPHA = 0.05
 
@@ -95,14 +96,53 @@ def test_calibration_under_null_binary_clustered_signflip():
     assert set(tests) == {"sign_flip"} and 0.03 <= rate <= 0.07
 
 
+def hall_statistic(d: np.ndarray, clusters: np.ndarray) -> float:
+    """The sign-flip statistic written out plainly for one sign pattern: the studentised mean with
+    the cluster-robust standard error, then Hall's cubic skewness correction."""
+    ids = np.unique(clusters)
+    sums = np.array([d[clusters == g].sum() for g in ids])
+    sizes = np.array([(clusters == g).sum() for g in ids], dtype=float)
+    mean = sums.sum() / sizes.sum()
+    resid = sums - sizes * mean
+    var = (resid ** 2).sum()
+    if var == 0:
+        return 0.0 if mean == 0 else np.sign(mean) * np.inf
+    t = mean / (np.sqrt(len(ids) / (len(ids) - 1) * var) / sizes.sum())
+    a = (resid ** 3).sum() / var ** 1.5
+    return t + a * (t ** 2 / 3 + 1 / 6) + a ** 2 * t ** 3 / 27
+
+
 def test_signflip_exact_enumeration_matches_brute_force():
-    d = np.array([0.0, 1 / 3, -2 / 3, 1.0, 1 / 3, 0.0, 2 / 3, -1 / 3, 1.0])
-    p = signflip_pvalues(d, np.arange(len(d)))[0]
-    nz = d[d != 0]
     import itertools
-    stats_ = [abs(sum(s * x for s, x in zip(signs, nz))) for signs in itertools.product((-1, 1), repeat=len(nz))]
-    assert p == pytest.approx(np.mean(np.array(stats_) >= abs(nz.sum()) - 1e-9))
+    d = np.array([0.0, 1 / 3, -2 / 3, 1.0, 1 / 3, 0.0, 2 / 3, -1 / 3, 1.0])
+    for clusters in (np.arange(len(d)), np.array([0, 0, 1, 2, 2, 2, 3, 4, 4])):
+        p = signflip_pvalues(d, clusters)[0]
+        nonzero = [g for g in np.unique(clusters) if d[clusters == g].sum() != 0]
+        observed = abs(hall_statistic(d, clusters))
+        stats_ = []
+        for signs in itertools.product((-1, 1), repeat=len(nonzero)):
+            flip = dict(zip(nonzero, signs))
+            stats_.append(abs(hall_statistic(d * np.array([flip.get(g, 1) for g in clusters]), clusters)))
+        assert p == pytest.approx(np.mean(np.array(stats_) >= observed - 1e-9))
     assert signflip_pvalues(np.zeros(10), np.arange(10))[0] == 1.0
+
+
+def test_monte_carlo_signflip_agrees_with_exact_enumeration():
+    """Past EXACT_SIGNFLIP_MAX differing clusters the p-value is sampled: with many draws it lands on the
+    value enumerated over all 2^14 patterns (the statistic written out for singleton clusters)."""
+    import itertools
+    rng = np.random.default_rng(21)
+    d = rng.choice([-1.0, -1 / 3, 1 / 3, 2 / 3, 1.0], size=14)
+    x = np.array(list(itertools.product((-1.0, 1.0), repeat=14))) * d  # [2^14, 14]
+    resid = x - x.mean(1, keepdims=True)
+    var = (resid ** 2).sum(1)
+    t = x.mean(1) / (np.sqrt(14 / 13 * var) / 14)
+    a = (resid ** 3).sum(1) / var ** 1.5
+    T = np.abs(t + a * (t ** 2 / 3 + 1 / 6) + a ** 2 * t ** 3 / 27)
+    exact = np.mean(T >= T[-1] - 1e-9)  # the last pattern is all +1: the observed data
+    assert T[-1] == pytest.approx(abs(hall_statistic(d, np.arange(14))))
+    p = signflip_pvalues(d, np.arange(14), n_perm=40_000, seed=3)[0]
+    assert p == pytest.approx(exact, abs=0.01)
 
 
 # ----------------------------------------------------------------------------- calibration and power

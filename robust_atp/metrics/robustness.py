@@ -1,7 +1,71 @@
-"""Group-level robustness summaries: per answer / question type, and VQA-Rephrasings' CS(k)."""
+"""Robustness summaries: mCE normalised by the full model, token-set stability, per answer /
+question type, and VQA-Rephrasings' CS(k)."""
 from __future__ import annotations
 
 from itertools import combinations
+
+import numpy as np
+
+from ..stats import CLEAN, REFERENCE, parse_condition
+
+MEAN_FAMILY = {"image": "mean", "text": "mean (text)", "image+text": "mean (image+text)"}
+
+
+def corruption_errors(acc: dict[tuple[str, str], float], methods: list[str], reference: str = REFERENCE) -> list[dict]:
+    """mCE-style summaries normalised by `reference`, per method and family.
+
+    `acc[(condition, method)]` is an accuracy. Per family f (a corruption), with err = 1 - acc:
+      CE(m, f)     = sum_s err(m, f@s) / sum_s err(ref, f@s)
+      rel CE(m, f) = sum_s (err(m, f@s) - err(m, clean)) / sum_s (err(ref, f@s) - err(ref, clean))
+    Then per method one summary row per kind of family: "mean" (mCE and relative mCE) over the
+    image corruptions only, as Hendrycks & Dietterich (ICLR 2019) average them, and "mean (text)"
+    and "mean (image+text)" over the text perturbations and the crossed families, apart.
+    NaN where the reference's denominator is 0."""
+    fams: dict[str, list[str]] = {}
+    kinds: dict[str, str] = {}
+    for cond, _ in acc:
+        c = parse_condition(cond)
+        if c.family is not None:
+            kinds[c.family] = c.kind
+            fams.setdefault(c.family, [])
+            if cond not in fams[c.family]:
+                fams[c.family].append(cond)
+    out = []
+    for m in methods:
+        per_kind: dict[str, tuple[list, list]] = {}
+        for fam, conds in fams.items():
+            if any((c, m) not in acc or (c, reference) not in acc for c in conds):
+                continue
+            err = lambda meth: np.array([1 - acc[(c, meth)] for c in conds])  # noqa: E731
+            den = err(reference).sum()
+            ce = err(m).sum() / den if den > 0 else np.nan
+            rel = np.nan
+            if (CLEAN, m) in acc and (CLEAN, reference) in acc:
+                rden = (err(reference) - (1 - acc[(CLEAN, reference)])).sum()
+                rnum = (err(m) - (1 - acc[(CLEAN, m)])).sum()
+                rel = rnum / rden if rden > 0 else np.nan
+            ces, rels = per_kind.setdefault(kinds[fam], ([], []))
+            ces.append(ce)
+            rels.append(rel)
+            out.append({"method": m, "family": fam, "kind": kinds[fam], "ce": float(ce), "relative_ce": float(rel)})
+        for kind in ("image", "text", "image+text"):
+            if kind in per_kind:
+                ces, rels = per_kind[kind]
+                out.append({"method": m, "family": MEAN_FAMILY[kind], "kind": kind, "ce": _nanmean(ces),
+                            "relative_ce": _nanmean(rels)})
+    return out
+
+
+def _nanmean(values: list[float]) -> float:
+    values = np.asarray(values, dtype=np.float64)
+    return float("nan") if np.isnan(values).all() else float(np.nanmean(values))
+
+
+def jaccard(a, b) -> float:
+    """|a & b| / |a | b| of two kept-index sets (1.0 when both are empty)."""
+    a, b = set(a), set(b)
+    union = a | b
+    return len(a & b) / len(union) if union else 1.0
 
 
 def by_field(examples, scores: dict, field: str) -> dict[str, float]:

@@ -9,8 +9,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..stats import CLEAN, bootstrap_ci, corruption_errors, holm, jaccard, paired_pvalues, parse_condition
+from ..metrics.robustness import corruption_errors, jaccard
+from ..stats import CLEAN, FEW_CLUSTERS, MIN_CLUSTERS, bootstrap_ci, paired_tests, parse_condition
 from .rundata import RunData
+
+CORRECTION_NAMES = {"maxt": "Westfall-Young max-T step-down", "holm": "Holm"}
 
 
 @dataclass
@@ -22,7 +25,8 @@ class Analysis:
     methods: list[str]
     conditions: list[str]
     accuracy: list[dict] = field(default_factory=list)  # per (condition, method): accuracy, lo, hi, n
-    comparisons: list[dict] = field(default_factory=list)  # per (condition, pruned method): diff vs reference, test
+    # per (condition, pruned method): diff vs reference, test, agreement and flips
+    comparisons: list[dict] = field(default_factory=list)
     headline: list[dict] = field(default_factory=list)  # per pruned method x {clean, corrupted}: diff, CI
     did: list[dict] = field(default_factory=list)  # difference-in-differences per condition, family, overall
     mce: list[dict] = field(default_factory=list)
@@ -31,9 +35,13 @@ class Analysis:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def correction_name(self) -> str:
+        return CORRECTION_NAMES.get(self.config.get("correction"), str(self.config.get("correction")))
+
+    @property
     def regressions(self) -> list[dict]:
         """Comparisons where the pruned method is significantly worse than the reference after correction."""
-        return [c for c in self.comparisons if c["significant"] and c["diff"] < 0]
+        return [c for c in self.comparisons if c["significant"] and c["diff"] is not None and c["diff"] < 0]
 
 
 def analyze(run: RunData, n_boot: int | None = None, seed: int | None = None) -> Analysis:
@@ -50,24 +58,25 @@ def analyze(run: RunData, n_boot: int | None = None, seed: int | None = None) ->
     has_clean = CLEAN in run.conditions
 
     # Every quantity with a CI is a column of one matrix; `specs` remembers what each column is.
-    columns, specs = [], []
+    columns, specs, ranges = [], [], []
 
-    def add(vec, spec):
+    def add(vec, spec, bound):  # bound: the largest |value| a column can take (scores are in [0, 1])
         columns.append(vec)
         specs.append(spec)
+        ranges.append((0.0, 1.0) if bound is None else (-bound, bound))
 
     for c in run.conditions:
         for m in run.methods:
-            add(X[:, col[c, m]], ("accuracy", c, m))
+            add(X[:, col[c, m]], ("accuracy", c, m), None)
     if ref is not None:
         for c in run.conditions:
             for m in pruned:
-                add(X[:, col[c, m]] - X[:, col[c, ref]], ("diff", c, m))
+                add(X[:, col[c, m]] - X[:, col[c, ref]], ("diff", c, m), 1.0)
         for m in pruned:
             if has_clean:
-                add(X[:, col[CLEAN, m]] - X[:, col[CLEAN, ref]], ("headline", "clean", m))
+                add(X[:, col[CLEAN, m]] - X[:, col[CLEAN, ref]], ("headline", "clean", m), 1.0)
             if noisy:
-                add(_rowmean([X[:, col[c, m]] - X[:, col[c, ref]] for c in noisy]), ("headline", "corrupted", m))
+                add(_rowmean([X[:, col[c, m]] - X[:, col[c, ref]] for c in noisy]), ("headline", "corrupted", m), 1.0)
         if has_clean:
             fams: dict[str, list[str]] = {}
             for c in noisy:
@@ -76,19 +85,25 @@ def analyze(run: RunData, n_boot: int | None = None, seed: int | None = None) ->
                 did = {c: (X[:, col[CLEAN, m]] - X[:, col[c, m]]) - (X[:, col[CLEAN, ref]] - X[:, col[c, ref]])
                        for c in noisy}
                 for c in noisy:
-                    add(did[c], ("did", "condition", c, m))
+                    add(did[c], ("did", "condition", c, m), 2.0)
                 for fam, conds in fams.items():
-                    add(_rowmean([did[c] for c in conds]), ("did", "family", fam, m))
+                    add(_rowmean([did[c] for c in conds]), ("did", "family", fam, m), 2.0)
                 if noisy:
-                    add(_rowmean([did[c] for c in noisy]), ("did", "all", "all corruptions", m))
-    est, lo, hi = bootstrap_ci(np.column_stack(columns), clusters, cfg["bootstrap"], cfg["confidence"], seed)
+                    add(_rowmean([did[c] for c in noisy]), ("did", "all", "all corruptions", m), 2.0)
+    M = np.column_stack(columns)
+    low_b, high_b = np.array(ranges).T
+    est, lo, hi = bootstrap_ci(M, clusters, cfg["bootstrap"], cfg["confidence"], seed, bounds=(low_b, high_b))
+    _cluster_notes(M, clusters, specs, cfg["cluster_by"], out.notes)
 
-    pvals = None
+    alpha = 1 - cfg["confidence"]
+    tested = None
     if ref is not None and pruned:
         A = np.column_stack([X[:, col[c, m]] for c in run.conditions for m in pruned])
         B = np.column_stack([X[:, col[c, ref]] for c in run.conditions for m in pruned])
-        pvals, tests = paired_pvalues(A, B, clusters, cfg["bootstrap"], seed)
-        reject, padj = holm(pvals, alpha=1 - cfg["confidence"])
+        tested = paired_tests(A, B, clusters, cfg["bootstrap"], seed, cfg["correction"])
+        reject, resolvable = tested.reject(alpha), tested.resolvable(alpha)
+        _resolution_notes(tested, alpha, out.notes)
+        agreement = _agreement(run, [(c, m) for c in run.conditions for m in pruned], ref)
     diff_i = 0
     for k, spec in enumerate(specs):
         kind = spec[0]
@@ -101,9 +116,11 @@ def analyze(run: RunData, n_boot: int | None = None, seed: int | None = None) ->
         elif kind == "diff":
             c, m = spec[1:]
             out.comparisons.append({"condition": c, "family": parsed[c].family, "severity": parsed[c].severity,
-                                    "method": m, "diff": e, "lo": l, "hi": h, "test": tests[diff_i],
-                                    "p": float(pvals[diff_i]), "p_adj": float(padj[diff_i]),
-                                    "significant": bool(reject[diff_i])})
+                                    "method": m, "diff": e, "lo": l, "hi": h, "test": tested.tests[diff_i],
+                                    "p": _f(tested.p[diff_i]), "p_adj": _f(tested.p_adj[diff_i]),
+                                    "min_p_adj": float(tested.min_p_adj[diff_i]),
+                                    "significant": bool(reject[diff_i]), "resolvable": bool(resolvable[diff_i]),
+                                    **agreement[c, m]})
             diff_i += 1
         elif kind == "headline":
             out.headline.append({"scope": spec[1], "method": spec[2], "diff": e, "lo": l, "hi": h})
@@ -120,6 +137,55 @@ def analyze(run: RunData, n_boot: int | None = None, seed: int | None = None) ->
     if ref is None:
         out.notes.append("no method named 'full': differences against the full model are not computed.")
     return out
+
+
+def _cluster_notes(M: np.ndarray, clusters: np.ndarray, specs: list, cluster_by: str, notes: list[str]) -> None:
+    """Where intervals are missing (under MIN_CLUSTERS clusters) or only approximate (under FEW_CLUSTERS)."""
+    series = [k for k, spec in enumerate(specs) if spec[0] == "accuracy"]
+    counts = np.array([len(np.unique(clusters[~np.isnan(M[:, k])])) for k in series], dtype=int)
+    unit = "images" if cluster_by == "image_id" else "examples"
+    none, few = counts < MIN_CLUSTERS, (counts >= MIN_CLUSTERS) & (counts < FEW_CLUSTERS)
+    if none.any():
+        notes.append(f"{int(none.sum())} (condition, method) series have fewer than {MIN_CLUSTERS} {unit}: "
+                     "no confidence interval (shown as -) and no test that could be significant.")
+    if few.any():
+        notes.append(f"Only {int(counts[few].min())} {unit} in some series (fewer than {FEW_CLUSTERS}): intervals "
+                     "and tests rest on few independent units and are approximate.")
+
+
+def _resolution_notes(tested, alpha: float, notes: list[str]) -> None:
+    """Say when the permutation count, rather than the data, limits what can be significant."""
+    floor = 1 / (tested.n_perm + 1)
+    if floor > alpha:
+        notes.append(f"With {tested.n_perm} sign flips (stats.bootstrap) no p-value can fall below {floor:.3g}: "
+                     f"nothing can be significant at alpha {alpha:g}; raise stats.bootstrap to at least "
+                     f"{int(np.ceil(1 / alpha)) - 1}.")
+    unresolvable = int((~tested.resolvable(alpha) & ~np.isnan(tested.p)).sum())
+    if unresolvable and floor <= alpha:
+        notes.append(f"{unresolvable} comparison(s) cannot reach alpha {alpha:g} at this size and resolution "
+                     "(too few differing images, or too few sign flips for the correction): marked n/a, "
+                     "not \"not significant\".")
+
+
+def _agreement(run: RunData, pairs: list[tuple[str, str]], ref: str) -> dict:
+    """Per (condition, method): the share of examples answered identically to `ref` ("loyalty") and
+    the flips, right -> wrong (a lower score than `ref`'s) and wrong -> right (a higher one)."""
+    ref_answers = {(s["example_id"], s["condition"]): (s.get("prediction"), float(s["score"]))
+                   for s in run.samples if s["method"] == ref}
+    tally = {cm: [0, 0, 0, 0, True] for cm in pairs}  # pairs, identical, lost, gained, all have text
+    for s in run.samples:
+        t = tally.get((s["condition"], s["method"]))
+        theirs = ref_answers.get((s["example_id"], s["condition"]))
+        if t is None or theirs is None:
+            continue
+        pred, score = s.get("prediction"), float(s["score"])
+        t[0] += 1
+        t[4] &= pred is not None and theirs[0] is not None
+        t[1] += t[4] and str(pred).strip() == str(theirs[0]).strip()
+        t[2] += score < theirs[1]
+        t[3] += score > theirs[1]
+    return {cm: {"n_pairs": n, "agreement": same / n if n and text else None, "right_to_wrong": lost,
+                 "wrong_to_right": gained} for cm, (n, same, lost, gained, text) in tally.items()}
 
 
 def _rowmean(vectors: list[np.ndarray]) -> np.ndarray:

@@ -52,6 +52,7 @@ def context(run: RunData, analysis: Analysis, plots) -> dict:
         "suite": m.get("suite", run.run_dir.name), "created": m.get("created"), "config_hash": m.get("config_hash"),
         "n_examples": len({s["example_id"] for s in run.samples}), "reference": ref,
         "methods": analysis.methods, "conditions": analysis.conditions, "stats": analysis.config,
+        "correction_name": analysis.correction_name,
         "measured_latency": any(h["latency_ratio"] is not None for h in headline),
         "headline": headline if ref else [], "regressions": analysis.regressions, "comparisons": analysis.comparisons,
         "notes": analysis.notes, "plots": [_embed(p) for p in plots],

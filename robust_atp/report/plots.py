@@ -75,7 +75,7 @@ def plot_accuracy_vs_severity(analysis: Analysis):
 
 def plot_difference_heatmap(analysis: Analysis):
     """Per pruned method, (method - full) in points by corruption family x severity; `*` marks a
-    difference significant after Holm."""
+    difference significant after the family-wise correction."""
     comps = [c for c in analysis.comparisons if c["family"] is not None]
     if not comps:
         return None
@@ -213,7 +213,7 @@ PLOTS = (
     ("accuracy_vs_severity", "Accuracy against severity", plot_accuracy_vs_severity,
      "Accuracy (%) per corruption against severity (0 = clean), one line per method, shaded: 95% clustered-bootstrap CI."),
     ("difference_heatmap", "Pruned minus full, by corruption and severity", plot_difference_heatmap,
-     "Accuracy of each pruned method minus the full model's at the same condition, in points; * = significant after Holm."),
+     "Accuracy of each pruned method minus the full model's at the same condition, in points; * = significant after the family-wise correction."),
     ("did_forest", "Pruning and robustness: difference-in-differences", plot_did_forest,
      "D(method) - D(full) with D = clean - corrupted accuracy, per corruption (mean over severities) and overall, "
      "95% CI. Above 0: the pruned model loses more under corruption than the full model does (less robust); "

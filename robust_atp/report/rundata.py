@@ -31,7 +31,7 @@ class RunData:
 
     def stats_config(self) -> dict:
         """The suite's `stats` section (defaults when the run predates it)."""
-        cfg = {"confidence": 0.95, "bootstrap": 10_000, "cluster_by": "image_id", "correction": "holm"}
+        cfg = {"confidence": 0.95, "bootstrap": 10_000, "cluster_by": "image_id", "correction": "maxt"}
         cfg.update((self.manifest.get("config") or {}).get("stats") or {})
         return cfg
 
