@@ -10,7 +10,9 @@ from robust_atp.store import Prediction
 
 MODULES = {"vqa_accuracy": "vqa", "vqa_accuracy_official": "vqa", "textvqa_accuracy": "textvqa",
            "gqa_accuracy": "gqa", "gqa_accuracy_lmms": "gqa", "gqa_accuracy_llava": "gqa", "exact_match": "match",
-           "cider_d": "captions"}
+           "cider_d": "captions", "pope_accuracy": "pope", "pope_accuracy_lmms_eval": "pope", "pope_f1": "pope",
+           "mme_accuracy": "mme", "mme_accuracy_plus": "mme", "scienceqa_accuracy": "choice",
+           "scienceqa_accuracy_llava": "choice", "mmbench_accuracy": "choice", "mmbench_circular": "choice"}
 
 
 def test_every_convention_is_callable_by_name_and_as_a_function():

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from . import captions, gqa, match, textvqa, vqa  # noqa: F401  (each registers its conventions)
 from .captions import cider_d
-from .choice import mmbench_accuracy, scienceqa_accuracy, scienceqa_accuracy_llava
+from .choice import mmbench_accuracy, mmbench_circular, scienceqa_accuracy, scienceqa_accuracy_llava
 from .gqa import gqa_accuracy, gqa_accuracy_llava, gqa_accuracy_lmms
 from .match import exact_match
-from .mme import mme_accuracy
-from .pope import pope_accuracy, pope_accuracy_lmms_eval
+from .mme import mme_accuracy, mme_accuracy_plus
+from .pope import pope_accuracy, pope_accuracy_lmms_eval, pope_f1
 from .registry import CONVENTIONS, LLAVA, LMMS_EVAL, METRICS, names_of, register_metric
 from .textvqa import textvqa_accuracy
 from .vqa import vqa_accuracy, vqa_accuracy_official
@@ -33,16 +33,16 @@ for _name, _fn, _family, _source in (
         ("pope_accuracy", pope_accuracy, "pope", f"{LLAVA} llava/eval/eval_pope.py: eval_pope"),
         ("pope_accuracy_lmms_eval", pope_accuracy_lmms_eval, "pope",
          f"{LMMS_EVAL} lmms_eval/tasks/pope/utils.py: pope_process_results"),
-        ("pope_f1", pope_accuracy, "pope", f"{LLAVA} llava/eval/eval_pope.py: eval_pope (F1, mean over splits)"),
+        ("pope_f1", pope_f1, "pope", f"{LLAVA} llava/eval/eval_pope.py: eval_pope (F1, mean over splits)"),
         ("mme_accuracy", mme_accuracy, "mme", f"{LMMS_EVAL} lmms_eval/tasks/mme/utils.py: mme_process_results"),
-        ("mme_accuracy_plus", mme_accuracy, "mme",
+        ("mme_accuracy_plus", mme_accuracy_plus, "mme",
          f"{LMMS_EVAL} lmms_eval/tasks/mme/utils.py: mme_aggregate_results (accuracy+)"),
         ("scienceqa_accuracy", scienceqa_accuracy, "choice",
          f"{LMMS_EVAL} lmms_eval/tasks/scienceqa/utils.py: sqa_process_results"),
         ("scienceqa_accuracy_llava", scienceqa_accuracy_llava, "choice", f"{LLAVA} llava/eval/eval_science_qa.py"),
         ("mmbench_accuracy", mmbench_accuracy, "mmbench",
          f"{LMMS_EVAL} lmms_eval/tasks/mmbench/mmbench_evals.py: MMBench_Evaluator (static extraction)"),
-        ("mmbench_circular", mmbench_accuracy, "mmbench",
+        ("mmbench_circular", mmbench_circular, "mmbench",
          f"{LMMS_EVAL} lmms_eval/tasks/mmbench/mmbench_evals.py: circular evaluation (static extraction)")):
     register_metric(_name, _family, _source)(_fn)
 
@@ -54,7 +54,7 @@ MME_METRICS = names_of("mme")
 MMBENCH_METRICS = names_of("mmbench")
 
 __all__ = ["CONVENTIONS", "METRICS", "aggregate", "cider_d", "exact_match", "gqa_accuracy", "gqa_accuracy_llava",
-           "gqa_accuracy_lmms", "mmbench_accuracy", "mme_accuracy", "pope_accuracy", "pope_accuracy_lmms_eval",
+           "gqa_accuracy_lmms", "mmbench_accuracy", "mmbench_circular", "mme_accuracy", "mme_accuracy_plus", "pope_accuracy", "pope_accuracy_lmms_eval", "pope_f1",
            "scienceqa_accuracy", "scienceqa_accuracy_llava", "score_all", "sources", "textvqa_accuracy",
            "vqa_accuracy", "vqa_accuracy_official"]
 

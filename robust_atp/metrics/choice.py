@@ -199,3 +199,6 @@ def aggregate_mmbench(name: str, examples, scores: dict) -> tuple[dict, dict]:
             breakdown[key] = {k: round(sum(v) / len(v), 6) for k, v in sorted(per.items())}
     metrics = {name: breakdown["circular"]} if name == "mmbench_circular" else {}
     return metrics, breakdown
+
+# the per-question score behind `mmbench_circular` (the summary replaces its mean by circular accuracy)
+mmbench_circular = mmbench_accuracy
