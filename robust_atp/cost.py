@@ -112,7 +112,8 @@ def tome_tower_flops(vision_cfg, n_patches: int, schedule: list[int], projector:
 
 def scorer_flops(method: str, settings: dict, n: int, k: int, *, d: int, c: int, text_cfg=None,
                  text_len: int = 0, proj: int = 0, head_dim: int = 0, crops: int = 1, patches: int | None = None,
-                 schedule: list[int] | None = None, split: tuple[int, int] | None = None) -> int:
+                 schedule: list[int] | None = None, split: tuple[int, int] | None = None,
+                 picks: int | None = None) -> int:
     """A method's own cost on top of the vision tower, per example (FLOPs).
 
     n tokens of LLM width d and ViT width c, k kept. CLIP relevance: the text tower over
@@ -122,10 +123,16 @@ def scorer_flops(method: str, settings: dict, n: int, k: int, *, d: int, c: int,
     In-tower and official merges (per crop of `patches` patches, `crops` crops): `tome` the
     matching in each block of `schedule` (|A| x |B| cosines of head_dim keys); `visionzip` with
     `split` (dominant incl. CLS, contextual) the key cosines to the targets and the one-hot sums.
+    `prumerge_plus` (k = its K' + 1 tokens): the last ViT layer's whole one-head attention matrix
+    ((n + 1)^2 c) and each kept token's key cosines to the n - 1 others (its attention-weighted
+    sums are elementwise products, which this convention leaves out). `cdpruner` (picks: the tokens
+    its MAP loop picks): the CLIP projection of the n patches (n c proj), their relevance to the
+    text, the n x n cosine kernel of the LLM-side tokens (n^2 d) and the MAP updates (pick i
+    reads i earlier rows of n: n picks (picks - 1) / 2).
     """
     macs = 0
     alpha = settings.get("alpha", 1.0 if method == "clip" else 0.0)
-    if method in ("atp", "clip") and alpha > 0:
+    if method == "cdpruner" or (method in ("atp", "clip") and alpha > 0):
         if text_cfg is not None:
             t = LayerShape.from_config(text_cfg, gated=False)
             macs += t.layers * layer_macs(t, text_len) + t.d * proj
@@ -152,6 +159,11 @@ def scorer_flops(method: str, settings: dict, n: int, k: int, *, d: int, c: int,
         share = settings.get("contextual", 0.15625)
         k_ctx = min(max(1, int(share * k + 0.5)), k) if k < n and share > 0 else 0
         macs += (n - k + k_ctx) * k_ctx * c + (n - k + k_ctx) * d
+    elif method == "prumerge_plus":
+        macs += (n + 1) ** 2 * c + (k - 1) * (n - 1) * c
+    elif method == "cdpruner":
+        t = picks if picks is not None else k
+        macs += n * n * d + n * t * (t - 1) // 2
     elif method == "divprune":
         macs += n * n * d + k * n
     elif method == "pool":
