@@ -11,7 +11,10 @@ layer over n tokens, in MACs:
 
 "Prefill" is the decoder layers over the prompt (text + visual tokens); the LM head is left
 out (under `generate` it runs on the last position only: d x vocab MACs, the same for every
-method). FastV's masked tokens are counted as removed from the layers after its cut.
+method). FastV's masked tokens are counted as removed from the layers after its cut; the
+in-LLM methods that drop between layers (PyramidDrop, SparseVLM, DART) count each layer over the
+tokens it runs on (`staged_prefill_flops`) plus their own ranking products (DART's are none: its
+L1 norms and cosines are elementwise).
 
 Measured cost (the second half of this module): a device-synchronised clock, medians of
 repeats after warm-up, peak memory, KV-cache bytes and FLOPs counted by torch's
@@ -77,6 +80,32 @@ def fastv_rank_flops(s: LayerShape, n: int) -> int:
     """FLOPs of FastV's ranking at its layer over n prompt tokens: the last token's query
     (d x H hd), every token's key (n d x Hkv hd) and the scores (H n hd)."""
     return 2 * (s.d * s.heads * s.head_dim + n * s.d * s.kv_heads * s.head_dim + s.heads * n * s.head_dim)
+
+
+def staged_prefill_flops(s: LayerShape, text: int, image_per_layer: list[int]) -> int:
+    """FLOPs of the decoder layers when layer l sees text + image_per_layer[l] tokens: the
+    in-LLM methods that drop image tokens between layers (PyramidDrop, SparseVLM, DART; their
+    `layer_image_tokens` give the counts), each layer over what it actually runs on."""
+    if len(image_per_layer) != s.layers:
+        raise ValueError(f"{len(image_per_layer)} layer counts for {s.layers} decoder layers")
+    return 2 * sum(layer_macs(s, text + v) for v in image_per_layer)
+
+
+def pdrop_rank_flops(s: LayerShape, tokens_at_ranks: list[int]) -> int:
+    """PyramidDrop's rankings, one per stage boundary over the tokens there: the next layer's
+    query of the last instruction token and every token's key, and the scores (FastV's count;
+    the reference also projects every token's query and value there, which is not needed)."""
+    return sum(fastv_rank_flops(s, n) for n in tokens_at_ranks)
+
+
+def sparsevlm_score_flops(s: LayerShape, n_image: int, n_text: int, raters: int, tokens_at_pruning: list[int]) -> int:
+    """SparseVLM's own matrix products: choosing the raters (image x text embeddings: V T d) and,
+    at each pruning layer over n tokens, the raters' queries, every key and the R x n scores.
+    Its recycling (DPC-kNN over distances, index sums) has no matrix product: not counted."""
+    macs = n_image * n_text * s.d
+    for n in tokens_at_pruning:
+        macs += raters * s.d * s.heads * s.head_dim + n * s.d * s.kv_heads * s.head_dim + s.heads * raters * n * s.head_dim
+    return 2 * macs
 
 
 def vision_flops(vision_cfg, n_patches: int, projector: dict | None = None) -> int:
