@@ -22,6 +22,11 @@ What it computes for LLaVA-1.5 (image tokens at [35, 35 + 576), 32 decoder layer
     4 + 8 * 16 = 132 tokens (the text pivots leave the kept set at the end);
   - the sequence [prefix, kept image tokens, the rest], sorted by position, enters layer K; kept
     tokens KEEP their position ids (position_ids = the kept indices); only the prefill prunes.
+
+Wiring (later): a pre-hook on layer K with layer K - 1's key states (a hook on its k_proj, RoPE
+at the positions, KV groups repeated), the model's final norm, and per example the image span
+and the text after it up to the prompt's end (left pads excluded); positions are kept, so the
+dropped tokens can be masked as keys from layer K on, as FastV's hooks do.
 """
 from __future__ import annotations
 

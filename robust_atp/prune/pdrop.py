@@ -23,6 +23,13 @@ What it computes for LLaVA-1.5 (N = 576 image tokens, 32 decoder layers), per pr
   - only the prefill drops; the KV cache of each layer holds what that layer saw.
 The reference multiplies a query of H heads with keys of H_kv heads without repeating them (it
 runs on LLaMA, H = H_kv); `last_token_attention` repeats them as the model's attention does.
+
+Wiring (an adapter capability, later): at each boundary b, layer b's input (after layer b - 1),
+its input_layernorm / q_proj / k_proj and the rotary embeddings at the current positions; per
+example the image span and the last prompt token (left pads masked as keys); then either the
+shorter sequence or, inside `generate`, the dropped tokens masked as keys from layer b on with
+every later layer given the renumbered positions (cumsum of the kept mask), decoding positions
+continuing from the shorter length.
 """
 from __future__ import annotations
 

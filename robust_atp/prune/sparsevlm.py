@@ -31,6 +31,13 @@ What it computes for LLaVA-1.5 (image tokens at [v0, v0 + 576), 32 decoder layer
     16-31 110 + 3 (`layer_image_tokens`).
 The jitter comes from the global RNG there (`torch.rand`); here from a generator the caller
 seeds (None: the global RNG, as there).
+
+Wiring (later): the LLM's input embeddings of the image span and the text after it (raters); at
+each pruning layer its input (after input_layernorm), q_proj / k_proj and rotary embeddings at
+the current positions for the raters' rows, and its output (a forward hook) to prune and recycle;
+the recycled tokens are new values, so the next layers need them in the sequence (or written
+into deleted slots) with the renumbered positions and a causal mask in the new order; per
+example spans under left padding; a seeded generator per example.
 """
 from __future__ import annotations
 
