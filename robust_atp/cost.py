@@ -11,7 +11,10 @@ layer over n tokens, in MACs:
 
 "Prefill" is the decoder layers over the prompt (text + visual tokens); the LM head is left
 out (under `generate` it runs on the last position only: d x vocab MACs, the same for every
-method). FastV's masked tokens are counted as removed from the layers after its cut.
+method). FastV's masked tokens are counted as removed from the layers after its cut; the
+in-LLM methods that drop between layers (PyramidDrop, SparseVLM, DART) count each layer over the
+tokens it runs on (`staged_prefill_flops`) plus their own ranking products (DART's are none: its
+L1 norms and cosines are elementwise).
 
 Measured cost (the second half of this module): a device-synchronised clock, medians of
 repeats after warm-up, peak memory, KV-cache bytes and FLOPs counted by torch's
@@ -79,6 +82,32 @@ def fastv_rank_flops(s: LayerShape, n: int) -> int:
     return 2 * (s.d * s.heads * s.head_dim + n * s.d * s.kv_heads * s.head_dim + s.heads * n * s.head_dim)
 
 
+def staged_prefill_flops(s: LayerShape, text: int, image_per_layer: list[int]) -> int:
+    """FLOPs of the decoder layers when layer l sees text + image_per_layer[l] tokens: the
+    in-LLM methods that drop image tokens between layers (PyramidDrop, SparseVLM, DART; their
+    `layer_image_tokens` give the counts), each layer over what it actually runs on."""
+    if len(image_per_layer) != s.layers:
+        raise ValueError(f"{len(image_per_layer)} layer counts for {s.layers} decoder layers")
+    return 2 * sum(layer_macs(s, text + v) for v in image_per_layer)
+
+
+def pdrop_rank_flops(s: LayerShape, tokens_at_ranks: list[int]) -> int:
+    """PyramidDrop's rankings, one per stage boundary over the tokens there: the next layer's
+    query of the last instruction token and every token's key, and the scores (FastV's count;
+    the reference also projects every token's query and value there, which is not needed)."""
+    return sum(fastv_rank_flops(s, n) for n in tokens_at_ranks)
+
+
+def sparsevlm_score_flops(s: LayerShape, n_image: int, n_text: int, raters: int, tokens_at_pruning: list[int]) -> int:
+    """SparseVLM's own matrix products: choosing the raters (image x text embeddings: V T d) and,
+    at each pruning layer over n tokens, the raters' queries, every key and the R x n scores.
+    Its recycling (DPC-kNN over distances, index sums) has no matrix product: not counted."""
+    macs = n_image * n_text * s.d
+    for n in tokens_at_pruning:
+        macs += raters * s.d * s.heads * s.head_dim + n * s.d * s.kv_heads * s.head_dim + s.heads * raters * n * s.head_dim
+    return 2 * macs
+
+
 def vision_flops(vision_cfg, n_patches: int, projector: dict | None = None) -> int:
     """CLIP-style ViT over n_patches + CLS: patch embedding, layers, and the LLaVA projector
     (`{'in', 'out', 'layers'}`: an MLP of that depth) on the n_patches tokens."""
@@ -112,7 +141,8 @@ def tome_tower_flops(vision_cfg, n_patches: int, schedule: list[int], projector:
 
 def scorer_flops(method: str, settings: dict, n: int, k: int, *, d: int, c: int, text_cfg=None,
                  text_len: int = 0, proj: int = 0, head_dim: int = 0, crops: int = 1, patches: int | None = None,
-                 schedule: list[int] | None = None, split: tuple[int, int] | None = None) -> int:
+                 schedule: list[int] | None = None, split: tuple[int, int] | None = None,
+                 picks: int | None = None) -> int:
     """A method's own cost on top of the vision tower, per example (FLOPs).
 
     n tokens of LLM width d and ViT width c, k kept. CLIP relevance: the text tower over
@@ -122,10 +152,16 @@ def scorer_flops(method: str, settings: dict, n: int, k: int, *, d: int, c: int,
     In-tower and official merges (per crop of `patches` patches, `crops` crops): `tome` the
     matching in each block of `schedule` (|A| x |B| cosines of head_dim keys); `visionzip` with
     `split` (dominant incl. CLS, contextual) the key cosines to the targets and the one-hot sums.
+    `prumerge_plus` (k = its K' + 1 tokens): the last ViT layer's whole one-head attention matrix
+    ((n + 1)^2 c) and each kept token's key cosines to the n - 1 others (its attention-weighted
+    sums are elementwise products, which this convention leaves out). `cdpruner` (picks: the tokens
+    its MAP loop picks): the CLIP projection of the n patches (n c proj), their relevance to the
+    text, the n x n cosine kernel of the LLM-side tokens (n^2 d) and the MAP updates (pick i
+    reads i earlier rows of n: n picks (picks - 1) / 2).
     """
     macs = 0
     alpha = settings.get("alpha", 1.0 if method == "clip" else 0.0)
-    if method in ("atp", "clip") and alpha > 0:
+    if method == "cdpruner" or (method in ("atp", "clip") and alpha > 0):
         if text_cfg is not None:
             t = LayerShape.from_config(text_cfg, gated=False)
             macs += t.layers * layer_macs(t, text_len) + t.d * proj
@@ -152,6 +188,11 @@ def scorer_flops(method: str, settings: dict, n: int, k: int, *, d: int, c: int,
         share = settings.get("contextual", 0.15625)
         k_ctx = min(max(1, int(share * k + 0.5)), k) if k < n and share > 0 else 0
         macs += (n - k + k_ctx) * k_ctx * c + (n - k + k_ctx) * d
+    elif method == "prumerge_plus":
+        macs += (n + 1) ** 2 * c + (k - 1) * (n - 1) * c
+    elif method == "cdpruner":
+        t = picks if picks is not None else k
+        macs += n * n * d + n * t * (t - 1) // 2
     elif method == "divprune":
         macs += n * n * d + k * n
     elif method == "pool":

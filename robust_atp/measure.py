@@ -2,7 +2,8 @@
 
     prefill_flops  LLM prefill FLOPs for this row's prompt and visual tokens (see `cost`)
     vision_flops   the vision tower + projector (the same for every method but tome, whose own
-                   merged tower pass it is, and visionzip, whose projector reads K tokens)
+                   merged tower pass it is, and visionzip and prumerge_plus, whose projector reads
+                   their K tokens)
     scorer_flops   the method's own cost (CLIP text tower, similarity, merging; see `cost`)
     object_recall  share of the patches covering the objects the question names that the
                    method kept; None when the example has no boxes, the question names no
@@ -74,6 +75,12 @@ def _official_merge_cost(method, vision, cfgs: dict, n_llm: int, extra: dict) ->
     in `extra`): ToMe's own merged tower pass replaces the tower's, VisionZip's projector reads
     its K tokens. -> the keyword arguments `cost.scorer_flops` needs for their matching."""
     layer = vision.feature_layer
+    if method.name == "cdpruner":  # its MAP loop runs for the requested picks (repeats past rank)
+        return {"picks": budget(vision.tokens.shape[1], method.settings.get("keep"), method.settings.get("k"))}
+    if layer is not None and method.name == "prumerge_plus":  # its projector reads its K' + 1 tokens
+        extra["vision_flops"] += (cost.projector_flops(cfgs.get("projector"), n_llm)
+                                  - cost.projector_flops(cfgs.get("projector"), layer.hidden.shape[2] - 1))
+        return {}
     if layer is None or method.name not in ("tome", "visionzip"):
         return {}
     crops, patches = layer.hidden.shape[1], layer.hidden.shape[2] - 1

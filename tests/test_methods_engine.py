@@ -8,7 +8,7 @@ import pytest
 from robust_atp.prune.methods import method_names
 from robust_atp.run import main
 
-MERGING = {"pool", "tome", "tome_posthoc", "visionzip", "visionzip_mean"}
+MERGING = {"pool", "tome", "tome_posthoc", "visionzip", "visionzip_mean", "prumerge_plus"}
 
 
 def _suite(tmp_path, checkpoint, clip):
@@ -47,7 +47,9 @@ def test_every_method_runs_through_the_engine(model, tmp_path, request):
             continue
         r = rows[f"{name}@0.25"]
         assert r["n"] == 4 and 0 <= r["accuracy"] <= 1
-        if name != "pool":
+        if name == "prumerge_plus":  # its fixed-ratio path: K / 2 outliers, arange(4, N - 1, 8), the extra token
+            assert r["kept_tokens"] == n // 8 + len(range(4, n - 1, 8)) + 1
+        elif name != "pool":
             assert r["kept_tokens"] == n // 4
         if name == "fastv":  # every token through layer 0, then K
             assert 0.25 < r["flops_ratio"] < 1.0

@@ -22,6 +22,12 @@ class FeatureLayer:
     project:  ViT features [..., C] -> what the adapter hands the LLM (or the Q-Former) [..., D]
     mosaic:   (rows, cols) of the any-resolution crops after the base crop (LLaVA-NeXT), else None
     cls_prepended: the adapter adds the CLS token itself (BLIP-2): a method's tokens leave it out
+
+    and, where the adapter provides them (LLaVA), what PruMerge+ and CDPruner read:
+    last_query: [B, R, 1 + S, C]  the last ViT layer's queries (q_proj output, heads concatenated), CLS first
+    last_keys:  [B, R, 1 + S, C]  the last ViT layer's keys (k_proj output, heads concatenated), CLS first
+    clip_project: ViT features [..., C] -> the CLIP joint space [..., P] (post_layernorm +
+                  visual_projection; None without a suite's `clip` model)
     """
 
     hidden: torch.Tensor
@@ -30,6 +36,9 @@ class FeatureLayer:
     project: Callable[[torch.Tensor], torch.Tensor]
     mosaic: tuple[int, int] | None = None
     cls_prepended: bool = False
+    last_query: torch.Tensor | None = None
+    last_keys: torch.Tensor | None = None
+    clip_project: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass

@@ -40,7 +40,8 @@ def vit_layers(vision_tower) -> list:
 
 class ClsAttentionProbe:
     """Captures q and k of each ViT layer during a forward pass and returns the CLS row of
-    softmax(q k^T * scale), per head, CLS column dropped: [B, L, H, N]."""
+    softmax(q k^T * scale), per head, CLS column dropped: [B, L, H, N]. The last layer's queries
+    are kept whole (PruMerge+ computes that layer's whole attention matrix); the others' CLS row."""
 
     def __init__(self, layers: list):
         self.layers = layers
@@ -49,7 +50,8 @@ class ClsAttentionProbe:
         self.active = False
         for i, layer in enumerate(layers):
             attn = layer.self_attn
-            attn.q_proj.register_forward_hook(functools.partial(self._keep, self.q, i, first_only=True))
+            attn.q_proj.register_forward_hook(functools.partial(self._keep, self.q, i,
+                                                                first_only=i < len(layers) - 1))
             attn.k_proj.register_forward_hook(functools.partial(self._keep, self.k, i, first_only=False))
 
     def _keep(self, store, i, module, args, out, first_only):
@@ -76,7 +78,7 @@ class ClsAttentionProbe:
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
             h, hd = attn.num_heads, attn.head_dim
-            q = self.q[i].float().view(-1, h, hd)  # [B, H, hd] (CLS query)
+            q = self.q[i][:, :1].float().view(-1, h, hd)  # [B, H, hd] (CLS query)
             k = self.k[i].float()
             k = k.view(k.shape[0], k.shape[1], h, hd)  # [B, T, H, hd]
             logits = torch.einsum("bhd,bthd->bht", q, k) * attn.scale
@@ -141,20 +143,25 @@ class LlavaAdapter:
         with self.probe:
             out = self.vision_tower(self.pixel_values(images), output_hidden_states=True, return_dict=True)
         keys = self.feature_keys()
+        last = len(self.probe.layers) - 1
+        last_query, last_keys = self.probe.q[last], self.probe.k[last]
         cls_attn = self.probe.result()
         hidden = out.hidden_states[mc.vision_feature_layer]
         feats = hidden[:, 1:]
         tokens = self.model.model.multi_modal_projector(feats)
+        clip_project = None
         if self.clip is not None:
             post_ln = getattr(self.vision_tower, "vision_model", self.vision_tower).post_layernorm
-            clip_patches = self.clip.visual_projection(post_ln(out.hidden_states[-1][:, 1:]))
+            clip_project = lambda f: self.clip.visual_projection(post_ln(f))  # noqa: E731
+            clip_patches = clip_project(out.hidden_states[-1][:, 1:])
         else:
             clip_patches = torch.empty(tokens.shape[0], tokens.shape[1], 0, device=self.device)
         layer = None
         if keys is not None:
             block = self.feature_block()
             layer = FeatureLayer(hidden=hidden[:, None], keys=keys[:, None], cls_attn=cls_attn[:, block, None],
-                                 project=self.model.model.multi_modal_projector)
+                                 project=self.model.model.multi_modal_projector, last_query=last_query[:, None],
+                                 last_keys=last_keys[:, None], clip_project=clip_project)
         return VisionOutput(tokens=tokens, cls_attn=cls_attn, clip_patches=clip_patches, vit_features=feats,
                             grid=self.grid, image_sizes=[im.size for im in images], feature_layer=layer)
 

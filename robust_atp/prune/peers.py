@@ -1,9 +1,11 @@
-"""Peer methods: uniform grid, grid pooling, ToMe, VisionZip, DivPrune, FastV.
+"""Peer methods: uniform grid, grid pooling, ToMe, VisionZip, PruMerge+, CDPruner, DivPrune, FastV.
 
 Each is a registered method with a fixed budget (`keep` ratio or `k` count; no adaptive mass:
-these methods have no score to hold a share of). `tome` and `visionzip` are the official
-algorithms (`tome.py`, `visionzip.py`): ToMe merges inside the vision tower (an adapter
-capability), VisionZip merges the projector's ViT layer before the projector. `pool`,
+these methods have no score to hold a share of; `prumerge_plus` without a budget is its own
+IQR-adaptive count). `tome`, `visionzip`, `prumerge_plus` and `cdpruner` are the official
+algorithms (`tome.py`, `visionzip.py`, `prumerge.py`, `cdpruner.py`): ToMe merges inside the
+vision tower (an adapter capability), VisionZip and PruMerge+ merge the projector's ViT layer
+before the projector, CDPruner selects the projector's outputs by a conditional DPP. `pool`,
 `tome_posthoc` and `visionzip_mean` average post-projector tokens (`vision.tokens`, what the
 LLM reads) size-weighted, matching on the ViT features the projector reads (`vision.vit_features`).
 """
@@ -15,8 +17,10 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from ..errors import UserError
+from .cdpruner import cdpruner
 from .merge import Kept, bipartite_merge, contextual_merge, grid_groups, merge_groups
 from .methods import Budget, SaliencyKnobs, register_method
+from .prumerge import fixed_ratio, prumerge_cls_attention, prumerge_plus_apply, prumerge_plus_plan
 from .scores import cls_attention
 from .select import budget, select_diverse, select_grid, select_topk
 from .tome import ToMeTower
@@ -79,6 +83,31 @@ class VisionZipMeanParams(FixedBudget, SaliencyKnobs):
 
 
 class DivPruneParams(FixedBudget):
+    pass
+
+
+class PruMergePlusParams(FixedBudget):
+    """No budget: the reference's own IQR-adaptive count (its eval path); `keep` / `k`: its
+    fixed-ratio path with reduction_ratio = K / 2N (K / 2 outliers, about K / 2 spatial extras and
+    the extra token: K + 1 tokens at keep 0.25)."""
+
+    @model_validator(mode="after")
+    def _one_budget(self):
+        if self.mass is not None:
+            raise ValueError("prumerge_plus has no score to hold a mass of: give 'keep', 'k' or no budget (IQR)")
+        if self.keep is not None and self.k is not None:
+            raise ValueError("give at most one budget: 'keep' (ratio) or 'k' (count); none is the IQR-adaptive count")
+        return self
+
+    def budget_tag(self) -> str:
+        return "iqr" if self.keep is None and self.k is None else super().budget_tag()
+
+    @property
+    def adaptive(self) -> bool:
+        return self.keep is None and self.k is None
+
+
+class CDPrunerParams(FixedBudget):
     pass
 
 
@@ -195,6 +224,58 @@ def _visionzip_mean(p: VisionZipMeanParams):
             out.append(kept)
         return out
     return merge, False
+
+
+def _single_crop_layer(vision, method: str, needs: str):
+    """The vision pass's projector layer when it has what `method` reads (one crop), else one UserError."""
+    layer = vision.feature_layer
+    if layer is None or getattr(layer, needs) is None:
+        what = {"last_keys": "the last ViT layer's CLS query and keys (the llava adapter gives them)",
+                "clip_project": "the projector's ViT layer in the CLIP joint space (the llava adapter with a "
+                                "suite's `clip` model)"}[needs]
+        raise UserError(f"methods: {method} needs {what}; this adapter's vision pass has none")
+    if layer.hidden.shape[1] > 1:
+        raise UserError(f"methods: {method} follows its reference code on LLaVA-1.5 (one crop per image); "
+                        "this adapter cuts the image into crops")
+    return layer
+
+
+@register_method("prumerge_plus", PruMergePlusParams, kind="merge")
+def _prumerge_plus(p: PruMergePlusParams):
+    """PruMerge+ (42Shawn/LLaVA-PruMerge): CLS-attention outliers (IQR) plus spatially uniform
+    extras, each merged with its 32 most key-similar tokens weighted by CLS attention, plus one
+    token for everything pruned, on the projector's ViT layer before the projector."""
+    def merge(vision, text, keys):
+        layer = _single_crop_layer(vision, "prumerge_plus", "last_keys")
+        n = layer.hidden.shape[2] - 1
+        ratio = None if p.adaptive else fixed_ratio(n, p.count(n))
+        out = []
+        for hidden, q, k in zip(layer.hidden[:, 0], layer.last_query[:, 0], layer.last_keys[:, 0]):
+            attn = prumerge_cls_attention(q[None], k[None])[0]
+            plan = (prumerge_plus_plan(attn, k) if ratio is None else
+                    prumerge_plus_plan(attn, k, adaptive=False, reduction_ratio=ratio))
+            with torch.inference_mode():  # the adapter's projector: no autograd graph
+                tokens = layer.project(prumerge_plus_apply(plan, attn, hidden[1:]))
+            sizes = torch.ones(len(tokens), dtype=torch.long, device=tokens.device)
+            sizes[-1] = len(plan.pruned)  # the extra token sums every pruned patch
+            out.append(Kept(None, tokens, sizes))
+        return out
+    return merge, False
+
+
+@register_method("cdpruner", CDPrunerParams)
+def _cdpruner(p: CDPrunerParams):
+    """CDPruner (Theia-4869/CDPruner): greedy MAP of a DPP whose kernel is the cosine of the
+    projector's outputs scaled by each token's (negative) CLIP relevance to the question."""
+    def select(vision, text, keys):
+        layer = _single_crop_layer(vision, "cdpruner", "clip_project")
+        n = vision.tokens.shape[1]
+        with torch.inference_mode():
+            embeds = layer.clip_project(layer.hidden[:, 0, 1:]).float()  # [B, N, P]
+        # one image at a time, as the reference runs (its relevance min-max spans its batch)
+        return [torch.unique(cdpruner(vision.tokens[i:i + 1], embeds[i:i + 1], text[i:i + 1].float(), p.count(n))[0])
+                for i in range(len(vision.tokens))]
+    return select, True
 
 
 @register_method("divprune", DivPruneParams)
