@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -135,9 +136,24 @@ def _lost_answers(run: RunData, ref: str | None) -> list[dict]:
 def build_report(run_dir: str | Path, formats=("html", "pdf"), n_boot: int | None = None,
                  log=None) -> dict[str, Path]:
     """Analyse a finished run directory and write plots/, report.html and/or report.pdf.
-    Returns {format: path}. `n_boot` overrides the suite's bootstrap count (tests use fewer)."""
+    Returns {format: path}. `n_boot` overrides the suite's bootstrap count (tests use fewer).
+    Returns early, writing nothing ("report unchanged"), when neither the samples, the results,
+    the report settings nor the report code changed since the last build and its files exist."""
+    from . import fingerprint as fp
+
     t0 = time.perf_counter()
+    base = Path(run_dir) if Path(run_dir).is_dir() else Path(run_dir).parent  # a run dir or its results.json
+    out = {f: base / f"report.{f}" for f in ("html", "pdf") if f in formats}
+    try:
+        key = fp.fingerprint(base, formats, n_boot) if out else None
+    except (OSError, ValueError):
+        key = None  # unreadable inputs: load_run below says which file and why
+    if key is not None and fp.unchanged(base, key, out):
+        _say(log, f"report unchanged: {', '.join(str(p) for p in out.values())} (samples, results, report "
+                  f"settings and report code as at the last build; {time.perf_counter() - t0:.1f}s)")
+        return out
     run = load_run(run_dir)
+    (run.run_dir / fp.FINGERPRINT).unlink(missing_ok=True)
     analysis = analyze(run, n_boot=n_boot)
     analysis.notes[:0] = score_notes(run.manifest)
     plots, plot_notes = save_plots(run, analysis)
@@ -151,9 +167,17 @@ def build_report(run_dir: str | Path, formats=("html", "pdf"), n_boot: int | Non
         from .pdf import write_pdf
 
         out["pdf"] = write_pdf(html, run.run_dir / "report.pdf")
-    if log is not None:
-        log(f"report: {', '.join(str(p) for p in out.values())} ({time.perf_counter() - t0:.1f}s)")
+    if key is not None and out:
+        fp.record(run.run_dir, key, list(out.values()) + [p.path for p in plots])
+    _say(log, f"report: {', '.join(str(p) for p in out.values())} ({time.perf_counter() - t0:.1f}s)")
     return out
+
+
+def _say(log, message: str) -> None:
+    if log is not None:
+        log(message)
+    else:
+        logging.getLogger(__name__).info(message)
 
 
 def score_notes(manifest: dict) -> list[str]:

@@ -319,11 +319,10 @@ def _accuracy_against(analysis, pts: list[tuple[float, dict]], xlabel: str):
     by_kind = [Line2D([], [], ls="", marker=KIND_MARKERS.get(k, "s"), color="0.3",
                       label="mean over all non-clean conditions" if k == "all" else key) for k, key in series]
     by_kind.append(Line2D([], [], color="0.55", lw=0.9, label="Pareto front (clean)"))
-    first = fig.legend(handles=by_method, title="method", loc="outside right upper", fontsize=7, title_fontsize=7,
+    fig.legend(handles=by_method, title="method", loc="outside right upper", fontsize=7, title_fontsize=7,
                        frameon=False)
     fig.legend(handles=by_kind, title="accuracy on", loc="outside right lower", fontsize=7, title_fontsize=7,
                frameon=False)
-    fig.add_artist(first)
     return fig
 
 
