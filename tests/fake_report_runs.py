@@ -12,10 +12,11 @@ CONDITIONS = ["clean", "image:gaussian_noise@1", "image:gaussian_noise@3", "imag
 CUT_ANSWER = "square square square"
 
 
-def write_kinds_run(run_dir: Path, n: int = 30, truncated: bool = True, correction: str = "maxt") -> Path:
+def write_kinds_run(run_dir: Path, n: int = 30, truncated: bool = True, correction: str = "maxt",
+                    kept_indices: bool = True) -> Path:
     """`truncated`: every wrong answer of random@0.25 and every 4th wrong answer of atp@0.25 is a
     repeated answer cut at the token limit (the others are flagged False); False: no such field."""
-    write_fake_run(run_dir, n=n, conditions=CONDITIONS)
+    write_fake_run(run_dir, n=n, conditions=CONDITIONS, kept_indices=kept_indices)
     samples = [json.loads(x) for x in (run_dir / "samples.jsonl").read_text().splitlines()]
     wrong_seen = {}
     for s in samples:

@@ -28,6 +28,14 @@ def kinds(tmp_path_factory):
     return run, analyze(run, n_boot=N_BOOT), html
 
 
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    """Holm instead of max-T, no `truncated` field, no kept indices."""
+    run_dir = write_kinds_run(tmp_path_factory.mktemp("plain") / "run", n=12, truncated=False, correction="holm",
+                              kept_indices=False)
+    return run_dir, build_report(run_dir, ("html",), n_boot=200)["html"].read_text()
+
+
 def _kind_means(run) -> dict:
     """(kind, method) -> mean score over the kind's conditions, from samples.jsonl directly."""
     scores: dict = {}
@@ -55,15 +63,13 @@ def test_first_table_has_every_methods_absolute_accuracy_per_kind(kinds):
     assert '<tr class="ref"><td class="l">full</td>' in html  # the reference row is set apart
 
 
-def test_one_sentence_says_cis_are_unadjusted_and_names_the_correction_used(kinds, tmp_path):
+def test_one_sentence_says_cis_are_unadjusted_and_names_the_correction_used(kinds, plain):
     _, analysis, html = kinds
     sentence = re.search(r'<p class="lead" id="ci-sentence">(.*?)</p>', html, re.S).group(1)
     n = len(analysis.comparisons)
     assert "not adjusted for multiplicity" in sentence
     assert f"corrected for the {n} comparisons with the Westfall-Young max-T step-down" in sentence
-    holm = write_kinds_run(tmp_path / "holm", n=12, truncated=False, correction="holm")
-    text = build_report(holm, ("html",), n_boot=200)["html"].read_text()
-    sentence = re.search(r'<p class="lead" id="ci-sentence">(.*?)</p>', text, re.S).group(1)
+    sentence = re.search(r'<p class="lead" id="ci-sentence">(.*?)</p>', plain[1], re.S).group(1)
     assert "with the Holm" in sentence and "max-T" not in sentence
 
 
@@ -108,9 +114,8 @@ def test_answers_cut_at_the_token_limit_are_counted_and_flagged(kinds):
     assert all("cut at the token limit" not in r[5] for r in lost if r not in cut)
 
 
-def test_no_truncated_field_no_word_about_it(tmp_path):
-    run_dir = write_kinds_run(tmp_path / "run", n=12, truncated=False)
-    html = build_report(run_dir, ("html",), n_boot=200)["html"].read_text()
+def test_no_truncated_field_no_word_about_it(plain):
+    run_dir, html = plain
     assert analyze(load_run(run_dir), n_boot=200).truncation is None
     assert "token limit" not in html and 'id="truncation' not in html
 
@@ -226,6 +231,7 @@ def test_overlays_show_every_method_with_question_answers_and_predictions(kinds)
 
 # ----------------------------------------------------------------------------- no rebuild
 
+@pytest.mark.slow
 def test_an_unchanged_run_is_not_rebuilt_and_a_changed_one_is(tmp_path):
     run = write_fake_run(tmp_path / "run", n=12, kept_indices=False)
     logs = []
