@@ -38,3 +38,10 @@ def collisions(fig, tolerance: float = 1.0) -> list[tuple[str, str]]:
         if w > tolerance and h > tolerance:
             bad.append((a, b))
     return bad
+
+
+def outside(fig, tolerance: float = 1.0) -> list[str]:
+    """Drawn texts that reach beyond the figure's edges (cut off in the PNG)."""
+    w, h = fig.bbox.width, fig.bbox.height
+    return [t for t, b in drawn_texts(fig)
+            if b.x0 < -tolerance or b.y0 < -tolerance or b.x1 > w + tolerance or b.y1 > h + tolerance]

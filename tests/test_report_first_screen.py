@@ -10,7 +10,7 @@ import pytest
 
 from fake_report_runs import CUT_ANSWER, table_rows, write_kinds_run
 from fake_runs import write_fake_run
-from figure_text import collisions
+from figure_text import collisions, outside
 from robust_atp.report.analysis import analyze
 from robust_atp.report.html import build_report
 from robust_atp.report.rundata import load_run
@@ -195,7 +195,7 @@ def test_no_figure_has_colliding_labels_and_the_cost_plot_uses_legends(kinds):
     for name, _, fn, _ in (P.HEADLINE,) + P.PLOTS:
         figs = fn(analysis)
         for fig in figs if isinstance(figs, list) else [figs] if figs is not None else []:
-            assert collisions(fig) == [], name
+            assert collisions(fig) == [] and outside(fig) == [], name
             P.plt.close(fig)
     fig = P.plot_accuracy_vs_cost(analysis)
     ax = fig.axes[0]
@@ -226,7 +226,7 @@ def test_overlays_show_every_method_with_question_answers_and_predictions(kinds)
     assert all(lb[0] in "✓✗" for lb in labels)
     predictions = {str(s["prediction"]) for s in by.values()}
     assert all(" ".join(lb[2:].split("\n(")[0].split()) in predictions for lb in labels)
-    assert "image:gaussian_noise@3" in caption and collisions(fig) == []
+    assert "image:gaussian_noise@3" in caption and collisions(fig) == [] and outside(fig) == []
 
 
 # ----------------------------------------------------------------------------- no rebuild

@@ -12,7 +12,7 @@ import jinja2
 
 from ..stats import CLEAN, parse_condition
 from .analysis import KIND_NAMES, Analysis, analyze, relative_robustness
-from .plots import save_plots
+from .plots import DPI, family_order, save_plots
 from .rundata import RunData, load_run
 
 TEMPLATE = "report.html.j2"
@@ -83,13 +83,14 @@ def context(run: RunData, analysis: Analysis, plots) -> dict:
         "notes": analysis.notes, "headline_plot": headline_plot,
         "plots": [p for p in embedded if p is not headline_plot],
         "accuracy": {(a["condition"], a["method"]): a for a in analysis.accuracy},
-        "did": did, "did_names": list(dict.fromkeys(k[0] for k in did)),
+        "did": did, "did_names": [k for k in dict.fromkeys(n for (n, _), d in did.items() if d["scope"] == "kind")]
+        + family_order(n for (n, _), d in did.items() if d["scope"] == "family"),
         "did_methods": list(dict.fromkeys(k[1] for k in did)),
         "mce": mce, "mce_families": list(dict.fromkeys(k[0] for k in mce)),
         "mce_methods": list(dict.fromkeys(k[1] for k in mce)), "mce_names": MCE_NAMES,
         "truncation": _truncation_table(analysis, run),
         "examples": _lost_answers(run, ref),
-        "manifest_json": json.dumps(m, indent=2, default=str),
+        "manifest_json": json.dumps(m, indent=2, default=str), "plot_dpi": DPI,
     }
 
 

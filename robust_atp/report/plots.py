@@ -67,11 +67,14 @@ def _styles(analysis) -> dict[str, Style]:
     return method_styles(list(analysis.methods), getattr(analysis, "reference", REFERENCE))
 
 
-def _families(analysis: Analysis) -> list[str]:
+def family_order(families) -> list[str]:
     """Families in suite order, image corruptions first, then question perturbations, then crossed."""
-    fams = dict.fromkeys(r["family"] for r in analysis.accuracy if r["family"] is not None)
     rank = {"image": 0, "text": 1}
-    return sorted(fams, key=lambda f: rank.get(f.split(":", 1)[0], 2) if "+" not in f else 2)
+    return sorted(dict.fromkeys(families), key=lambda f: 2 if "+" in f else rank.get(f.split(":", 1)[0], 2))
+
+
+def _families(analysis: Analysis) -> list[str]:
+    return family_order(r["family"] for r in analysis.accuracy if r["family"] is not None)
 
 
 def _dodge(k: int, n: int) -> float:
@@ -189,7 +192,7 @@ def plot_difference_heatmap(analysis: Analysis):
     if not comps:
         return None
     methods = list(dict.fromkeys(c["method"] for c in comps))
-    fams = list(dict.fromkeys(c["family"] for c in comps))
+    fams = family_order(c["family"] for c in comps)
     sevs = sorted({c["severity"] for c in comps})
     ncols = min(len(methods), 5)
     nrows = math.ceil(len(methods) / ncols)
@@ -215,7 +218,9 @@ def plot_difference_heatmap(analysis: Analysis):
     for ax in list(axes.flat)[len(methods):]:
         ax.axis("off")
     mappable = axes.flat[0].collections[0]
-    fig.colorbar(mappable, ax=axes, shrink=0.6, label="points vs full", pad=0.02)
+    cbar = fig.colorbar(mappable, ax=axes, shrink=0.6, pad=0.02)
+    cbar.set_label(f"points vs {analysis.reference or 'the reference'}", fontsize=7)
+    cbar.ax.tick_params(labelsize=6)
     return fig
 
 
@@ -229,7 +234,7 @@ def plot_did_forest(analysis: Analysis):
         return None
     methods = list(dict.fromkeys(d["method"] for d in rows))
     kinds = list(dict.fromkeys(d["name"] for d in rows if d["scope"] == "kind"))
-    fams = list(dict.fromkeys(d["name"] for d in rows if d["scope"] == "family"))
+    fams = family_order(d["name"] for d in rows if d["scope"] == "family")
     if len(fams) == 1 and len(kinds) == 1:
         fams = []  # one family is its kind: the same numbers twice
     names = kinds + fams
@@ -266,7 +271,7 @@ def plot_did_forest(analysis: Analysis):
         if lab.get_text() in kinds:
             lab.set_fontweight("bold")
     axes[0, 0].invert_yaxis()
-    fig.supxlabel("D(method) - D(full), points; D = clean accuracy - accuracy under the condition", fontsize=8)
+    fig.supxlabel("D(method) - D(full), points; D = clean accuracy - accuracy under the condition", fontsize=7)
     return fig
 
 
