@@ -55,7 +55,7 @@ def table_rows(html: str, table_id: str) -> list[list[str]]:
             if tag == "table" and self.depth:
                 self.depth -= 1
             elif self.depth and tag in ("td", "th") and self.cell is not None:
-                self.rows[-1].append(" ".join("".join(self.cell).split()))
+                self.rows[-1].append(" ".join(" ".join(self.cell).split()))
                 self.cell = None
 
         def handle_data(self, data):

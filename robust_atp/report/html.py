@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import jinja2
+from markupsafe import Markup, escape
 
 from ..stats import CLEAN, parse_condition
 from .analysis import KIND_NAMES, Analysis, analyze, relative_robustness
@@ -22,8 +23,8 @@ N_EXAMPLES_PER_METHOD = 5
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
                              autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(pct=_pct, num=_num, pval=_pval, ci=_ci, acc_ci=_acc_ci, sign_class=_sign_class,
-                       ratio=_ratio)
+    env.filters.update(pct=_pct, num=_num, pval=_pval, ci=_ci, ci_lines=_ci_lines, acc_ci=_acc_ci,
+                       sign_class=_sign_class, ratio=_ratio)
     return env
 
 
@@ -227,6 +228,13 @@ def _ci(d) -> str:
     lo, hi = d.get("lo"), d.get("hi")
     body = f"{100 * est:+.1f}"
     return body if lo is None or hi is None else f"{body} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
+def _ci_lines(d) -> Markup:
+    """As `_ci`, the interval on a line of its own under the estimate (narrow columns wrap the same way)."""
+    body = _ci(d)
+    est, sep, interval = body.partition(" ")
+    return Markup(escape(est) + (Markup("<br><small>") + escape(interval) + Markup("</small>") if sep else ""))
 
 
 def _acc_ci(a) -> str:
