@@ -256,3 +256,13 @@ def test_an_unchanged_run_is_not_rebuilt_and_a_changed_one_is(tmp_path):
     first["html"].unlink()  # a missing output is rebuilt
     build_report(run, ("html",), n_boot=300, log=logs.append)
     assert logs[-1].startswith("report: ") and first["html"].is_file()
+
+
+def test_a_results_json_that_is_no_run_is_one_line_not_a_traceback(tmp_path, capsys):
+    from robust_atp.report.__main__ import main
+
+    (tmp_path / "results.json").write_text("[1, 2]")
+    (tmp_path / "samples.jsonl").write_text("{}\n")
+    assert main([str(tmp_path), "--formats", "html"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {tmp_path / 'results.json'}: rows: missing (not a run's results.json)"

@@ -26,10 +26,12 @@ def fingerprint(run_dir: Path, formats, n_boot: int | None) -> str:
     h = hashlib.sha256()
     h.update(_file_digest(run_dir / "samples.jsonl").encode())
     results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+    if not isinstance(results, dict) or not isinstance(results.get("manifest") or {}, dict):
+        raise ValueError("not a run's results.json")  # load_run reports it
     manifest = {k: v for k, v in (results.get("manifest") or {}).items() if k not in VOLATILE}
-    settings = {"formats": sorted(formats), "n_boot": n_boot,
-                "stats": ((manifest.get("config") or {}).get("stats")),
-                "report": ((manifest.get("config") or {}).get("report"))}
+    config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+    settings = {"formats": sorted(formats), "n_boot": n_boot, "stats": config.get("stats"),
+                "report": config.get("report")}
     for part in ({"rows": results.get("rows"), "manifest": manifest}, settings, code_version()):
         h.update(json.dumps(part, sort_keys=True, default=str).encode())
     return h.hexdigest()
