@@ -200,6 +200,9 @@ def test_no_figure_has_colliding_labels_and_the_cost_plot_uses_legends(kinds):
     fig = P.plot_accuracy_vs_cost(analysis)
     ax = fig.axes[0]
     assert ax.get_ylabel() == "accuracy (%)" and len(ax.texts) == 0
+    points = [(*np.round(xy, 6), len(coll.get_paths()[0].vertices)) for coll in ax.collections
+              for xy in coll.get_offsets()]  # (x, y, which marker)
+    assert len(points) == 3 * 4 and len(set(points)) == len(points)  # equal costs and accuracies stay visible
     legend_text = {t.get_text() for lg in fig.legends for t in lg.get_texts()}
     assert set(analysis.methods) | {"clean"} | set(KINDS.values()) <= legend_text
 
