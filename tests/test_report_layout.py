@@ -45,8 +45,8 @@ def test_the_pdf_pages_hold_every_figure_and_no_heading_ends_a_page(report):
             if type(b).__name__.endswith("ReplacedBox"):
                 images += 1
                 y, x = b.border_box_y(), b.border_box_x()
-                assert top - EDGE <= y and y + b.border_height() <= bottom + EDGE, f"page {number}: image crosses the edge"
-                assert left - EDGE <= x and x + b.border_width() <= right + EDGE, f"page {number}: image wider than the page"
+                assert top - EDGE <= y and y + b.border_height() <= bottom + EDGE, f"page {number}: image across the edge"
+                assert left - EDGE <= x and x + b.border_width() <= right + EDGE, f"page {number}: image too wide"
             if b.element_tag == "figure":
                 figures_on.setdefault(b.element.get("id"), set()).add(number)
         for h in (b for b in boxes if b.element_tag in HEADINGS and type(b).__name__ == "BlockBox"):
@@ -54,7 +54,8 @@ def test_the_pdf_pages_hold_every_figure_and_no_heading_ends_a_page(report):
             inside = {id(d) for d in h.descendants()}
             after = [b for b in boxes if id(b) not in inside and b.border_box_y() >= below
                      and (type(b).__name__ in ("TextBox",) or type(b).__name__.endswith("ReplacedBox"))]
-            assert after, f"page {number}: heading {h.element_tag} {''.join(t.text for t in h.descendants() if hasattr(t, 'text'))[:40]!r} ends the page"
+            text = "".join(t.text for t in h.descendants() if hasattr(t, "text"))[:40]
+            assert after, f"page {number}: heading {h.element_tag} {text!r} ends the page"
     assert images == 7  # every figure, once each, nowhere cut in two
     split = {fig: pages for fig, pages in figures_on.items() if len(pages) > 1}
     assert split == {} and len(figures_on) == 7
@@ -76,7 +77,8 @@ def test_the_html_at_1280_and_800_px(report, tmp_path, width, height):
             table = page.evaluate("(() => { const r = document.getElementById('accuracy-summary')"
                                   ".getBoundingClientRect(); return [r.top, r.bottom, r.width]; })()")
             figure = page.evaluate("(() => { const i = document.querySelector('#plot-severity_headline img');"
-                                   " const r = i.getBoundingClientRect(); return [r.top, r.bottom, i.naturalWidth]; })()")
+                                   " const r = i.getBoundingClientRect();"
+                                   " return [r.top, r.bottom, i.naturalWidth]; })()")
             sentence = page.evaluate("document.getElementById('ci-sentence').getBoundingClientRect().bottom")
         finally:
             browser.close()

@@ -41,7 +41,8 @@ class Analysis:
     # per (method, kind): answers cut at the token limit; None when samples carry no `truncated`
     truncation: list[dict] | None = None
     mce: list[dict] = field(default_factory=list)
-    stability: list[dict] | None = None  # per (example, condition, method): Jaccard(kept clean, kept under the condition)
+    # per (example, condition, method): Jaccard(kept clean, kept under the condition)
+    stability: list[dict] | None = None
     cost: list[dict] = field(default_factory=list)  # per method: tokens, flops ratio, clean and per-kind accuracy
     notes: list[str] = field(default_factory=list)
 

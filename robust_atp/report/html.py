@@ -45,7 +45,6 @@ def context(run: RunData, analysis: Analysis, plots) -> dict:
     did_kind = {(d["name"], d["method"]): d for d in analysis.did if d["scope"] == "kind"}
     diffs = {(h["scope"], h["method"]): h for h in analysis.headline}
     cost = {c["method"]: c for c in analysis.cost}
-    mce_mean = {r["method"]: r for r in analysis.mce if r["family"] == "mean"}
     summary = [{"method": meth, "reference": meth == ref, "cost_ratio": cost.get(meth, {}).get("cost_ratio"),
                 "latency_ratio": cost.get(meth, {}).get("latency_ratio"),
                 "clean": kind_acc.get(("clean", meth)), "kinds": [kind_acc.get((k, meth)) for k in kinds]}
@@ -58,12 +57,12 @@ def context(run: RunData, analysis: Analysis, plots) -> dict:
         for k in kinds:
             d, mine, theirs = did_kind.get((KIND_NAMES[k], meth)), rel.get((k, meth)), rel.get((k, ref))
             cells.append({"diff": diffs.get((k, meth)), "did": d, "rel": mine, "rel_ref": theirs,
-                          # fewer points lost, but a larger share of its own clean accuracy: the DiD's sign misleads
+                          # fewer points lost, yet a smaller share of its own clean accuracy kept: the DiD's
+                          # sign would mislead
                           "only_lower_start": bool(d and d["did"] is not None and d["did"] < 0 and mine is not None
                                                    and theirs is not None and mine < theirs)})
         robustness.append({"method": meth, "reference": meth == ref, "clean": diffs.get(("clean", meth)),
-                           "cells": cells, "mce": mce_mean.get(meth, {}).get("ce"),
-                           "rel_mce": mce_mean.get(meth, {}).get("relative_ce")})
+                           "cells": cells})
     did = {(d["name"], d["method"]): d for d in analysis.did if d["scope"] in ("kind", "family")}
     mce = {(r["family"], r["method"]): r for r in analysis.mce}
     embedded = [_embed(p) for p in plots]

@@ -159,7 +159,8 @@ def plot_accuracy_vs_severity(analysis: Analysis):
     for start in range(0, len(fams), per_fig):
         chunk = fams[start:start + per_fig]
         nrows = math.ceil(len(chunk) / ncols)
-        fig, axes = plt.subplots(nrows, ncols, figsize=(min(PAGE_WIDTH_IN, max(3.6, 0.6 + 1.9 * ncols)), 0.7 + 2.1 * nrows),
+        size = (min(PAGE_WIDTH_IN, max(3.6, 0.6 + 1.9 * ncols)), 0.7 + 2.1 * nrows)
+        fig, axes = plt.subplots(nrows, ncols, figsize=size,
                                  sharey=True, squeeze=False, layout="constrained")
         for ax, fam in zip(axes.flat, chunk):
             rows = [r for r in analysis.accuracy if r["family"] == fam and r["accuracy"] is not None]
