@@ -47,8 +47,8 @@ def test_report_files_plots_and_pdf_pages(built):
     run, paths = built
     assert paths["html"] == run / "report.html" and paths["pdf"] == run / "report.pdf"
     names = {p.stem for p in (run / "plots").glob("*.png")}
-    assert names == {"accuracy_vs_severity", "difference_heatmap", "did_forest", "accuracy_vs_cost",
-                     "token_stability", "kept_overlays"}
+    assert names == {"severity_headline", "accuracy_vs_severity", "difference_heatmap", "did_forest",
+                     "accuracy_vs_cost", "token_stability", "kept_overlays"}
     from pypdf import PdfReader
 
     pdf = PdfReader(paths["pdf"])
@@ -64,7 +64,7 @@ def test_html_is_self_contained_and_escapes_dataset_text(built):
     assert "&lt;script&gt;alert(" in html
     for marker in ("http://", "https://", "//fonts.", "<link", "@import", "url("):
         assert marker not in html, marker
-    assert html.count('src="data:image/png;base64,') == 6
+    assert html.count('src="data:image/png;base64,') == 7
 
 
 def test_html_in_headless_chromium(built):
@@ -94,7 +94,7 @@ def test_html_in_headless_chromium(built):
     assert dialogs == [] and n_scripts == 0
     assert SCRIPT_QUESTION in body
     assert headings == ["Summary", "Plots", "Tables", "Run manifest"]
-    assert len(widths) == 6 and all(w > 100 for w in widths)
+    assert len(widths) == 7 and all(w > 100 for w in widths)
     assert "atp@0.25" in body and "Significant regressions" in body
 
 

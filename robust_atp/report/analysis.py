@@ -14,6 +14,11 @@ from ..stats import CLEAN, FEW_CLUSTERS, MIN_CLUSTERS, bootstrap_ci, paired_test
 from .rundata import RunData
 
 CORRECTION_NAMES = {"maxt": "Westfall-Young max-T step-down", "holm": "Holm"}
+# The report's one vocabulary for the three kinds of non-clean condition (a "crossed" condition
+# applies an image corruption and a question perturbation together).
+KINDS = ("image", "text", "image+text")
+KIND_NAMES = {"clean": "clean", "image": "image corruptions", "text": "question perturbations",
+              "image+text": "crossed conditions"}
 
 
 @dataclass
@@ -27,16 +32,29 @@ class Analysis:
     accuracy: list[dict] = field(default_factory=list)  # per (condition, method): accuracy, lo, hi, n
     # per (condition, pruned method): diff vs reference, test, agreement and flips
     comparisons: list[dict] = field(default_factory=list)
-    headline: list[dict] = field(default_factory=list)  # per pruned method x {clean, corrupted}: diff, CI
-    did: list[dict] = field(default_factory=list)  # difference-in-differences per condition, family, overall
+    headline: list[dict] = field(default_factory=list)  # per pruned method x {clean, image, text, image+text}: diff, CI
+    did: list[dict] = field(default_factory=list)  # difference-in-differences per condition, family, kind, overall
+    # per (kind, method): mean accuracy over the kind's conditions (clean: the clean accuracy), CI
+    kind_accuracy: list[dict] = field(default_factory=list)
+    # per (kind, severity, method): mean accuracy over the kind's conditions at that severity, CI
+    severity_curve: list[dict] = field(default_factory=list)
+    # per (method, kind): answers cut at the token limit; None when samples carry no `truncated`
+    truncation: list[dict] | None = None
     mce: list[dict] = field(default_factory=list)
-    stability: list[dict] | None = None  # per (example, condition, method): Jaccard(kept clean, kept corrupted)
-    cost: list[dict] = field(default_factory=list)  # per method: tokens, flops ratio, clean / corrupted accuracy
+    # per (example, condition, method): Jaccard(kept clean, kept under the condition)
+    stability: list[dict] | None = None
+    cost: list[dict] = field(default_factory=list)  # per method: tokens, flops ratio, clean and per-kind accuracy
     notes: list[str] = field(default_factory=list)
 
     @property
     def correction_name(self) -> str:
         return CORRECTION_NAMES.get(self.config.get("correction"), str(self.config.get("correction")))
+
+    @property
+    def kinds(self) -> list[str]:
+        """The non-clean kinds this run has, in KINDS order."""
+        present = {parse_condition(c).kind for c in self.conditions}
+        return [k for k in KINDS if k in present]
 
     @property
     def regressions(self) -> list[dict]:
@@ -56,6 +74,11 @@ def analyze(run: RunData, n_boot: int | None = None, seed: int | None = None) ->
     noisy = [c for c in run.conditions if c != CLEAN]
     parsed = {c: parse_condition(c) for c in run.conditions}
     has_clean = CLEAN in run.conditions
+    by_kind = {k: [c for c in noisy if parsed[c].kind == k] for k in KINDS}
+    by_kind = {k: v for k, v in by_kind.items() if v}
+    by_sev: dict[tuple[str, int], list[str]] = {}
+    for c in noisy:
+        by_sev.setdefault((parsed[c].kind, parsed[c].severity), []).append(c)
 
     # Every quantity with a CI is a column of one matrix; `specs` remembers what each column is.
     columns, specs, ranges = [], [], []
@@ -68,6 +91,13 @@ def analyze(run: RunData, n_boot: int | None = None, seed: int | None = None) ->
     for c in run.conditions:
         for m in run.methods:
             add(X[:, col[c, m]], ("accuracy", c, m), None)
+    for m in run.methods:
+        if has_clean:
+            add(X[:, col[CLEAN, m]], ("kind_accuracy", "clean", m), None)
+        for kind, conds in by_kind.items():
+            add(_rowmean([X[:, col[c, m]] for c in conds]), ("kind_accuracy", kind, m), None)
+        for (kind, sev), conds in sorted(by_sev.items(), key=lambda kv: (KINDS.index(kv[0][0]), kv[0][1])):
+            add(_rowmean([X[:, col[c, m]] for c in conds]), ("severity", kind, sev, m, len(conds)), None)
     if ref is not None:
         for c in run.conditions:
             for m in pruned:
@@ -75,8 +105,8 @@ def analyze(run: RunData, n_boot: int | None = None, seed: int | None = None) ->
         for m in pruned:
             if has_clean:
                 add(X[:, col[CLEAN, m]] - X[:, col[CLEAN, ref]], ("headline", "clean", m), 1.0)
-            if noisy:
-                add(_rowmean([X[:, col[c, m]] - X[:, col[c, ref]] for c in noisy]), ("headline", "corrupted", m), 1.0)
+            for kind, conds in by_kind.items():
+                add(_rowmean([X[:, col[c, m]] - X[:, col[c, ref]] for c in conds]), ("headline", kind, m), 1.0)
         if has_clean:
             fams: dict[str, list[str]] = {}
             for c in noisy:
@@ -88,8 +118,10 @@ def analyze(run: RunData, n_boot: int | None = None, seed: int | None = None) ->
                     add(did[c], ("did", "condition", c, m), 2.0)
                 for fam, conds in fams.items():
                     add(_rowmean([did[c] for c in conds]), ("did", "family", fam, m), 2.0)
-                if noisy:
-                    add(_rowmean([did[c] for c in noisy]), ("did", "all", "all corruptions", m), 2.0)
+                for kind, conds in by_kind.items():
+                    add(_rowmean([did[c] for c in conds]), ("did", "kind", KIND_NAMES[kind], m), 2.0)
+                if noisy:  # a mix of kinds when the run has several: kept for results, not shown as a headline
+                    add(_rowmean([did[c] for c in noisy]), ("did", "all", "all conditions", m), 2.0)
     M = np.column_stack(columns)
     low_b, high_b = np.array(ranges).T
     est, lo, hi = bootstrap_ci(M, clusters, cfg["bootstrap"], cfg["confidence"], seed, bounds=(low_b, high_b))
@@ -124,6 +156,11 @@ def analyze(run: RunData, n_boot: int | None = None, seed: int | None = None) ->
             diff_i += 1
         elif kind == "headline":
             out.headline.append({"scope": spec[1], "method": spec[2], "diff": e, "lo": l, "hi": h})
+        elif kind == "kind_accuracy":
+            out.kind_accuracy.append({"kind": spec[1], "method": spec[2], "accuracy": e, "lo": l, "hi": h})
+        elif kind == "severity":
+            out.severity_curve.append({"kind": spec[1], "severity": spec[2], "method": spec[3],
+                                       "n_conditions": spec[4], "accuracy": e, "lo": l, "hi": h})
         else:
             out.did.append({"scope": spec[1], "name": spec[2], "method": spec[3], "did": e, "lo": l, "hi": h})
 
@@ -131,6 +168,10 @@ def analyze(run: RunData, n_boot: int | None = None, seed: int | None = None) ->
     if ref is not None:
         out.mce = corruption_errors(acc, pruned, ref)
     out.cost = _cost(run, acc, noisy, out.notes)
+    kind_acc = {(r["kind"], r["method"]): r["accuracy"] for r in out.kind_accuracy}
+    for r in out.cost:
+        r.update({KIND_NAMES[k]: kind_acc.get((k, r["method"])) for k in by_kind})
+    out.truncation = _truncation(run, parsed)
     out.stability = _stability(run, ref)
     if out.stability is None:
         out.notes.append("samples.jsonl has no kept_indices: token-set stability and kept-token overlays are skipped.")
@@ -203,7 +244,8 @@ def _f(x) -> float | None:
 def _cost(run: RunData, acc: dict, noisy: list[str], notes: list[str]) -> list[dict]:
     """Per method: kept tokens, FLOPs ratio vs the reference (measured, or the kept-token ratio when
     the run has no `flops_ratio`), the measured end-to-end latency ratio when the run measured it
-    (`cost: {latency: true}`), clean and mean-corrupted accuracy."""
+    (`cost: {latency: true}`), the clean accuracy and under "corrupted" the mean over every
+    non-clean condition (a mix of kinds when the run has several; `analyze` adds one key per kind)."""
     rows = {(r.get("condition"), r.get("method")): r for r in run.rows}
     first = run.conditions[0] if run.conditions else CLEAN
     ref_tokens = (rows.get((first, run.reference)) or {}).get("kept_tokens")
@@ -225,6 +267,35 @@ def _cost(run: RunData, acc: dict, noisy: list[str], notes: list[str]) -> list[d
                     "latency_ms": (r.get("latency_ms") or {}).get("end_to_end"),
                     "prefill_tflops": r.get("prefill_tflops"), "clean": acc.get((CLEAN, m)),
                     "corrupted": float(np.mean(corrupted)) if corrupted else None})
+    return out
+
+
+def _truncation(run: RunData, parsed: dict) -> list[dict] | None:
+    """Per (method, kind): how many answers stopped at max_new_tokens without an end of sequence
+    (samples' boolean `truncated`). None when no sample says either way."""
+    if not any("truncated" in s for s in run.samples):
+        return None
+    tally: dict[tuple[str, str], list[int]] = {}
+    for s in run.samples:
+        p = parsed.get(s["condition"])
+        if p is None or "truncated" not in s:
+            continue
+        t = tally.setdefault((s["method"], p.kind), [0, 0])
+        t[0] += bool(s["truncated"])
+        t[1] += 1
+    order = ("clean",) + KINDS
+    return [{"method": m, "kind": k, "truncated": tally[m, k][0], "n": tally[m, k][1]}
+            for m in run.methods for k in order if (m, k) in tally]
+
+
+def relative_robustness(kind_accuracy: list[dict]) -> dict[tuple[str, str], float | None]:
+    """Per (kind, method): accuracy under the kind / clean accuracy (1 = nothing lost)."""
+    acc = {(r["kind"], r["method"]): r["accuracy"] for r in kind_accuracy}
+    out = {}
+    for (kind, m), a in acc.items():
+        clean = acc.get(("clean", m))
+        if kind != "clean":
+            out[kind, m] = a / clean if a is not None and clean else None
     return out
 
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 from pathlib import Path
 
 import jinja2
+from markupsafe import Markup, escape
 
-from ..stats import CLEAN
-from .analysis import Analysis, analyze
-from .plots import save_plots
+from ..stats import CLEAN, parse_condition
+from .analysis import KIND_NAMES, Analysis, analyze, relative_robustness
+from .plots import DPI, family_order, save_plots
 from .rundata import RunData, load_run
 
 TEMPLATE = "report.html.j2"
@@ -21,7 +23,8 @@ N_EXAMPLES_PER_METHOD = 5
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
                              autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(pct=_pct, num=_num, pval=_pval, ci=_ci, sign_class=_sign_class)
+    env.filters.update(pct=_pct, num=_num, pval=_pval, ci=_ci, ci_lines=_ci_lines, acc_ci=_acc_ci,
+                       sign_class=_sign_class, ratio=_ratio)
     return env
 
 
@@ -29,41 +32,80 @@ def render_html(run: RunData, analysis: Analysis, plots) -> str:
     return environment().get_template(TEMPLATE).render(**context(run, analysis, plots))
 
 
+MCE_NAMES = {"mean": "mean over image corruptions (mCE)", "mean (text)": "mean over question perturbations",
+             "mean (image+text)": "mean over crossed conditions"}
+
+
 def context(run: RunData, analysis: Analysis, plots) -> dict:
     ref = analysis.reference
     m = run.manifest
-    did_all = {d["method"]: d for d in analysis.did if d["scope"] == "all"}
-    mce_mean = {r["method"]: r for r in analysis.mce if r["family"] == "mean"}
+    kinds = analysis.kinds
+    kind_acc = {(r["kind"], r["method"]): r for r in analysis.kind_accuracy}
+    rel = relative_robustness(analysis.kind_accuracy)
+    did_kind = {(d["name"], d["method"]): d for d in analysis.did if d["scope"] == "kind"}
+    diffs = {(h["scope"], h["method"]): h for h in analysis.headline}
     cost = {c["method"]: c for c in analysis.cost}
-    heads = {(h["scope"], h["method"]): h for h in analysis.headline}
-    headline = []
+    summary = [{"method": meth, "reference": meth == ref, "cost_ratio": cost.get(meth, {}).get("cost_ratio"),
+                "latency_ratio": cost.get(meth, {}).get("latency_ratio"),
+                "clean": kind_acc.get(("clean", meth)), "kinds": [kind_acc.get((k, meth)) for k in kinds]}
+               for meth in analysis.methods]
+    robustness = []
     for meth in analysis.methods:
-        if meth == ref:
-            continue
-        headline.append({"method": meth, "cost_ratio": cost.get(meth, {}).get("cost_ratio"),
-                         "latency_ratio": cost.get(meth, {}).get("latency_ratio"),
-                         "clean": cost.get(meth, {}).get("clean"), "corrupted": cost.get(meth, {}).get("corrupted"),
-                         "d_clean": heads.get(("clean", meth)), "d_corrupted": heads.get(("corrupted", meth)),
-                         "did": did_all.get(meth), "mce": mce_mean.get(meth, {}).get("ce"),
-                         "rel_mce": mce_mean.get(meth, {}).get("relative_ce")})
-    did = {(d["name"], d["method"]): d for d in analysis.did if d["scope"] in ("family", "all")}
+        if ref is None:
+            break
+        cells = []
+        for k in kinds:
+            d, mine, theirs = did_kind.get((KIND_NAMES[k], meth)), rel.get((k, meth)), rel.get((k, ref))
+            cells.append({"diff": diffs.get((k, meth)), "did": d, "rel": mine, "rel_ref": theirs,
+                          # fewer points lost, yet a smaller share of its own clean accuracy kept: the DiD's
+                          # sign would mislead
+                          "only_lower_start": bool(d and d["did"] is not None and d["did"] < 0 and mine is not None
+                                                   and theirs is not None and mine < theirs)})
+        robustness.append({"method": meth, "reference": meth == ref, "clean": diffs.get(("clean", meth)),
+                           "cells": cells})
+    did = {(d["name"], d["method"]): d for d in analysis.did if d["scope"] in ("kind", "family")}
     mce = {(r["family"], r["method"]): r for r in analysis.mce}
+    embedded = [_embed(p) for p in plots]
+    headline_plot = next((p for p in embedded if p["name"] == "severity_headline"), None)
+    n_kind = {k: sum(parse_condition(c).kind == k for c in analysis.conditions) for k in kinds}
     return {
         "suite": m.get("suite", run.run_dir.name), "created": m.get("created"), "config_hash": m.get("config_hash"),
         "n_examples": len({s["example_id"] for s in run.samples}), "reference": ref,
         "methods": analysis.methods, "conditions": analysis.conditions, "stats": analysis.config,
-        "correction_name": analysis.correction_name,
-        "measured_latency": any(h["latency_ratio"] is not None for h in headline),
-        "headline": headline if ref else [], "regressions": analysis.regressions, "comparisons": analysis.comparisons,
-        "notes": analysis.notes, "plots": [_embed(p) for p in plots],
+        "confidence_pct": f"{100 * analysis.config['confidence']:g}",
+        "correction_name": analysis.correction_name, "correction": analysis.config.get("correction"),
+        "kinds": kinds, "kind_names": [KIND_NAMES[k] for k in kinds], "n_kind": n_kind, "KIND_NAMES": KIND_NAMES,
+        "measured_latency": any(r["latency_ratio"] is not None for r in summary),
+        "summary": summary, "robustness": robustness, "any_only_lower_start": any(
+            c["only_lower_start"] for r in robustness for c in r["cells"]),
+        "regressions": analysis.regressions, "comparisons": analysis.comparisons,
+        "n_significant": sum(c["significant"] for c in analysis.comparisons),
+        "notes": analysis.notes, "headline_plot": headline_plot,
+        "plots": [p for p in embedded if p is not headline_plot],
         "accuracy": {(a["condition"], a["method"]): a for a in analysis.accuracy},
-        "did": did, "did_names": list(dict.fromkeys(k[0] for k in did)),
+        "did": did, "did_names": [k for k in dict.fromkeys(n for (n, _), d in did.items() if d["scope"] == "kind")]
+        + family_order(n for (n, _), d in did.items() if d["scope"] == "family"),
         "did_methods": list(dict.fromkeys(k[1] for k in did)),
         "mce": mce, "mce_families": list(dict.fromkeys(k[0] for k in mce)),
-        "mce_methods": list(dict.fromkeys(k[1] for k in mce)),
+        "mce_methods": list(dict.fromkeys(k[1] for k in mce)), "mce_names": MCE_NAMES,
+        "truncation": _truncation_table(analysis, run),
         "examples": _lost_answers(run, ref),
-        "manifest_json": json.dumps(m, indent=2, default=str),
+        "manifest_json": json.dumps(m, indent=2, default=str), "plot_dpi": DPI,
     }
+
+
+def _truncation_table(analysis: Analysis, run: RunData) -> dict | None:
+    """Answers cut at the token limit, per method and kind of condition; None when samples do not say."""
+    if analysis.truncation is None:
+        return None
+    cells = {(r["method"], r["kind"]): r for r in analysis.truncation}
+    kinds = [k for k in ("clean",) + tuple(analysis.kinds) if any(kk == k for _, kk in cells)]
+    total = sum(r["truncated"] for r in analysis.truncation)
+    n = sum(r["n"] for r in analysis.truncation)
+    gen = (((run.manifest.get("config") or {}).get("model") or {}).get("generation") or {})
+    return {"kinds": kinds, "names": [KIND_NAMES[k] for k in kinds], "cells": cells, "total": total, "n": n,
+            "methods": [m for m in analysis.methods if any(mm == m for mm, _ in cells)],
+            "max_new_tokens": gen.get("max_new_tokens")}
 
 
 def _embed(plot) -> dict:
@@ -83,19 +125,36 @@ def _lost_answers(run: RunData, ref: str | None) -> list[dict]:
         lost = [s for (ex, mm), s in clean.items() if mm == meth and s["score"] < 1
                 and clean.get((ex, ref), {}).get("score", 0) >= 1]
         for s in lost[:N_EXAMPLES_PER_METHOD]:
+            theirs = clean[(s["example_id"], ref)]
             out.append({"example_id": s["example_id"], "question": s.get("question", ""),
                         "answers": [str(a) for a in s.get("answers") or []], "method": meth,
-                        "prediction": s.get("prediction", ""),
-                        "reference_prediction": clean[(s["example_id"], ref)].get("prediction", "")})
+                        "prediction": s.get("prediction", ""), "truncated": bool(s.get("truncated")),
+                        "reference_prediction": theirs.get("prediction", ""),
+                        "reference_truncated": bool(theirs.get("truncated"))})
     return out
 
 
 def build_report(run_dir: str | Path, formats=("html", "pdf"), n_boot: int | None = None,
                  log=None) -> dict[str, Path]:
     """Analyse a finished run directory and write plots/, report.html and/or report.pdf.
-    Returns {format: path}. `n_boot` overrides the suite's bootstrap count (tests use fewer)."""
+    Returns {format: path}. `n_boot` overrides the suite's bootstrap count (tests use fewer).
+    Returns early, writing nothing ("report unchanged"), when neither the samples, the results,
+    the report settings nor the report code changed since the last build and its files exist."""
+    from . import fingerprint as fp
+
     t0 = time.perf_counter()
+    base = Path(run_dir) if Path(run_dir).is_dir() else Path(run_dir).parent  # a run dir or its results.json
+    out = {f: base / f"report.{f}" for f in ("html", "pdf") if f in formats}
+    try:
+        key = fp.fingerprint(base, formats, n_boot) if out else None
+    except (OSError, ValueError):
+        key = None  # unreadable inputs: load_run below says which file and why
+    if key is not None and fp.unchanged(base, key, out):
+        _say(log, f"report unchanged: {', '.join(str(p) for p in out.values())} (samples, results, report "
+                  f"settings and report code as at the last build; {time.perf_counter() - t0:.1f}s)")
+        return out
     run = load_run(run_dir)
+    (run.run_dir / fp.FINGERPRINT).unlink(missing_ok=True)
     analysis = analyze(run, n_boot=n_boot)
     analysis.notes[:0] = score_notes(run.manifest)
     plots, plot_notes = save_plots(run, analysis)
@@ -109,9 +168,17 @@ def build_report(run_dir: str | Path, formats=("html", "pdf"), n_boot: int | Non
         from .pdf import write_pdf
 
         out["pdf"] = write_pdf(html, run.run_dir / "report.pdf")
-    if log is not None:
-        log(f"report: {', '.join(str(p) for p in out.values())} ({time.perf_counter() - t0:.1f}s)")
+    if key is not None and out:
+        fp.record(run.run_dir, key, list(out.values()) + [p.path for p in plots])
+    _say(log, f"report: {', '.join(str(p) for p in out.values())} ({time.perf_counter() - t0:.1f}s)")
     return out
+
+
+def _say(log, message: str) -> None:
+    if log is not None:
+        log(message)
+    else:
+        logging.getLogger(__name__).info(message)
 
 
 def score_notes(manifest: dict) -> list[str]:
@@ -162,9 +229,36 @@ def _ci(d) -> str:
     return body if lo is None or hi is None else f"{body} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
 
 
-def _sign_class(x) -> str:
-    if isinstance(x, dict):
-        x = x.get("diff", x.get("did"))
-    if x is None:
+def _ci_lines(d) -> Markup:
+    """As `_ci`, the interval on a line of its own under the estimate (narrow columns wrap the same way)."""
+    body = _ci(d)
+    est, sep, interval = body.partition(" ")
+    return Markup(escape(est) + (Markup("<br><small>") + escape(interval) + Markup("</small>") if sep else ""))
+
+
+def _acc_ci(a) -> str:
+    """An accuracy dict ({accuracy, lo, hi}) as '78.9 [73.7, 82.6]' percent."""
+    if not a or a.get("accuracy") is None:
+        return "-"
+    body = f"{100 * a['accuracy']:.1f}"
+    return body if a.get("lo") is None or a.get("hi") is None else f"{body} [{100 * a['lo']:.1f}, {100 * a['hi']:.1f}]"
+
+
+def _ratio(x) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _sign_class(d) -> str:
+    """How a difference is coloured: significant after the correction (it has been tested) in colour,
+    by direction; an interval that includes 0 grey; anything else plain. Not red for every negative."""
+    if not isinstance(d, dict):
         return ""
-    return "neg" if x < 0 else ("pos" if x > 0 else "")
+    est = d.get("diff", d.get("did"))
+    if est is None:
+        return ""
+    if d.get("significant"):
+        return "sig-worse" if est < 0 else "sig-better"
+    lo, hi = d.get("lo"), d.get("hi")
+    if lo is None or hi is None or lo <= 0 <= hi:
+        return "ns"
+    return ""

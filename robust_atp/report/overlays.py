@@ -3,6 +3,7 @@ corruption exactly as the engine made them, with the patches a method kept left 
 from __future__ import annotations
 
 import math
+import textwrap
 
 import numpy as np
 
@@ -10,27 +11,23 @@ from ..errors import UserError
 from ..stats import CLEAN, parse_condition
 
 
-def overlay_panels(run, analysis, n_examples: int = 3, n_conditions: int = 3):
-    """(figure, caption) or (None, reason). Rows: examples; columns: clean, then corrupted conditions
-    (the highest severity of the first few image corruptions)."""
+def overlay_panels(run, analysis, n_examples: int = 2):
+    """(figure, caption) or (None, reason). Per example: its question and reference answers on top,
+    then a row per condition (clean, and the highest severity of the first image corruption) with a
+    panel per method, each method's answer under its panel."""
+    import matplotlib.pyplot as plt
+
     kept = {(s["example_id"], s["condition"], s["method"]): s["kept_indices"]
             for s in run.samples if s.get("kept_indices") is not None}
     if not kept:
         return None, "samples.jsonl has no kept_indices"
-    method = next((m for m in run.methods if m != run.reference and any(k[2] == m for k in kept)), None)
-    if method is None:
+    if not any(k[2] != run.reference for k in kept):
         return None, "no pruned method records kept_indices"
-    image_conds = [c for c in run.conditions if parse_condition(c).kind == "image"]
-    top = {}
-    for c in image_conds:
-        p = parse_condition(c)
-        if p.severity >= top.get(p.family, (0, None))[0]:
-            top[p.family] = (p.severity, c)
-    conds = [CLEAN] + [c for _, c in list(top.values())[:n_conditions]]
-    ids = [ex for ex in dict.fromkeys(k[0] for k in kept if k[2] == method)
-           if all((ex, c, method) in kept for c in conds)][:n_examples]
+    conds = [CLEAN] + _worst_image_condition(run.conditions)
+    by = {(s["example_id"], s["condition"], s["method"]): s for s in run.samples}
+    ids = _examples_to_show(run, by, conds, n_examples)
     if not ids:
-        return None, f"no example has kept_indices for {method} on clean and corrupted images"
+        return None, "no example has every method's answer on the clean images"
     try:
         examples = _load_examples(run, set(ids))
     except (UserError, OSError, ValueError, KeyError, TypeError) as e:
@@ -39,33 +36,81 @@ def overlay_panels(run, analysis, n_examples: int = 3, n_conditions: int = 3):
     grid = _grid(run.manifest.get("grid"), n_tokens)
     if grid is None:
         return None, f"cannot infer the patch grid of {n_tokens} visual tokens"
-    import matplotlib.pyplot as plt
-
     seed = int(run.manifest.get("seed", 0))
     image_cfg = ((run.manifest.get("config") or {}).get("perturbations") or {}).get("image") or {}
     resolution = image_cfg.get("resolution")
-    fig, axes = plt.subplots(len(ids), len(conds), figsize=(2.0 * len(conds), 2.2 * len(ids)), squeeze=False)
-    for i, ex_id in enumerate(ids):
+    methods = run.methods
+    width = min(7.3, 0.5 + 1.25 * len(methods))
+    panel = (width - 0.5) / len(methods)
+    height_per = 0.45 + len(conds) * (panel + 0.3)
+    fig = plt.figure(figsize=(width, height_per * len(ids)), layout="constrained")
+    subfigs = fig.subfigures(len(ids), 1, squeeze=False)[:, 0]
+    chars = int(width * 15)
+    for sub, ex_id in zip(subfigs, ids):
         ex = examples[ex_id]
+        first = by[ex_id, CLEAN, methods[0]]
+        question = first.get("question") or ex.question
+        answers = ", ".join(dict.fromkeys(str(a) for a in (first.get("answers") or ex.answers)))
+        sub.suptitle(textwrap.fill(f"Q: {question}", chars) + "\n" + textwrap.fill(f"answers: {answers}", chars),
+                     fontsize=7, x=0.01, ha="left")
+        axes = sub.subplots(len(conds), len(methods), squeeze=False)
         clean_img = ex.image()
-        for j, cond in enumerate(conds):
+        for i, cond in enumerate(conds):
             img = _image_under(clean_img, ex_id, cond, seed, resolution)
-            ax = axes[i, j]
-            ax.imshow(_shade(img, kept[(ex_id, cond, method)], grid))
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(cond.replace("image:", ""), fontsize=7)
-            if j == 0:
-                ax.set_ylabel(_short(ex.question), fontsize=6)
-    fig.suptitle(f"{method}: kept tokens (bright) on the input images", fontsize=8)
-    fig.tight_layout()
-    return fig, (f"{method}: bright patches are the kept visual tokens ({grid[0]}x{grid[1]} patch grid); rows are "
-                 f"examples (question at the left), columns clean then corrupted.")
+            for j, m in enumerate(methods):
+                ax = axes[i, j]
+                idx = kept.get((ex_id, cond, m))
+                ax.imshow(_shade(img, idx, grid) if idx is not None else _shade(img, range(grid[0] * grid[1]), grid))
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if i == 0:
+                    ax.set_title(textwrap.fill(m, 16), fontsize=7)
+                if j == 0:
+                    ax.set_ylabel(cond.replace("image:", ""), fontsize=6)
+                s = by.get((ex_id, cond, m))
+                ax.set_xlabel(_answer_label(s, m == run.reference or idx is not None), fontsize=6,
+                              color="#0072B2" if s and s["score"] >= 1 else "#D55E00")
+    caption = (f"Bright patches are the visual tokens each method kept ({grid[0]}x{grid[1]} patch grid; "
+               f"{run.reference or 'the reference'} keeps all); under each panel its answer, blue and ✓ when scored "
+               f"right, vermillion and ✗ when wrong. Rows: clean, then "
+               f"{conds[1] if len(conds) > 1 else 'no image corruption in this run'}.")
+    return fig, caption
 
 
-def _short(text: str, n: int = 38) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
+def _worst_image_condition(conditions: list[str]) -> list[str]:
+    """The highest severity of the first image corruption (none when the run has no image corruption)."""
+    image = [c for c in conditions if parse_condition(c).kind == "image"]
+    if not image:
+        return []
+    fam = parse_condition(image[0]).family
+    return [max((c for c in image if parse_condition(c).family == fam), key=lambda c: parse_condition(c).severity)]
+
+
+def _examples_to_show(run, by: dict, conds: list[str], n: int) -> list[str]:
+    """Examples answered by every method under every shown condition, those where the methods'
+    answers differ most first (ties in dataset order)."""
+    order = list(dict.fromkeys(s["example_id"] for s in run.samples))
+    ranked = []
+    for pos, ex in enumerate(order):
+        rows = [by.get((ex, c, m)) for c in conds for m in run.methods]
+        if any(r is None for r in rows):
+            continue
+        distinct = len({str(r.get("prediction")).strip() for r in rows})
+        ranked.append((-distinct, pos, ex))
+    return [ex for _, _, ex in sorted(ranked)[:n]]
+
+
+def _answer_label(sample, drawn: bool) -> str:
+    if sample is None:
+        return "(no answer)"
+    mark = "✓" if sample["score"] >= 1 else "✗"
+    text = textwrap.shorten(str(sample.get("prediction", "")), 40, placeholder="…") or "(empty)"
+    label = textwrap.fill(f"{mark} {text}", 16)
+    if sample.get("truncated"):
+        label += "\n(cut at the token limit)"
+    if not drawn:
+        label += "\n(kept set not recorded)"
+    return label
 
 
 def _load_examples(run, ids: set[str]) -> dict:
