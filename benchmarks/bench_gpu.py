@@ -414,7 +414,7 @@ def bench_model(adapter, examples, keeps, repeats: int, steps: int) -> dict:
     vision = adapter.encode_images(images)
     text = adapter.encode_texts(questions) if any(m.needs_text for m in methods) else None
     refused = {}
-    with new_tokens(adapter, 1):
+    with new_tokens(adapter, steps):  # decoding steps too: what the measured calls run
         for m in methods:
             why = supported(adapter, m, vision, text, questions, keys[m.label])
             if why is not None:
@@ -503,15 +503,15 @@ def main(argv=None) -> int:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    device = torch.device(a.device or ("cpu" if a.tiny else "cuda"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("bench_gpu.py: --device: cuda requested but no CUDA device is available (use --tiny --device cpu)",
-              file=sys.stderr)
-        return 2
     families = [f.strip() for f in a.models.split(",") if f.strip()]
     unknown = sorted(set(families) - {"llava", "qwen2_vl"})
     if unknown or not families:
         print(f"bench_gpu.py: --models: unknown {', '.join(unknown) or '(none)'}; known: llava, qwen2_vl",
+              file=sys.stderr)
+        return 2
+    device = torch.device(a.device or ("cpu" if a.tiny else "cuda"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("bench_gpu.py: --device: cuda requested but no CUDA device is available (use --tiny --device cpu)",
               file=sys.stderr)
         return 2
     dtype = getattr(torch, a.dtype)
