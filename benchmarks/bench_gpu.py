@@ -18,8 +18,8 @@ way a suite's `model:` section loads them:
               external scorer of ATP's relevance term
 
 Methods: full, and ATP (alpha 0.5), FastV (layer 1) and VisionZip at keep 1 / 0.5 / 0.25 /
-0.125; a method an adapter refuses (FastV and VisionZip on Qwen2-VL) is listed with the
-adapter's reason. One synthetic batch of --batch images and questions; every answer is exactly
+0.125; a method an adapter refuses (FastV and VisionZip on Qwen2-VL), or that fails on the
+batch, is listed under the table with the adapter's reason or the error, and the run goes on. One synthetic batch of --batch images and questions; every answer is exactly
 --new-tokens tokens (EOS ignored), so decoding work is equal across methods. Each figure is the
 median of --repeats rounds after a warm-up round, each round measuring every method once, all in
 this process; times are device-synchronised (`cost.Clock`: torch.cuda.synchronize on cuda).
@@ -48,8 +48,9 @@ adapter loads that directory the model class's `from_pretrained` hands it the mo
 built in memory (checked: the adapter's model is that object, in the dtype and attention the
 suite's `model:` asks for).
 
---tiny: tiny configs of the same two families (same code path, same methods), 2 repeats, batch 2,
-on --device cpu: a smoke test for CI, not a measurement.
+--tiny: tiny configs of the same two families (same code path, same methods; 64 visual tokens,
+3-layer LLMs), 2 repeats, batch 2, on --device cpu with one torch thread: a smoke test for CI,
+not a measurement. The exit status is 1 when ATP at keep 1 does not give full's answers.
 """
 from __future__ import annotations
 
@@ -156,10 +157,22 @@ def _sharpen(lm_head, layers) -> None:
             layer.self_attn.k_proj.weight.mul_(6)
 
 
-def _lm_tokenizer(extra=()):
+@functools.lru_cache(maxsize=1)
+def _tokenizers():
     from robust_atp.models.zoo import vocab
 
-    _, tok = vocab.build_tokenizers()
+    return vocab.build_tokenizers()  # seconds: it enumerates the shapes vocabulary
+
+
+def tokenizers():
+    """The demo's (CLIP, LM) tokenizers: fresh copies (a family adds its own special tokens)."""
+    import copy
+
+    return copy.deepcopy(_tokenizers())
+
+
+def _lm_tokenizer(extra=()):
+    _, tok = tokenizers()
     if extra:
         tok.add_special_tokens({"additional_special_tokens": list(extra)}, replace_extra_special_tokens=False)
     return tok
@@ -175,7 +188,7 @@ def build_llava(out: Path, s: LlavaShape, device: torch.device, dtype: torch.dty
 
     from robust_atp.models.zoo import vocab
 
-    clip_tok, lm_tok = vocab.build_tokenizers()
+    clip_tok, lm_tok = tokenizers()
     vision = CLIPVisionConfig(hidden_size=s.vit_width, intermediate_size=s.vit_mlp, num_hidden_layers=s.vit_layers,
                               num_attention_heads=s.vit_heads, image_size=s.image, patch_size=s.patch,
                               projection_dim=s.projection)
@@ -327,12 +340,12 @@ def new_tokens(adapter, n: int):
         g.max_new_tokens, g.min_new_tokens = saved
 
 
-def answer(adapter, m, vision, text, questions, keys) -> list[str]:
-    """One method's answers on one batch, as the engine asks the adapter for them."""
-    kept = m.apply(vision, text, keys)
+def answer(adapter, m, kept, n_visual: int, questions) -> list[str]:
+    """One method's answers on one batch from its kept tokens (`Method.apply`; n_visual: the
+    tokens of the vision pass), as the engine asks the adapter for them."""
     tokens = [k.tokens for k in kept]
     if m.fastv_layer is not None:
-        return adapter.generate(tokens, questions, fastv=FastVSpec(m.fastv_layer, m.fastv_k(vision.tokens.shape[1])))
+        return adapter.generate(tokens, questions, fastv=FastVSpec(m.fastv_layer, m.fastv_k(n_visual)))
     # adapters that place tokens by grid position (Qwen2-VL) take the kept indices too
     extra = {"kept_indices": [k.indices for k in kept]} if getattr(adapter, "wants_kept_indices", False) else {}
     return adapter.generate(tokens, questions, **extra)
@@ -350,7 +363,7 @@ def supported(adapter, m, vision, text, questions, keys) -> str | None:
     """None if the adapter runs the method on this batch, else why not: its one-line refusal, or
     the error it failed with (reported in the table rather than ending a run of many models)."""
     try:
-        answer(adapter, m, vision, text, questions, keys)
+        answer(adapter, m, m.apply(vision, text, keys), vision.tokens.shape[1], questions)
     except UserError as e:
         return f"refused: {e}"
     except Exception as e:  # noqa: BLE001
@@ -370,17 +383,18 @@ def measure_round(adapter, methods, images, questions, keys, clock, steps: int) 
         t = clock()
         text = adapter.encode_texts(questions)
         text_s = clock() - t
+    n = vision.tokens.shape[1]
     for m in methods:
         t = clock()
-        m.apply(vision, text, keys[m.label])
+        kept = m.apply(vision, text, keys[m.label])
         select_s = clock() - t
         with new_tokens(adapter, 1):
             t = clock()
-            answer(adapter, m, vision, text, questions, keys[m.label])
+            answer(adapter, m, kept, n, questions)
             prefill_s = clock() - t
         with new_tokens(adapter, steps), cost.PeakMemory(adapter.device) as peak:
             t = clock()
-            answer(adapter, m, vision, text, questions, keys[m.label])
+            answer(adapter, m, kept, n, questions)
             generate_s = clock() - t
         own_text = text_s if m.needs_text else 0.0
         rec[m.label] = {"vision": vision_s, "text": own_text, "select": select_s, "prefill": prefill_s,
@@ -422,13 +436,14 @@ def bench_model(adapter, examples, keeps, repeats: int, steps: int) -> dict:
     methods = [m for m in methods if m.label not in refused]
     measure_round(adapter, methods, images, questions, keys, clock, steps)  # warm-up (untimed)
     rounds = [measure_round(adapter, methods, images, questions, keys, clock, steps) for _ in range(repeats)]
-    rates, answers = {}, {}
+    rates, answers, unstable = {}, {}, []
     engine_rate(adapter, methods[0], examples, steps)  # warm-up: the store, the engine's first call
     for m in methods:
         runs = [engine_rate(adapter, m, examples, steps) for _ in range(repeats)]
         rates[m.label] = statistics.median(r for r, _ in runs)
         answers[m.label] = runs[0][1]
-        assert all(a == answers[m.label] for _, a in runs), f"{m.label}: answers changed between engine runs"
+        if any(a != answers[m.label] for _, a in runs):  # greedy decoding of the same inputs should not vary
+            unstable.append(m.label)
     llm = cost.LayerShape.from_config(adapter.cost_configs()["llm"])
     text_len = [adapter.prompt_length(q) for q in questions]
     full = methods[0].label
@@ -455,7 +470,7 @@ def bench_model(adapter, examples, keeps, repeats: int, steps: int) -> dict:
                      "text_pct": None if m.name == "full" else 100 * (r["text"] + r["select"]) / r["vision"],
                      "same": sum(answers[m.label][k] == ref[k] for k in ref), "batch": len(ref),
                      **{f"{k}_ms": 1e3 * v for k, v in r.items()}})
-    return {"rows": rows, "refused": refused, "peak_kind": cost.PeakMemory(adapter.device).kind,
+    return {"rows": rows, "refused": refused, "unrepeatable": unstable, "peak_kind": cost.PeakMemory(adapter.device).kind,
             "prompt_text_tokens": statistics.mean(text_len), "visual_tokens": vision.tokens.shape[1]}
 
 
@@ -482,6 +497,8 @@ def print_table(title: str, result: dict) -> None:
         by_reason.setdefault(why, []).append(label)
     for why, labels in by_reason.items():
         print(f"  not run: {', '.join(labels)}: {why}")
+    if result["unrepeatable"]:
+        print(f"  answers differed between repeated engine runs: {', '.join(result['unrepeatable'])}")
     print()
 
 
