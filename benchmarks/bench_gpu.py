@@ -60,7 +60,7 @@ import dataclasses
 import functools
 import gc
 import json
-import math
+import os
 import statistics
 import sys
 import tempfile
@@ -70,6 +70,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    os.environ.setdefault(_var, "1")  # nothing here needs the network: never wait on it
 
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -296,7 +298,9 @@ def load(model_cfg: ModelCfg, models: dict):
     """The adapter a suite's `model:` section gives, around the in-memory models."""
     from robust_atp.models.base import load_adapter
 
-    with served_from_memory(models):
+    # on the device: what the adapter builds itself (Qwen2-VL's open_clip scorer, random weights
+    # here) is initialised there, not on the host and then copied
+    with served_from_memory(models), torch.device(model_cfg.device):
         adapter = load_adapter(model_cfg)
     if adapter.model is not models[model_cfg.checkpoint]:
         raise RuntimeError("the adapter did not load the model built in memory")
@@ -583,7 +587,7 @@ def main(argv=None) -> int:
           f"({', '.join(str(r['same']) + '/' + str(r['batch']) for r in atp1)})")
     print(f"total {out['seconds']:.1f} s")
     if a.json:
-        a.json.write_text(json.dumps(out, indent=1, default=_json_default))
+        a.json.write_text(json.dumps(out, indent=1, default=str))
     return 0 if all(r["same"] == r["batch"] for r in atp1) else 1  # ATP with K = N is `full`: an invariant
 
 
@@ -591,10 +595,6 @@ def _count(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M"
 
 
-def _json_default(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return str(v)
 
 
 if __name__ == "__main__":
