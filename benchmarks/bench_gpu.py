@@ -19,8 +19,9 @@ way a suite's `model:` section loads them:
 
 Methods: full, and ATP (alpha 0.5), FastV (layer 1) and VisionZip at keep 1 / 0.5 / 0.25 /
 0.125; a method an adapter refuses (FastV and VisionZip on Qwen2-VL), or that fails on the
-batch, is listed under the table with the adapter's reason or the error, and the run goes on. One synthetic batch of --batch images and questions; every answer is exactly
---new-tokens tokens (EOS ignored), so decoding work is equal across methods. Each figure is the
+batch, is listed under the table with the adapter's reason or the error, and the run goes on.
+One synthetic batch of --batch images and questions; every answer is exactly --new-tokens
+tokens (EOS ignored), so decoding work is equal across methods. Each figure is the
 median of --repeats rounds after a warm-up round, each round measuring every method once, all in
 this process; times are device-synchronised (`cost.Clock`: torch.cuda.synchronize on cuda).
 
@@ -284,7 +285,8 @@ def served_from_memory(models: dict):
                 raise RuntimeError(f"{path}: asked for {want}, built in {model.dtype}")
             attn = kwargs.get("attn_implementation")
             if attn is not None and attn != model.config._attn_implementation:
-                raise RuntimeError(f"{path}: asked for {attn} attention, built with {model.config._attn_implementation}")
+                raise RuntimeError(f"{path}: asked for {attn} attention, built with "
+                                   f"{model.config._attn_implementation}")
             return model
 
         patches.append(mock.patch.object(cls, "from_pretrained", staticmethod(serve)))
@@ -474,7 +476,8 @@ def bench_model(adapter, examples, keeps, repeats: int, steps: int) -> dict:
                      "text_pct": None if m.name == "full" else 100 * (r["text"] + r["select"]) / r["vision"],
                      "same": sum(answers[m.label][k] == ref[k] for k in ref), "batch": len(ref),
                      **{f"{k}_ms": 1e3 * v for k, v in r.items()}})
-    return {"rows": rows, "refused": refused, "unrepeatable": unstable, "peak_kind": cost.PeakMemory(adapter.device).kind,
+    return {"rows": rows, "refused": refused, "unrepeatable": unstable,
+            "peak_kind": cost.PeakMemory(adapter.device).kind,
             "prompt_text_tokens": statistics.mean(text_len), "visual_tokens": vision.tokens.shape[1]}
 
 
