@@ -20,10 +20,12 @@ way a suite's `model:` section loads them:
 Methods: full, and ATP (alpha 0.5), FastV (layer 1) and VisionZip at keep 1 / 0.5 / 0.25 /
 0.125; a method an adapter refuses (FastV and VisionZip on Qwen2-VL), or that fails on the
 batch, is listed under the table with the adapter's reason or the error, and the run goes on.
-One synthetic batch of --batch images and questions; every answer is exactly --new-tokens
-tokens (EOS ignored), so decoding work is equal across methods. Each figure is the
-median of --repeats rounds after a warm-up round, each round measuring every method once, all in
-this process; times are device-synchronised (`cost.Clock`: torch.cuda.synchronize on cuda).
+The random LLMs' LM head is scaled by 20 and their query and key projections by 6, so greedy
+answers are no ties and depend on which visual tokens the LLM sees (what `same` reads); the
+cost of a forward pass does not depend on the weights' values. One synthetic batch of --batch
+images and questions; every answer is exactly --new-tokens tokens (EOS ignored), so decoding
+work is equal across methods. Each figure is the median of --repeats rounds after a warm-up
+round, each round measuring every method once, all in this process; times are device-synchronised (`cost.Clock`: torch.cuda.synchronize on cuda).
 
     tokens    visual tokens the LLM's layers run on (FastV: after its layer)
     bound     the FLOPs bound on the speedup: full's analytical LLM prefill FLOPs / the method's
