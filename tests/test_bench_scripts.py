@@ -1,4 +1,6 @@
 """Smoke tests of the benchmark scripts: each runs on a tiny input and prints its table."""
+import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -6,6 +8,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+GPU_COLUMNS = ("method", "keep", "tokens", "bound", "prefill", "e2e", "eff", "ans/s", "peakMB", "select%", "+text%",
+               "same", "prefill_ms", "vision_ms", "e2e_ms")
+KEEPS = (1, 0.5, 0.25, 0.125)
 
 
 def _table(script: str, *args: str) -> list[str]:
@@ -64,3 +69,46 @@ def test_bench_engine_quick_checks_predictions_and_prints_the_speedup():
     assert int(naive[-3]) == 6 * 3 and int(engine[-3]) == 2  # vision passes: per method and condition vs shared
     assert int(naive[-2]) == 6 * int(engine[-2]) > 0  # corrupted images computed
     assert lines[-1].startswith("speedup (naive / engine):")
+
+
+@pytest.mark.slow
+def test_bench_gpu_tiny_prints_both_families_and_keep_1_atp_is_full(tmp_path):
+    out = tmp_path / "gpu.json"
+    lines = _table("bench_gpu.py", "--tiny", "--json", str(out))
+    heads = [i for i, line in enumerate(lines) if line.split() == list(GPU_COLUMNS)]
+    assert len(heads) == 2 and lines[heads[0] - 1].startswith("LLaVA-1.5-7B-shaped (TINY)")
+    assert lines[heads[1] - 1].startswith("Qwen2-VL-7B-shaped (TINY)")
+    tables = []
+    for h in heads:
+        rows = []
+        for line in lines[h + 2:]:
+            if not line.strip() or line.startswith("  not run:"):
+                break
+            rows.append(dict(zip(GPU_COLUMNS, line.split())))
+        tables.append(rows)
+    llava, qwen = tables
+    want = [("full", "1")] + [(m, f"{k:g}") for m in ("atp", "fastv", "visionzip") for k in KEEPS]
+    assert [(r["method"], r["keep"]) for r in llava] == want
+    assert [(r["method"], r["keep"]) for r in qwen] == want[:1 + len(KEEPS)]  # Qwen2-VL refuses FastV, VisionZip
+    refused = [line for line in lines[heads[1]:] if line.startswith("  not run:")]
+    assert len(refused) == 2 and "fastv" in refused[0] and "visionzip" in refused[1]
+    for rows in tables:
+        for r in rows:
+            for c in ("bound", "prefill", "e2e", "eff", "ans/s", "peakMB", "prefill_ms", "vision_ms", "e2e_ms"):
+                assert math.isfinite(float(r[c])) and float(r[c]) > 0, (r, c)
+            for c in ("select%", "+text%"):
+                assert (r[c] == "-") == (r["method"] == "full") and (r[c] == "-" or 0 <= float(r[c]) < math.inf)
+        full, atp1 = rows[0], rows[1]
+        assert full["bound"] == full["prefill"] == full["e2e"] == "1.000" and full["same"] == "2/2"
+        assert atp1["method"] == "atp" and atp1["same"] == "2/2" and atp1["bound"] == "1.000"  # ATP at K = N is full
+        atp = rows[1:1 + len(KEEPS)]
+        assert [int(r["tokens"]) for r in atp] == [64, 32, 16, 8]
+        assert [float(r["bound"]) for r in atp] == sorted(float(r["bound"]) for r in atp)
+    # the `same` column can tell: pruning changes some answers of the random model
+    assert any(r["same"] != "2/2" for r in llava if r["keep"] in ("0.25", "0.125"))
+    assert lines[-2] == "ATP at keep 1 gives full's answers: yes (2/2, 2/2)" and lines[-1].startswith("total ")
+    data = json.loads(out.read_text())
+    assert data["mode"] == "tiny" and set(data["models"]) == {"llava", "qwen2_vl"}
+    assert [r["label"] for r in data["models"]["llava"]["rows"]][:2] == ["full", "atp@1"]
+    assert all(math.isfinite(r["answers_per_s"]) and r["answers_per_s"] > 0
+               for m in data["models"].values() for r in m["rows"])
