@@ -169,7 +169,10 @@ def staged_prefill(decoder, lm_head, embeds: torch.Tensor, attention_mask: torch
     for l, layer in enumerate(decoder.layers):
         n = h.shape[1]
         causal = torch.ones(n, n, dtype=torch.bool, device=dev).tril()
-        mask = _additive(causal[None, None] & valid[:, None, None, :], h.dtype)
+        # a pad sees itself: no query row is all masked (its softmax would be NaN in float64 eager,
+        # whose float32 softmax turns finfo(float64).min into -inf, and NaN values leak through p v)
+        eye = torch.eye(n, dtype=torch.bool, device=dev)
+        mask = _additive((causal[None, None] & valid[:, None, None, :]) | eye, h.dtype)
         layer_valid.append(valid)
         seen.append(origin)
         image_tokens.append(image_count)
