@@ -1,17 +1,19 @@
-"""The staged decoder (models/staged_llm.py) on tiny random Llama / Qwen2 LMs built from configs:
-keep-all equals Hugging Face's own greedy `generate`; with drops it equals a cache-free
-reference that recomputes the whole staged forward for every new token, one unpadded example
-at a time, calling the prune/ functions directly; the tokens each layer sees are the official
-counts; batch sizes 1 and 4 agree; counted prefill FLOPs equal the analytical ones."""
+"""The staged decoder (models/staged_llm.py) and its policies (prune/staged.py) on tiny random
+Llama / Qwen2 LMs built from configs: keep-all equals Hugging Face's own greedy `generate`; with
+drops it equals a cache-free reference that recomputes the whole staged forward for every new
+token, one unpadded example at a time, calling the prune/ functions directly (which tokens each
+layer sees, too); the counts per layer are the official ones; batch sizes 1 and 4 agree; counted
+prefill FLOPs equal the analytical ones."""
 import functools
 
 import pytest
 import torch
 
 from robust_atp import cost
-from robust_atp.models.staged_llm import (Cut, DartPolicy, KeepAll, PDropPolicy, SparseVLMPolicy, budget_lambda,
-                                          budget_schedule, staged_generate, staged_prefill)
+from robust_atp.models.staged_llm import KeepAll, staged_generate, staged_prefill
 from robust_atp.prune import dart, pdrop, sparsevlm
+from robust_atp.prune.staged import (Cut, DartPolicy, PDropPolicy, SparseVLMPolicy, budget_lambda,
+                                     budget_schedule)
 
 D, LAYERS, VOCAB = 32, 6, 40
 PREFIX, IMAGE = 3, 40
@@ -58,7 +60,7 @@ class IdentityCuts:
     def start(self, *args, **kwargs):
         pass
 
-    def after_layer(self, decoder, state):
+    def after_layer(self, state):
         if state.layer not in (1, 3):
             return None
         index = torch.arange(state.hidden.shape[1])[None].expand(state.hidden.shape[0], -1)
@@ -145,7 +147,8 @@ def _reference_forward(lm, x, prompt, kind, policy, seed):
         elif kind == "dart" and l == policy.layer - 1:
             attn = layer.self_attn
             _, k = _qk(model, layer, layer.input_layernorm(h[0, :prompt_end]), pos[:prompt_end], [0])
-            k = k.repeat_interleave(attn.config.num_attention_heads // k.shape[0], 0).transpose(0, 1).reshape(prompt_end, -1)
+            k = k.repeat_interleave(attn.config.num_attention_heads // k.shape[0], 0)  # as repeat_kv
+            k = k.transpose(0, 1).reshape(prompt_end, -1)  # heads concatenated
             got = dart.dart_retained(model.norm(out[0, :prompt_end]), k, start, v, policy.topk(v))
             keep = torch.cat([dart.dart_keep(prompt_end, start, v, got), torch.arange(prompt_end, n)])
             h, origin, pos, v = out[:, keep], origin[keep], pos[keep], len(got)
@@ -178,6 +181,7 @@ def _reference_generate(lm, x, kind, policy, seed, steps=STEPS):
     return tokens, seen0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 @pytest.mark.parametrize("kind", ["pdrop", "dart", "sparsevlm"])
 def test_drops_equal_a_cache_free_reference_token_for_token(kind, attn):
@@ -222,7 +226,8 @@ def test_each_layer_sees_the_official_image_token_counts():
                     assert bool(((row == -1) | ((row >= p + PREFIX) & (row < p + PREFIX + IMAGE))).all()), (kind, l)
                 assert seen.shape[1] == T - IMAGE + out.image_tokens[l], (kind, l)
     assert pdrop.layer_image_tokens(576, 32) == PDropPolicy().layer_image_tokens(576, 32)
-    assert sparsevlm.layer_image_tokens(576, 32, sparsevlm.SCHEDULES[192]) == SparseVLMPolicy().layer_image_tokens(576, 32)
+    default = SparseVLMPolicy().layer_image_tokens(576, 32)
+    assert default == sparsevlm.layer_image_tokens(576, 32, sparsevlm.SCHEDULES[192])
 
 
 def test_budget_mappings_give_the_references_own_settings_at_their_budgets():
@@ -294,3 +299,21 @@ def test_counted_prefill_flops_equal_the_analytical(kind):
         n_text = text - PREFIX
         analytical += cost.sparsevlm_score_flops(s, IMAGE, n_text, len(policy.raters[0]), at)
     assert counted == analytical
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_bad_settings_and_inputs_fail_with_one_clear_message():
+    lm = _lm()
+    emb, mask, starts = _prompts()
+    with pytest.raises(ValueError, match="padding must be on the left"):
+        _generate(lm, emb, mask.flip(1), starts, KeepAll())
+    with pytest.raises(ValueError, match="pdrop: 3 ratios for 3 stage layers"):
+        PDropPolicy([2, 3, 5], [1.0, 0.5, 0.25])
+    with pytest.raises(ValueError, match="sparsevlm: 2 schedule counts for 3 pruning layers"):
+        SparseVLMPolicy((10, 5), (1, 2, 3))
+    with pytest.raises(ValueError, match="dart: layer must be >= 1"):
+        DartPolicy(layer=0)
+    short = [T - IMAGE - 2] * len(PADS)  # the image ends 2 tokens before the prompt does
+    with pytest.raises(ValueError, match="dart: example 0 has 2 tokens after the image, fewer than its 4 text pivots"):
+        _generate(lm, emb, mask, short, DartPolicy(layer=2, max_num_trunction=16), steps=1)
