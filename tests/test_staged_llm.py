@@ -169,16 +169,18 @@ def _reference_forward(lm, x, prompt, kind, policy, seed):
 
 
 def _reference_generate(lm, x, kind, policy, seed, steps=STEPS):
-    """Greedy tokens of one unpadded prompt x [P, d], every step a fresh cache-free forward."""
+    """Greedy tokens and logits of one unpadded prompt x [P, d], every step a fresh cache-free
+    forward; and the prompt indices each layer saw."""
     prompt = len(x)
-    tokens, seen0 = [], None
+    tokens, steps_logits, seen0 = [], [], None
     for _ in range(steps):
         ids = torch.tensor(tokens, dtype=torch.long)
         seq = torch.cat([x, lm.model.embed_tokens(ids).to(x.dtype)]) if tokens else x
         logits, seen = _reference_forward(lm, seq, prompt, kind, policy, seed)
         seen0 = seen0 if seen0 is not None else seen
         tokens.append(int(logits.argmax()))
-    return tokens, seen0
+        steps_logits.append(logits)
+    return tokens, steps_logits, seen0
 
 
 @pytest.mark.slow
@@ -191,8 +193,11 @@ def test_drops_equal_a_cache_free_reference_token_for_token(kind, attn):
     with torch.no_grad():
         out = _generate(lm, emb, mask, starts, policy, seeds=[7] * len(PADS))
         for i, p in enumerate(PADS):
-            tokens, seen = _reference_generate(lm, emb[i, p:], kind, policy, seed=7)
+            tokens, logits, seen = _reference_generate(lm, emb[i, p:], kind, policy, seed=7)
             assert out.tokens[i].tolist() == tokens, f"example {i}"
+            for step, (mine, theirs) in enumerate(zip(out.logits, logits)):  # float64: the caches and the
+                # decoding positions, not only the argmax
+                torch.testing.assert_close(mine[i], theirs.float(), atol=1e-6, rtol=0, msg=f"example {i} step {step}")
             for l in range(LAYERS):  # which prompt tokens each layer saw (the pads, masked, left out)
                 mine = out.seen[l][i]
                 mine = torch.where(mine >= 0, mine - p, mine)[p:]
@@ -225,6 +230,12 @@ def test_each_layer_sees_the_official_image_token_counts():
                 for row, p in zip(real, PADS):  # the image span holds image tokens (or recycled: -1) only
                     assert bool(((row == -1) | ((row >= p + PREFIX) & (row < p + PREFIX + IMAGE))).all()), (kind, l)
                 assert seen.shape[1] == T - IMAGE + out.image_tokens[l], (kind, l)
+            # the first generated token's position in each layer: renumbered methods fall by what
+            # was dropped before the layer (pdrop_forward; SparseVLM's own cache length), DART keeps
+            real = torch.tensor([T - p for p in PADS])
+            for l, n in enumerate(out.next_positions):
+                dropped = 0 if kind == "dart" else IMAGE - out.image_tokens[l]
+                assert n.tolist() == (real - dropped).tolist(), (kind, l)
     assert pdrop.layer_image_tokens(576, 32) == PDropPolicy().layer_image_tokens(576, 32)
     default = SparseVLMPolicy().layer_image_tokens(576, 32)
     assert default == sparsevlm.layer_image_tokens(576, 32, sparsevlm.SCHEDULES[192])
@@ -270,7 +281,7 @@ def test_batch_sizes_1_and_4_give_identical_answers(kind):
             for l in range(LAYERS):
                 row = batch.seen[l][i]
                 assert torch.where(row >= 0, row - p, row)[p:].tolist() == one.seen[l][0].tolist()
-            assert int(one.next_position[0]) == int(batch.next_position[i])
+            assert [int(n[0]) for n in one.next_positions] == [int(n[i]) for n in batch.next_positions]
 
 
 # ----------------------------------------------------------------------------- FLOPs

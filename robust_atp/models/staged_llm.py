@@ -15,9 +15,12 @@ What runs where:
     renumbered over the real tokens, as PyramidDrop and SparseVLM do; else given, as DART keeps
     the kept tokens' own). Examples may keep different tokens but equal counts, so the batch
     stays rectangular and the left pads stay on the left.
-  - Positions: a decoding step's position is one past the largest position the last layer saw
-    (PyramidDrop, SparseVLM: the real tokens left, so it falls by what was dropped; DART: the
-    prompt's own length), the same in every layer, as a token has one position id.
+  - Positions: a decoding step's position in layer l is one past the largest position layer l saw
+    in the prefill, plus the tokens generated before it. PyramidDrop and SparseVLM renumber, so it
+    is that layer's sequence length and falls, stage by stage, by what was dropped before the layer
+    (pdrop_forward subtracts each stage's drop from the decoding position_ids; SparseVLM's
+    attention takes its layer's own cache length); DART keeps positions: the prompt's length in
+    every layer.
   - Caches: each layer's KV cache holds exactly the tokens that layer saw in the prefill, then
     each generated token; a decoding step attends, in every layer, to that layer's cache (its
     pads masked). `LayerCaches` follows the Hugging Face cache protocol the attention modules
@@ -125,14 +128,15 @@ class LayerState:
 class StagedOutput:
     """tokens [B, T'] (greedy, pad after EOS), logits: one [B, V] float per step; per layer the
     prompt tokens it saw: seen[l] [B, L_l] (index in the padded prompt; -1: inserted) and
-    image_tokens[l]; caches: each layer's own."""
+    image_tokens[l]; caches: each layer's own; next_positions[l] [B]: the position of the first
+    generated token in layer l (each later one adds 1)."""
 
     tokens: torch.Tensor
     logits: list[torch.Tensor]
     seen: list[torch.Tensor]
     image_tokens: list[int]
     caches: LayerCaches
-    next_position: torch.Tensor = field(default=None)
+    next_positions: list[torch.Tensor] = field(default_factory=list)
 
 
 class KeepAll:
@@ -172,7 +176,7 @@ def staged_prefill(decoder, lm_head, embeds: torch.Tensor, attention_mask: torch
                    image_start, image_count: int, seeds: list[int] | None = None):
     """The prefill: embeds [B, T, d], attention_mask [B, T] (1 real, 0 left pad), image_start [B]
     (padded coordinates), image_count N -> (logits of the last position [B, V] float, caches,
-    per-layer valid masks, seen, image_tokens, next decoding position [B])."""
+    per-layer valid masks, seen, image_tokens, next decoding positions per layer [B])."""
     _check(decoder)
     b, t, _ = embeds.shape
     dev = embeds.device
@@ -187,7 +191,7 @@ def staged_prefill(decoder, lm_head, embeds: torch.Tensor, attention_mask: torch
     kw = _cache_kwarg(decoder.layers[0])
     h = embeds
     pe = decoder.rotary_emb(h, positions)
-    layer_valid, seen, image_tokens = [], [], []
+    layer_valid, seen, image_tokens, next_positions = [], [], [], []
     for l, layer in enumerate(decoder.layers):
         n = h.shape[1]
         causal = torch.ones(n, n, dtype=torch.bool, device=dev).tril()
@@ -198,6 +202,7 @@ def staged_prefill(decoder, lm_head, embeds: torch.Tensor, attention_mask: torch
         layer_valid.append(valid)
         seen.append(origin)
         image_tokens.append(image_count)
+        next_positions.append(positions.masked_fill(~valid, -1).max(1).values + 1)
         out = layer(h, attention_mask=mask, position_ids=positions, position_embeddings=pe, use_cache=True,
                     **{kw: caches})
         out = out[0] if isinstance(out, tuple) else out
@@ -222,9 +227,8 @@ def staged_prefill(decoder, lm_head, embeds: torch.Tensor, attention_mask: torch
                 positions = cut.positions.to(dev)
             image_count = cut.image_count
             pe = decoder.rotary_emb(h, positions)
-    next_position = positions.masked_fill(~valid, -1).max(1).values + 1
     logits = lm_head(decoder.norm(h[:, -1:]))[:, 0].float()
-    return logits, caches, layer_valid, seen, image_tokens, next_position
+    return logits, caches, layer_valid, seen, image_tokens, next_positions
 
 
 @torch.no_grad()
@@ -244,7 +248,7 @@ def staged_generate(decoder, lm_head, embed_tokens, inputs_embeds: torch.Tensor,
     dev = inputs_embeds.device
     if image_start is None:
         image_start = [0] * b
-    logits, caches, layer_valid, seen, image_tokens, pos = staged_prefill(
+    logits, caches, layer_valid, seen, image_tokens, next_positions = staged_prefill(
         decoder, lm_head, inputs_embeds, attention_mask, policy, image_start, image_count, seeds)
     eos = torch.tensor(list(eos_token_ids), dtype=torch.long, device=dev)
     kw = _cache_kwarg(decoder.layers[0])
@@ -259,13 +263,12 @@ def staged_generate(decoder, lm_head, embed_tokens, inputs_embeds: torch.Tensor,
         if step + 1 == max_new_tokens or not bool(unfinished.any()):
             break
         h = embed_tokens(nxt[:, None]).to(inputs_embeds.dtype)
-        p = (pos + step)[:, None]
-        pe = decoder.rotary_emb(h, p)
         for l, layer in enumerate(decoder.layers):
+            p = (next_positions[l] + step)[:, None]
             layer_valid[l] = torch.cat([layer_valid[l], layer_valid[l].new_ones(b, 1)], 1)
             mask = _additive(layer_valid[l][:, None, None, :], h.dtype)
-            out = layer(h, attention_mask=mask, position_ids=p, position_embeddings=pe, use_cache=True,
-                        **{kw: caches})
+            out = layer(h, attention_mask=mask, position_ids=p, position_embeddings=decoder.rotary_emb(h, p),
+                        use_cache=True, **{kw: caches})
             h = out[0] if isinstance(out, tuple) else out
         logits = lm_head(decoder.norm(h))[:, 0].float()
-    return StagedOutput(torch.stack(tokens, 1), steps, seen, image_tokens, caches, pos)
+    return StagedOutput(torch.stack(tokens, 1), steps, seen, image_tokens, caches, next_positions)
