@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import torch
 
 
-# ----------------------------------------------------------------------------- engine
+# ----------------------------------------------------------------------------- caches, state, staged forward
 
 class _LayerKV:
     def __init__(self):
