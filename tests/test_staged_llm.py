@@ -13,7 +13,7 @@ from robust_atp import cost
 from robust_atp.models.staged_llm import KeepAll, staged_generate, staged_prefill
 from robust_atp.prune import dart, pdrop, sparsevlm
 from robust_atp.prune.staged import (Cut, DartPolicy, PDropPolicy, SparseVLMPolicy, budget_lambda,
-                                     budget_schedule)
+                                     budget_schedule, scaled_pruning_layers)
 
 D, LAYERS, VOCAB = 32, 6, 40
 PREFIX, IMAGE = 3, 40
@@ -217,8 +217,8 @@ def test_each_layer_sees_the_official_image_token_counts():
         "pdrop": [40, 40, 20, 10, 10, 5],
         # DART: 4 image pivots + 8 pivots x TOKEN_TOPK (16 // 8 = 2) from layer 2 on
         "dart": [40, 40, 20, 20, 20, 20],
-        # SparseVLM, schedule (24, 9, 3) at layers 1, 2, 3: kept + int(int(0.3 deleted) + 1) / 10) + 1 recycled
-        "sparsevlm": [40, 40, 25, 10, 4, 4],
+        # SparseVLM, schedule (24, 9, 3) at layers 0, 1, 2: kept + int(int(0.3 deleted) + 1) / 10) + 1 recycled
+        "sparsevlm": [40, 25, 10, 4, 4, 4],
     }
     with torch.no_grad():
         for kind, make in _policies().items():
@@ -264,6 +264,8 @@ def test_budget_mappings_give_the_references_own_settings_at_their_budgets():
     assert budget_schedule(576, 288) == (450, 300, 165)  # 192's, x 1.5
     assert budget_schedule(144, 48) == (75, 50, 28)  # 48 of 144 is 192 of 576: x 1/4, rounded
     assert SparseVLMPolicy.for_budget(576, 32, 192).layers == sparsevlm.PRUNING_LAYERS
+    assert scaled_pruning_layers(6) == (0, 1, 2) and scaled_pruning_layers(4) == (0, 1, 2)
+    assert scaled_pruning_layers(64) == (5, 13, 31)  # the cuts before layers 6, 14, 32 of 64
 
 
 # ----------------------------------------------------------------------------- batch invariance

@@ -18,7 +18,7 @@ default setting:
     4 + 8 x 16 = 132); TOKEN_TOPK is capped so that every pivot finds its share;
   - SparseVLM: the reference schedule whose RETAIN_TOKN is nearest k x 576 / N, each count scaled
     by k / RETAIN_TOKN (N = 576 and k in {192, 128, 96, 64}: the reference's own), at the pruning
-    layers 2, 6, 15 scaled to the depth.
+    layers 2, 6, 15 scaled to the depth (the cuts after them placed as PyramidDrop's are).
 """
 from __future__ import annotations
 
@@ -182,8 +182,9 @@ class SparseVLMPolicy:
     def for_budget(cls, n_image: int, n_layers: int, k: int, seed: int = 0) -> "SparseVLMPolicy":
         """The reference schedule whose RETAIN_TOKN is nearest k * 576 / N (ties: the larger),
         each count scaled by k / RETAIN_TOKN (so N = 576 and k in {192, 128, 96, 64} give the
-        reference's own), at the pruning layers 2, 6, 15 scaled to the depth."""
-        return cls(budget_schedule(n_image, k), tuple(pdrop.scaled_layers(n_layers, sparsevlm.PRUNING_LAYERS)), seed)
+        reference's own), at the pruning layers 2, 6, 15 scaled to the depth
+        (`scaled_pruning_layers`)."""
+        return cls(budget_schedule(n_image, k), scaled_pruning_layers(n_layers), seed)
 
     def layer_image_tokens(self, n_image: int, n_layers: int) -> list[int]:
         return sparsevlm.layer_image_tokens(n_image, n_layers, self.schedule, self.layers)
@@ -218,6 +219,13 @@ class SparseVLMPolicy:
             rows.append(_splice(start + p, v, length, torch.cat([kept + start + p, inserted])))
             self.tokens_at_pruning.append(length - p)
         return Cut(torch.stack(rows), v_new, extra=torch.stack(extras))
+
+
+def scaled_pruning_layers(n_layers: int) -> tuple[int, ...]:
+    """SparseVLM's pruning layers 2, 6, 15 of 32 at another depth: the cuts after them (before
+    layers 3, 7, 16) scaled as PyramidDrop's stage layers are (`pdrop.scaled_layers`), so every
+    cut has a layer after it; 32 layers give the reference's own."""
+    return tuple(b - 1 for b in pdrop.scaled_layers(n_layers, [l + 1 for l in sparsevlm.PRUNING_LAYERS]))
 
 
 def budget_schedule(n_image: int, k: int) -> tuple[int, ...]:
