@@ -27,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from robust_atp.data.base import iter_batches  # noqa: E402
-from robust_atp.engine import _keys, _texts, condition_name, condition_plan, run_engine  # noqa: E402
+from robust_atp.conditions import condition_name, condition_plan  # noqa: E402
+from robust_atp.engine import _keys, _texts, run_engine  # noqa: E402
 from robust_atp.models.fastv import FastVSpec  # noqa: E402
 from robust_atp.perturb.cache import CorruptionCache  # noqa: E402
 from robust_atp.perturb.image import canonicalize, condition_seed, resolve_image_conditions  # noqa: E402

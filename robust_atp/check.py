@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def check_suite(suite, suite_path: Path, out=None) -> int:
-    from .engine import condition_names
+    from .conditions import condition_names
     from .perturb.image import resolve_image_conditions
     from .perturb.text import resolve_text_conditions
     from .prune.methods import validate_method

@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
+from .conditions import CLEAN, condition_name, condition_plan
 from .data.base import Example, iter_batches
 from .errors import UserError
 from .measure import measure_cost, row_measurements
@@ -36,9 +37,6 @@ from .perturb.cache import CorruptionCache
 from .perturb.image import ImageCondition, canonicalize, condition_seed
 from .perturb.text import TextCondition, perturb_text
 from .store import Prediction, RunStore
-
-CLEAN = "clean"
-
 
 @dataclass
 class EngineStats:
@@ -53,32 +51,6 @@ class EngineStats:
     timings: dict = field(default_factory=lambda: {"load": 0.0, "perturb": 0.0, "vision": 0.0, "text": 0.0,
                                                    "select": 0.0, "generate": 0.0, "cost": 0.0})
     cost_measured: int = 0  # (condition, method, batch) cost records measured now
-
-
-def condition_name(image: ImageCondition | None, text: TextCondition | None) -> str:
-    """`clean`, `image:<c>@<s>`, `text:<p>@<s>` or `image:<c>@<s>+text:<p>@<s>`."""
-    parts = [c.name for c in (image, text) if c is not None]
-    return "+".join(parts) or CLEAN
-
-
-def condition_plan(image_conditions: list[ImageCondition], text_conditions: list[TextCondition] = (),
-                   include_clean: bool = True, cross: bool = False) -> list[tuple[ImageCondition | None, list]]:
-    """Per image condition (None = the clean image), the text conditions (None = the clean
-    question) evaluated on it: the clean image carries every text condition; a corrupted image
-    carries the clean question, and every text condition too when `cross`."""
-    plan = []
-    clean_texts = ([None] if include_clean else []) + list(text_conditions)
-    if clean_texts:
-        plan.append((None, clean_texts))
-    for ic in image_conditions:
-        plan.append((ic, [None] + (list(text_conditions) if cross else [])))
-    return plan
-
-
-def condition_names(image_conditions: list[ImageCondition], include_clean: bool = True,
-                    text_conditions: list[TextCondition] = (), cross: bool = False) -> list[str]:
-    return [condition_name(ic, tc) for ic, tcs in condition_plan(image_conditions, text_conditions, include_clean, cross)
-            for tc in tcs]
 
 
 def run_engine(*, examples: list[Example], methods: list, image_conditions: list[ImageCondition],

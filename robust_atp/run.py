@@ -95,7 +95,8 @@ def execute(suite, suite_path: Path, run_dir: Path, fresh: bool = False, progres
 
     from . import distributed
     from .data.validate import with_image_checks
-    from .engine import condition_names, run_engine
+    from .conditions import condition_names
+    from .engine import run_engine
     from .measure import add_measured_cost
     from .models.base import load_adapter
     from .perturb.cache import CorruptionCache
@@ -309,12 +310,13 @@ def summarize(by_key: dict, examples, conditions: list[str], labels: list[str], 
     `vision_tflops`, `scorer_tflops`, and `flops_ratio` = mean prefill / mean prefill of the
     method labelled `full` under the same condition (None without one). `object_recall` is the
     mean over rows that have one (selection methods on examples with boxes)."""
+    from .conditions import split_condition
     from .metrics import aggregate
 
     rows, prefill = [], {}
     for cond in conditions:
-        corruption, severity = _split_condition(cond)
-        text, text_severity = _split_condition(cond, "text:")
+        corruption, severity = split_condition(cond)
+        text, text_severity = split_condition(cond, "text")
         for label in labels:
             preds = [p for ex in examples if (p := by_key.get((ex.id, cond, label))) is not None]
             n = len(preds)
@@ -376,16 +378,6 @@ def samples(by_key: dict, examples, conditions: list[str], labels: list[str]):
                        "question": ex.question, "answers": list(ex.answers), "question_type": ex.question_type,
                        "prediction": p.prediction, "score": p.score, "kept_tokens": p.kept,
                        "kept_indices": None if p.kept_indices is None else list(p.kept_indices), **p.extra}
-
-
-def _split_condition(cond: str, kind: str = "image:"):
-    """The image corruption (or, with kind "text:", the text perturbation) of a condition name
-    and its severity; (None, 0) when that side is clean."""
-    for part in cond.split("+"):
-        if part.startswith(kind):
-            name, sev = part[len(kind):].rsplit("@", 1)
-            return name, int(sev)
-    return None, 0
 
 
 def _mean(xs):

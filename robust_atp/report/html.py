@@ -9,7 +9,7 @@ from pathlib import Path
 
 import jinja2
 
-from ..stats import CLEAN
+from ..conditions import CLEAN
 from .analysis import Analysis, analyze
 from .plots import save_plots
 from .rundata import RunData, load_run

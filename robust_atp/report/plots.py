@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from ..stats import CLEAN, parse_condition  # noqa: E402
+from ..conditions import CLEAN, parse_condition  # noqa: E402
 from .analysis import Analysis  # noqa: E402
 from .rundata import RunData  # noqa: E402
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..stats import REFERENCE, cluster_index
+from ..conditions import REFERENCE
+from ..stats import cluster_index
 
 RESULTS, SAMPLES = "results.json", "samples.jsonl"
 
