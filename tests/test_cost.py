@@ -127,7 +127,7 @@ def test_object_recall_is_the_kept_share_of_object_patches():
 
 def test_results_rows_average_cost_and_recall_and_ratio_to_full():
     from robust_atp.data.base import Example
-    from robust_atp.run import summarize
+    from robust_atp.results import summarize
     from robust_atp.store import Prediction
 
     exs = [Example(id=i, image_id=i, image=None, question="q", answers=("x",)) for i in ("a", "b")]

@@ -164,7 +164,7 @@ def test_visionzip_on_blip2_hands_the_qformer_the_official_tokens(tiny_blip2_dir
 
 
 def test_adapters_say_whether_they_merge_inside_the_tower():
-    from robust_atp.engine import check_tower_methods
+    from robust_atp.preflight import check_tower_methods
     from robust_atp.models.blip2 import Blip2Adapter
     from robust_atp.models.llava import LlavaAdapter
     from robust_atp.models.llava_next import LlavaNextAdapter

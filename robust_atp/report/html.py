@@ -10,6 +10,7 @@ from pathlib import Path
 import jinja2
 
 from ..conditions import CLEAN
+from ..results import REPORT_HTML, REPORT_PDF
 from .analysis import Analysis, analyze
 from .plots import save_plots
 from .rundata import RunData, load_run
@@ -103,12 +104,12 @@ def build_report(run_dir: str | Path, formats=("html", "pdf"), n_boot: int | Non
     html = render_html(run, analysis, plots)
     out = {}
     if "html" in formats:
-        out["html"] = run.run_dir / "report.html"
+        out["html"] = run.run_dir / REPORT_HTML
         out["html"].write_text(html, encoding="utf-8")
     if "pdf" in formats:
         from .pdf import write_pdf
 
-        out["pdf"] = write_pdf(html, run.run_dir / "report.pdf")
+        out["pdf"] = write_pdf(html, run.run_dir / REPORT_PDF)
     if log is not None:
         log(f"report: {', '.join(str(p) for p in out.values())} ({time.perf_counter() - t0:.1f}s)")
     return out

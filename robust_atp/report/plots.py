@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from ..conditions import CLEAN, parse_condition  # noqa: E402
+from ..results import PLOTS_DIR  # noqa: E402
 from .analysis import Analysis  # noqa: E402
 from .rundata import RunData  # noqa: E402
 
@@ -231,7 +232,7 @@ PLOTS = (
 def save_plots(run: RunData, analysis: Analysis, out_dir: Path | None = None) -> tuple[list[Plot], list[str]]:
     """Write every available figure as PNG into `out_dir` (default `<run_dir>/plots/`).
     Returns the written plots and notes on the figures that were skipped."""
-    out_dir = Path(out_dir or run.run_dir / "plots")
+    out_dir = Path(out_dir or run.run_dir / PLOTS_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
     sns.set_theme(style="whitegrid", context="paper")
     plots, notes = [], []

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
 from ..conditions import REFERENCE
+from ..errors import UserError
+from ..results import RESULTS, SAMPLES
 from ..stats import cluster_index
-
-RESULTS, SAMPLES = "results.json", "samples.jsonl"
 
 
 @dataclass
