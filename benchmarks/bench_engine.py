@@ -63,7 +63,7 @@ def naive_loop(adapter, examples, methods, plan, seed: int, batch_size: int, res
                     tokens = [k.tokens for k in m.apply(vision, text, seed_keys(seed, batch, m))]
                     fastv = (None if m.fastv_layer is None else
                              FastVSpec(m.fastv_layer, m.fastv_k(vision.tokens.shape[1])))
-                    for ex, ans in zip(batch, adapter.generate(tokens, questions, fastv=fastv)):
+                    for ex, ans in zip(batch, adapter.generate(tokens, questions, in_llm=fastv)):
                         out[ex.id, cname, m.label] = ans
     return out
 

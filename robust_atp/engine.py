@@ -312,13 +312,12 @@ def _method_rows(m, adapter, vision, text, questions, batch, cname, seed, metric
     tokens = [k.tokens for k in kept]
     if m.fastv_layer is not None:  # pruned inside the LLM: the adapter reports what it kept
         spec = FastVSpec(m.fastv_layer, m.fastv_k(vision.tokens.shape[1]))
-        answers = adapter.generate(tokens, questions, fastv=spec)
+        answers = adapter.generate(tokens, questions, in_llm=spec, **adapter.generation_inputs(vision, None))
         indices = spec.kept
     else:
         indices = [k.indices for k in kept]
-        # adapters that place tokens by grid position (Qwen2-VL, LLaVA-NeXT) need the kept indices too
-        extra = {"kept_indices": indices} if getattr(adapter, "wants_kept_indices", False) else {}
-        answers = adapter.generate(tokens, questions, **extra)
+        # e.g. the kept indices for adapters that place tokens by grid (Qwen2-VL, LLaVA-NeXT)
+        answers = adapter.generate(tokens, questions, **adapter.generation_inputs(vision, indices))
     tm["generate"] += time.perf_counter() - t
     stats.generations += len(batch)
     n_llm = [len(i) if i is not None else len(k) for i, k in zip(indices, kept)]

@@ -24,9 +24,8 @@ def check_budgets(methods, n_visual: int, suite_path: Path) -> None:
 def check_questions(adapter, examples, n_visual: int, max_new_tokens: int, suite_path: Path) -> None:
     """The prompt around each (clean) question, the visual tokens and the answer must fit the
     language model's positions; a longer question is refused, naming the example."""
-    cfgs = adapter.cost_configs() if hasattr(adapter, "cost_configs") else {}
-    limit = getattr(cfgs.get("llm"), "max_position_embeddings", None)
-    if not limit or not hasattr(adapter, "prompt_length"):
+    limit = getattr(adapter.cost_configs().get("llm"), "max_position_embeddings", None)
+    if not limit:
         return
     room = limit - n_visual - max_new_tokens
     for ex in examples:
@@ -48,7 +47,7 @@ def checked_adapter(load, methods, examples, suite, suite_path: Path):
         n_visual = int(adapter.num_visual_tokens)
         check_budgets(methods, n_visual, suite_path)
         # the LLM's own visual tokens: BLIP-2's Q-Former hands it query tokens, not patches
-        n_llm = int(getattr(adapter, "num_query_tokens", None) or n_visual)
+        n_llm = int(adapter.llm_visual_tokens(n_visual))
         check_questions(adapter, examples, n_llm, suite.model.generation.max_new_tokens, suite_path)
         return adapter
     return factory
@@ -59,7 +58,7 @@ def check_method_layers(methods, adapter) -> None:
     (checked once the model is loaded, before any work: the suite alone cannot know the depth).
     ViT layers index the CLS attention of every layer (negative counts from the end); FastV's
     LLM layer must leave a layer after it to prune for."""
-    cfgs = adapter.cost_configs() if hasattr(adapter, "cost_configs") else {}
+    cfgs = adapter.cost_configs()
     n_vit = getattr(cfgs.get("vision"), "num_hidden_layers", None)
     n_llm = getattr(cfgs.get("llm"), "num_hidden_layers", None)
     for m in methods:
@@ -87,7 +86,7 @@ def check_tower_methods(methods, adapter) -> None:
 def check_cost(adapter) -> None:
     """Measured latency and counted FLOPs time the prefill and a decoding step apart: that needs
     the adapter's own timed LLM passes over the visual tokens exactly as it lays them out."""
-    if not hasattr(adapter, "run_llm") or getattr(adapter, "wants_kept_indices", False):
+    if not adapter.timed_llm_passes:
         # (LLaVA-NeXT's newlines, Qwen2-VL's positions are not in that loop)
         raise UserError(f"cost: measured latency and counted FLOPs need the llava adapter's timed LLM passes; "
                         f"{type(adapter).__name__} has none (remove the suite's cost section)")

@@ -8,11 +8,9 @@ from robust_atp.prune.coverage import object_recall, patch_mask
 
 
 @pytest.fixture(scope="module")
-def eager_tiny(tiny_dir):
+def eager_tiny(tiny_eager_adapter):
     # FlopCounterMode counts eager attention's matmuls; it has no formula for the CPU sdpa kernel
-    from conftest import make_adapter
-
-    return make_adapter(tiny_dir / "llava", tiny_dir / "clip", attn="eager")
+    return tiny_eager_adapter
 
 
 def _counted(fn) -> int:
