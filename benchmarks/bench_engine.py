@@ -27,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from robust_atp.data.base import iter_batches  # noqa: E402
-from robust_atp.engine import _keys, _texts, condition_name, condition_plan, run_engine  # noqa: E402
+from robust_atp.conditions import condition_name, condition_plan  # noqa: E402
+from robust_atp.engine import clip_texts, run_engine, seed_keys  # noqa: E402
 from robust_atp.models.fastv import FastVSpec  # noqa: E402
 from robust_atp.perturb.cache import CorruptionCache  # noqa: E402
 from robust_atp.perturb.image import canonicalize, condition_seed, resolve_image_conditions  # noqa: E402
@@ -57,12 +58,12 @@ def naive_loop(adapter, examples, methods, plan, seed: int, batch_size: int, res
                     questions = [ex.question if text_cond is None else
                                  perturb_text(ex.question, text_cond, condition_seed(seed, ex.id, text_cond.name))
                                  for ex in batch]
-                    text = (adapter.encode_texts(_texts(adapter, questions, m.settings.get("text", "question")))
+                    text = (adapter.encode_texts(clip_texts(adapter, questions, m.settings.get("text", "question")))
                             if m.needs_text else None)
-                    tokens = [k.tokens for k in m.apply(vision, text, _keys(seed, batch, m))]
+                    tokens = [k.tokens for k in m.apply(vision, text, seed_keys(seed, batch, m))]
                     fastv = (None if m.fastv_layer is None else
                              FastVSpec(m.fastv_layer, m.fastv_k(vision.tokens.shape[1])))
-                    for ex, ans in zip(batch, adapter.generate(tokens, questions, fastv=fastv)):
+                    for ex, ans in zip(batch, adapter.generate(tokens, questions, in_llm=fastv)):
                         out[ex.id, cname, m.label] = ans
     return out
 
@@ -93,7 +94,7 @@ def main(argv=None) -> None:
     from transformers.utils import logging as hf_logging
 
     from robust_atp.models.base import load_adapter
-    from robust_atp.run import _load_dataset
+    from robust_atp.data.dataset import load_dataset
 
     hf_logging.disable_progress_bar()
     overrides = {"dataset.limit": 2 if a.quick else a.limit}
@@ -105,7 +106,7 @@ def main(argv=None) -> None:
     suite = load_suite(a.suite, overrides)
     repeats = 1 if a.quick else a.repeats
     torch.manual_seed(suite.seed)
-    examples = _load_dataset(suite, Path(a.suite))
+    examples = load_dataset(suite.dataset, Path(a.suite))
     methods = [validate_method(m) for m in suite.methods]
     image_conds = resolve_image_conditions(suite.perturbations.image)
     text_conds = resolve_text_conditions(suite.perturbations.text)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def check_suite(suite, suite_path: Path, out=None) -> int:
-    from .engine import condition_names
+    from .conditions import condition_names
     from .perturb.image import resolve_image_conditions
     from .perturb.text import resolve_text_conditions
     from .prune.methods import validate_method
@@ -54,43 +54,20 @@ def check_suite(suite, suite_path: Path, out=None) -> int:
 
 
 def _count_examples(suite, suite_path: Path):
-    from .data.base import load_examples
+    from .data.dataset import check_options, load_dataset
     from .data.sources import DataMissing, is_hf
-    from .errors import UserError
 
     d = suite.dataset
-    src = d.source
-    kwargs = dict(d.options, split=d.split, limit=d.limit)
-    if src is not None:
-        kwargs["source"] = src
-    _bind_options(d.loader, kwargs, suite_path)
-    if is_hf(src) and not Path(src[3:]).expanduser().is_dir():
-        return None, (f"hub dataset {src[3:]!r}: fetched by `datasets` on the first run (not checked: --check "
+    check_options(d, suite_path)
+    if is_hf(d.source) and not Path(d.source[3:]).expanduser().is_dir():
+        return None, (f"hub dataset {d.source[3:]!r}: fetched by `datasets` on the first run (not checked: --check "
                       "downloads nothing)")
     try:
-        examples = load_examples(d.loader, **kwargs)
+        examples = load_dataset(d, suite_path, validate=False, missing_is_error=False)
     except DataMissing as e:
         return None, (f"not found here: dataset.source: {e}. The configuration is valid; "
                       "download the data to run it")
-    except TypeError as e:
-        raise UserError(f"{suite_path}: dataset.options: {e}") from None
-    except (ValueError, FileNotFoundError) as e:
-        raise UserError(f"{suite_path}: dataset: {e}") from None
     return len(examples), f"found, {len(examples)} examples"
-
-
-def _bind_options(loader: str, kwargs: dict, suite_path: Path) -> None:
-    """The loader's signature accepts the suite's dataset options (checked without reading data)."""
-    import inspect
-
-    from .data.base import _LOADERS, _import_builtin_loaders
-    from .errors import UserError
-
-    _import_builtin_loaders()
-    try:
-        inspect.signature(_LOADERS[loader]).bind(**kwargs)
-    except TypeError as e:
-        raise UserError(f"{suite_path}: dataset.options: {e}") from None
 
 
 def _describe_ref(ref: str, field: str) -> str:

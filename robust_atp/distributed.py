@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,25 +168,3 @@ def merge_shards(store, run_dir: Path, log=None) -> int:
         if log is not None:
             log(f"merged {n} rows of {shard.name} into {Path(store.path).name}")
     return added
-
-
-def read_done(path: Path) -> set[tuple[str, str, str]]:
-    """The (example, condition, method) keys of a store, read-only (empty when there is none)."""
-    return _read_keys(path, "predictions", "SELECT example_id, condition, method FROM predictions")
-
-
-def read_cost_done(path: Path) -> set[tuple[str, str, str]]:
-    """The (condition, method, batch) keys of a store's measured cost, read-only."""
-    return _read_keys(path, "cost", "SELECT condition, method, batch FROM cost")
-
-
-def _read_keys(path: Path, table: str, query: str) -> set:
-    if not Path(path).is_file():
-        return set()
-    con = sqlite3.connect(path, timeout=30)  # reads only (a read-only open of a WAL store can fail)
-    try:
-        if not con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone():
-            return set()
-        return set(con.execute(query))
-    finally:
-        con.close()

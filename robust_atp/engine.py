@@ -20,14 +20,17 @@ examples an uninterrupted run would have used.
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
 from tqdm import tqdm
 
-from .data.base import Example, iter_batches
+from .conditions import CLEAN, condition_name, condition_plan
+from .data.base import Example, batch_key, iter_batches
 from .errors import UserError
 from .measure import measure_cost, row_measurements
 from .metrics import score_all
@@ -35,10 +38,8 @@ from .models.fastv import FastVSpec
 from .perturb.cache import CorruptionCache
 from .perturb.image import ImageCondition, canonicalize, condition_seed
 from .perturb.text import TextCondition, perturb_text
+from .preflight import check_loaded
 from .store import Prediction, RunStore
-
-CLEAN = "clean"
-
 
 @dataclass
 class EngineStats:
@@ -53,32 +54,6 @@ class EngineStats:
     timings: dict = field(default_factory=lambda: {"load": 0.0, "perturb": 0.0, "vision": 0.0, "text": 0.0,
                                                    "select": 0.0, "generate": 0.0, "cost": 0.0})
     cost_measured: int = 0  # (condition, method, batch) cost records measured now
-
-
-def condition_name(image: ImageCondition | None, text: TextCondition | None) -> str:
-    """`clean`, `image:<c>@<s>`, `text:<p>@<s>` or `image:<c>@<s>+text:<p>@<s>`."""
-    parts = [c.name for c in (image, text) if c is not None]
-    return "+".join(parts) or CLEAN
-
-
-def condition_plan(image_conditions: list[ImageCondition], text_conditions: list[TextCondition] = (),
-                   include_clean: bool = True, cross: bool = False) -> list[tuple[ImageCondition | None, list]]:
-    """Per image condition (None = the clean image), the text conditions (None = the clean
-    question) evaluated on it: the clean image carries every text condition; a corrupted image
-    carries the clean question, and every text condition too when `cross`."""
-    plan = []
-    clean_texts = ([None] if include_clean else []) + list(text_conditions)
-    if clean_texts:
-        plan.append((None, clean_texts))
-    for ic in image_conditions:
-        plan.append((ic, [None] + (list(text_conditions) if cross else [])))
-    return plan
-
-
-def condition_names(image_conditions: list[ImageCondition], include_clean: bool = True,
-                    text_conditions: list[TextCondition] = (), cross: bool = False) -> list[str]:
-    return [condition_name(ic, tc) for ic, tcs in condition_plan(image_conditions, text_conditions, include_clean, cross)
-            for tc in tcs]
 
 
 def run_engine(*, examples: list[Example], methods: list, image_conditions: list[ImageCondition],
@@ -109,7 +84,7 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
     def cost_missing(b, cname):
         if not measuring or b >= cost.batches:
             return []
-        return [m for m in methods if (cname, m.label, _batch_key(batches[b])) not in cost_done]
+        return [m for m in methods if (cname, m.label, batch_key(batches[b])) not in cost_done]
 
     plan = [(b, c) for b in mine for c in conds
             if any(missing(batches[b], cname) or cost_missing(b, cname)
@@ -120,14 +95,7 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
         return stats
 
     adapter = adapter_factory()
-    check_method_layers(methods, adapter)
-    check_tower_methods(methods, adapter)
-    if measuring and (not hasattr(adapter, "run_llm") or getattr(adapter, "wants_kept_indices", False)):
-        # timing the prefill and a decoding step apart needs the adapter's own LLM loop, over the
-        # visual tokens exactly as it lays them out (LLaVA-NeXT's newlines, Qwen2-VL's positions
-        # are not in that loop)
-        raise UserError(f"cost: measured latency and counted FLOPs need the llava adapter's timed LLM passes; "
-                        f"{type(adapter).__name__} has none (remove the suite's cost section)")
+    check_loaded(methods, adapter, measuring)
     cache = cache if cache is not None else CorruptionCache()
     text_kinds = sorted({m.settings.get("text", "question") for m in methods if m.needs_text})
     bar = tqdm(total=len(plan), desc="evaluating", unit="unit", disable=not progress, dynamic_ncols=True)
@@ -173,7 +141,7 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
                 t = time.perf_counter()
                 for kind in text_kinds:
                     if (text_cond, kind) not in text_cache:
-                        text_cache[text_cond, kind] = adapter.encode_texts(_texts(adapter, questions, kind))
+                        text_cache[text_cond, kind] = adapter.encode_texts(clip_texts(adapter, questions, kind))
                 tm["text"] += time.perf_counter() - t
                 for m in todo_methods:
                     text = text_cache[text_cond, m.settings.get("text", "question")] if m.needs_text else None
@@ -186,10 +154,10 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
                                          resolution, [im.size for im in images], merged.get(m.label))
                 if to_measure:  # after the answers: measuring never changes them
                     t = time.perf_counter()
-                    texts = {kind: _texts(adapter, questions, kind) for kind in text_kinds}
+                    texts = {kind: clip_texts(adapter, questions, kind) for kind in text_kinds}
                     measured = measure_cost(to_measure, adapter, imgs, questions, texts,
-                                            {m.label: _keys(seed, batch, m) for m in to_measure}, cost)
-                    cost_rows += [(cname, label, _batch_key(batch), rec) for label, rec in measured.items()]
+                                            {m.label: seed_keys(seed, batch, m) for m in to_measure}, cost)
+                    cost_rows += [(cname, label, batch_key(batch), rec) for label, rec in measured.items()]
                     tm["cost"] += time.perf_counter() - t
             store.put(rows)
             if cost_rows:
@@ -204,6 +172,133 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
     return stats
 
 
+@dataclass
+class RunOutcome:
+    """What a finished run wrote, for its caller to print: results rows, method labels and
+    budgets, the engine counters and the corruption cache used."""
+
+    rows: list[dict]
+    labels: list[str]
+    budgets: dict[str, str]
+    stats: EngineStats
+    cache: CorruptionCache
+
+
+def evaluate(suite, run_dir: Path, suite_path: Path, fresh: bool = False, progress: bool = True,
+             use_cache: bool = True, log: Callable[[str], None] | None = None,
+             finish: Callable[[RunOutcome], None] | None = None) -> RunOutcome | None:
+    """Run a suite into run_dir, in one process or as one rank of a data-parallel run
+    (torchrun / accelerate launch: see `distributed`): data, perturbations, methods, the model
+    and the store composed here; results.json and samples.jsonl written (`results`).
+    `finish(outcome)` runs on rank 0 while the run directory is still held (the summary and the
+    report); returns the outcome on rank 0, None on the other ranks."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one progress bar: the run's
+
+    from . import distributed
+    from .conditions import condition_names
+    from .data.dataset import load_dataset
+    from .data.validate import with_image_checks
+    from .measure import add_measured_cost
+    from .models.base import load_adapter
+    from .perturb.image import MIN_SIDE, resolve_image_conditions
+    from .perturb.text import resolve_text_conditions
+    from .preflight import checked_adapter
+    from .prune.methods import validate_method
+    from .results import (STORE, build_manifest, rescored, samples, summarize, this_runs_cost,
+                          write_results)
+    from .rundir import open_run
+    from .store import read_cost_done, read_done
+    from .summary import method_budgets
+
+    log = log or (lambda line: print(line, file=sys.stderr))
+    ranks = distributed.from_env()
+    device = distributed.rank_device(suite.model.device, ranks)
+    if device != suite.model.device:
+        suite = suite.model_copy(update={"model": suite.model.model_copy(update={"device": device})})
+    torch.manual_seed(suite.seed)
+    methods = [validate_method(m) for m in suite.methods]
+    image_conditions = resolve_image_conditions(suite.perturbations.image)
+    text_conditions = resolve_text_conditions(suite.perturbations.text)
+    cross = suite.perturbations.cross
+    resolution = suite.perturbations.image.resolution if suite.perturbations.image else None
+    cache = CorruptionCache(enabled=use_cache)
+    examples = with_image_checks(load_dataset(suite.dataset, suite_path), suite_path,
+                                 MIN_SIDE if image_conditions and resolution is None else None)
+    conditions = condition_names(image_conditions, suite.include_clean, text_conditions, cross)
+    distributed.start(ranks)
+    lock = store = None
+    try:
+        # rank 0 takes the run directory (lock, --fresh, config check, shards an earlier run
+        # left) before any rank starts; the others wait for its word
+        if ranks.rank == 0:
+            failure = None
+            try:
+                lock, store = open_run(run_dir, fresh, suite, log)
+            except UserError as e:
+                failure = e
+            distributed.broadcast(None if failure is None else str(failure), ranks)
+            if failure is not None:
+                raise failure
+        elif distributed.broadcast(None, ranks) is not None:
+            raise distributed.PeerFailed("rank 0 stopped")
+        if progress and ranks.rank == 0:
+            procs = f" on {ranks.world} processes" if ranks.parallel else ""
+            log(f"{suite.name}: {len(examples)} examples x {len(conditions)} conditions "
+                f"x {len(methods)} methods -> {run_dir}{procs}")
+        failure, stats, target, done, cost_done = None, None, store, None, None
+        try:  # a user error on one rank reaches the others through the gather below
+            if ranks.parallel:  # each rank writes its own shard; what is done is the merged store's
+                done = read_done(run_dir / STORE)
+                cost_done = read_cost_done(run_dir / STORE)
+                target = RunStore(distributed.shard_path(run_dir, ranks.rank))
+                target.claim(suite.name, suite.config_hash())
+            stats = run_engine(examples=examples, methods=methods, image_conditions=image_conditions,
+                               adapter_factory=checked_adapter(lambda: load_adapter(suite.model), methods, examples,
+                                                               suite, suite_path), store=target, seed=suite.seed,
+                               metrics=suite.metrics, batch_size=suite.batch_size,
+                               include_clean=suite.include_clean, progress=progress and ranks.rank == 0,
+                               text_conditions=text_conditions, cross=cross, resolution=resolution, cache=cache,
+                               shard=(ranks.rank, ranks.world), done=done, cost=suite.cost,
+                               cost_done=cost_done)
+        except UserError as e:
+            failure = e
+        finally:
+            if target is not store:  # a shard
+                target.close()
+        outcomes = distributed.gather((None if failure is None else str(failure), stats), ranks)
+        if failure is not None:
+            raise failure
+        if ranks.rank != 0:
+            return None
+        if any(msg is not None for msg, _ in outcomes):
+            raise distributed.PeerFailed("another rank stopped")
+        stats = distributed.combine_stats([s for _, s in outcomes])
+        distributed.merge_shards(store, run_dir)
+        labels = [m.label for m in methods]
+        by_key = {(p.example_id, p.condition, p.method): p for p in store.rows()}  # read the store once
+        by_key = rescored(by_key, examples, suite.metrics)
+        cost_records = this_runs_cost(store.cost_rows(), examples, suite)
+        store.close()
+        store = None
+        rows = summarize(by_key, examples, conditions, labels, suite.metrics)
+        add_measured_cost(rows, cost_records)
+        manifest = build_manifest(suite, suite_path, examples, conditions, methods, stats, cache)
+        manifest["processes"] = ranks.world
+        write_results(run_dir, manifest, rows, samples(by_key, examples, conditions, labels))
+        outcome = RunOutcome(rows, labels, method_budgets(methods), stats, cache)
+        if finish is not None:
+            finish(outcome)
+        return outcome
+    finally:
+        if store is not None:
+            store.close()
+        if lock is not None:
+            lock.release()
+        distributed.stop()
+
+
 def _method_rows(m, adapter, vision, text, questions, batch, cname, seed, metrics, done, stats,
                  resolution: int | None = None, source_sizes: list | None = None,
                  merged_vision=None) -> list[Prediction]:
@@ -211,19 +306,18 @@ def _method_rows(m, adapter, vision, text, questions, batch, cname, seed, metric
     merged_vision: the method's own merged tower pass (ToMe), which it reads instead of `vision`."""
     tm = stats.timings
     t = time.perf_counter()
-    kept = m.apply(vision if merged_vision is None else merged_vision, text, _keys(seed, batch, m))
+    kept = m.apply(vision if merged_vision is None else merged_vision, text, seed_keys(seed, batch, m))
     tm["select"] += time.perf_counter() - t
     t = time.perf_counter()
     tokens = [k.tokens for k in kept]
     if m.fastv_layer is not None:  # pruned inside the LLM: the adapter reports what it kept
         spec = FastVSpec(m.fastv_layer, m.fastv_k(vision.tokens.shape[1]))
-        answers = adapter.generate(tokens, questions, fastv=spec)
+        answers = adapter.generate(tokens, questions, in_llm=spec, **adapter.generation_inputs(vision, None))
         indices = spec.kept
     else:
         indices = [k.indices for k in kept]
-        # adapters that place tokens by grid position (Qwen2-VL, LLaVA-NeXT) need the kept indices too
-        extra = {"kept_indices": indices} if getattr(adapter, "wants_kept_indices", False) else {}
-        answers = adapter.generate(tokens, questions, **extra)
+        # e.g. the kept indices for adapters that place tokens by grid (Qwen2-VL, LLaVA-NeXT)
+        answers = adapter.generate(tokens, questions, **adapter.generation_inputs(vision, indices))
     tm["generate"] += time.perf_counter() - t
     stats.generations += len(batch)
     n_llm = [len(i) if i is not None else len(k) for i, k in zip(indices, kept)]
@@ -241,47 +335,13 @@ def _method_rows(m, adapter, vision, text, questions, batch, cname, seed, metric
     return rows
 
 
-def check_method_layers(methods, adapter) -> None:
-    """Each method's `layer` setting exists in this model, or one UserError line naming it
-    (checked once the model is loaded, before any work: the suite alone cannot know the depth).
-    ViT layers index the CLS attention of every layer (negative counts from the end); FastV's
-    LLM layer must leave a layer after it to prune for."""
-    cfgs = adapter.cost_configs() if hasattr(adapter, "cost_configs") else {}
-    n_vit = getattr(cfgs.get("vision"), "num_hidden_layers", None)
-    n_llm = getattr(cfgs.get("llm"), "num_hidden_layers", None)
-    for m in methods:
-        layer = m.settings.get("layer")
-        if layer is None:
-            continue
-        if m.fastv_layer is not None:
-            if n_llm is not None and not 0 <= layer < n_llm - 1:
-                raise UserError(f"method {m.label!r}: layer {layer} leaves no LLM layer to prune in: the model has "
-                                f"{n_llm} decoder layers, so layer must be in 0..{n_llm - 2}")
-        elif n_vit is not None and not -n_vit <= layer < n_vit:
-            raise UserError(f"method {m.label!r}: layer {layer} is outside the vision tower's {n_vit} layers "
-                            f"(use {-n_vit}..{n_vit - 1})")
-
-
-def check_tower_methods(methods, adapter) -> None:
-    """A method that merges inside the vision tower (ToMe) needs an adapter that can run its
-    tower so: one UserError line naming the method otherwise (before any work)."""
-    for m in methods:
-        if m.tower is not None and not adapter.merges_in_tower:
-            raise UserError(f"method {m.label!r}: {m.name} merges tokens inside the vision tower, which the "
-                            f"{type(adapter).__name__} cannot do (use tome_posthoc, which merges after the tower)")
-
-
-def _keys(seed: int, batch, m) -> list[str]:
+def seed_keys(seed: int, batch, m) -> list[str]:
     """Per-example seed keys of a method (random pruning draws from them)."""
     return [f"{seed}/{ex.id}/{m.label}" for ex in batch]
 
 
-def _batch_key(batch) -> str:
-    """A batch as the cost table names it: its first example and its size."""
-    return f"{batch[0].id}+{len(batch)}"
-
-
-def _texts(adapter, questions: list[str], kind: str) -> list[str]:
+def clip_texts(adapter, questions: list[str], kind: str) -> list[str]:
+    """What the CLIP text tower encodes for a method's `text` setting: the question, or the prompt around it."""
     if kind == "question":
         return questions
     return [adapter.prompt(q).replace("<image>", " ").strip() for q in questions]

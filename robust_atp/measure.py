@@ -34,27 +34,25 @@ def row_measurements(method, adapter, vision, kept: list, questions: list[str], 
     resolution: the canonical resolution the engine brought the images to (None: native), and
     source_sizes: per example the dataset image's (w, h) before it (the boxes' coordinates)."""
     n = vision.tokens.shape[1]
-    cfgs = adapter.cost_configs() if hasattr(adapter, "cost_configs") else None
-    geometry = adapter.patch_geometry() if hasattr(adapter, "patch_geometry") else None
+    cfgs = adapter.cost_configs()
+    geometry = adapter.patch_geometry()
     out = []
     for i, (ex, q) in enumerate(zip(batch, questions)):
         extra = {}
-        if cfgs is not None:
+        if cfgs:
             llm = cost.LayerShape.from_config(cfgs["llm"])
             text = adapter.prompt_length(q)
             # BLIP-2 hands the LLM its query tokens whatever the ViT tokens kept
             # (and LLaVA-NeXT the newlines of the rows its kept tokens touch)
-            seen = adapter.llm_visual_tokens(n_llm[i], kept[i]) if hasattr(adapter, "llm_visual_tokens") else n_llm[i]
+            seen = adapter.llm_visual_tokens(n_llm[i], kept[i])
             if fastv_cut is None:
                 extra["prefill_flops"] = cost.prefill_flops(llm, text + seen)
             else:
                 extra["prefill_flops"] = cost.prefill_flops(llm, text + n, text + n_llm[i], fastv_cut)
             # towers that are not a CLIP ViT over N + 1 tokens (Qwen2-VL's merger, anyres crops) count themselves
-            extra["vision_flops"] = (adapter.vision_flops(n) if hasattr(adapter, "vision_flops") else
-                                     cost.vision_flops(cfgs["vision"], n, cfgs.get("projector")))
+            extra["vision_flops"] = adapter.vision_flops(n)
             merge_cost = _official_merge_cost(method, vision, cfgs, n_llm[i], extra)
-            if hasattr(adapter, "extra_flops"):  # e.g. BLIP-2's Q-Former over the kept ViT tokens
-                extra.update(adapter.extra_flops(n, n_llm[i]))
+            extra.update(adapter.extra_flops(n, n_llm[i]))  # e.g. BLIP-2's Q-Former over the kept ViT tokens
             # CLIP text length: the encoded text's words plus BOS / EOS, an estimate (no tokenizer here);
             # `text: prompt` methods encode the whole prompt
             encoded = adapter.prompt(q) if method.settings.get("text") == "prompt" else q
@@ -152,13 +150,14 @@ def measure_cost(methods: list, adapter, images: list, questions: list[str], tex
         kept = own()
         tokens = [k.tokens for k in kept]
         spec = (lambda: None) if m.fastv_layer is None else (lambda: FastVSpec(m.fastv_layer, m.fastv_k(n)))
+        inputs = adapter.generation_inputs(vision, None if m.fastv_layer is not None else [k.indices for k in kept])
         rec = {"batch": len(questions), "device": str(adapter.device)}
         if cfg.latency:
             text_s = shared["text", m.settings.get("text", "question")] if m.needs_text else 0.0
             select_s = cost.median_seconds(own, **runs)
             with cost.PeakMemory(adapter.device) as peak:
-                generate_s = cost.median_seconds(lambda: adapter.generate(tokens, questions, fastv=spec()), **runs)
-            marks = [adapter.run_llm(tokens, questions, steps, fastv=spec(), clock=clock)["marks"]
+                generate_s = cost.median_seconds(lambda: adapter.generate(tokens, questions, in_llm=spec(), **inputs), **runs)
+            marks = [adapter.run_llm(tokens, questions, steps, in_llm=spec(), clock=clock)["marks"]
                      for _ in range(cfg.warmup + cfg.repeats)][cfg.warmup:]
             prefill_s = statistics.median(b - a for a, b, _ in marks)
             decode_s = statistics.median((c - b) / steps for _, b, c in marks)
@@ -171,7 +170,7 @@ def measure_cost(methods: list, adapter, images: list, questions: list[str], tex
                        repeats=cfg.repeats, warmup=cfg.warmup, decode_steps=steps)
         kv, counted, analytic = [], [], []
         for tok, q in zip(tokens, questions):
-            one = lambda: adapter.run_llm([tok], [q], 0, fastv=spec())
+            one = lambda: adapter.run_llm([tok], [q], 0, in_llm=spec())
             kv.append(one()["kv_bytes"])
             if cfg.flops:
                 counted.append(cost.counted_flops(one))

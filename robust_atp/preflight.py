@@ -1,6 +1,7 @@
 """Checks that need the loaded model, run once it is loaded and before any unit of work (so a
-failure writes nothing): every budget fits the visual tokens the model gives an image, and
-every question fits the language model's context beside them.
+failure writes nothing): every budget fits the visual tokens the model gives an image, every
+question fits the language model's context beside them, every method's `layer` exists, and the
+adapter can do what the methods and the suite's `cost:` ask of it.
 """
 from __future__ import annotations
 
@@ -23,9 +24,8 @@ def check_budgets(methods, n_visual: int, suite_path: Path) -> None:
 def check_questions(adapter, examples, n_visual: int, max_new_tokens: int, suite_path: Path) -> None:
     """The prompt around each (clean) question, the visual tokens and the answer must fit the
     language model's positions; a longer question is refused, naming the example."""
-    cfgs = adapter.cost_configs() if hasattr(adapter, "cost_configs") else {}
-    limit = getattr(cfgs.get("llm"), "max_position_embeddings", None)
-    if not limit or not hasattr(adapter, "prompt_length"):
+    limit = getattr(adapter.cost_configs().get("llm"), "max_position_embeddings", None)
+    if not limit:
         return
     room = limit - n_visual - max_new_tokens
     for ex in examples:
@@ -47,7 +47,54 @@ def checked_adapter(load, methods, examples, suite, suite_path: Path):
         n_visual = int(adapter.num_visual_tokens)
         check_budgets(methods, n_visual, suite_path)
         # the LLM's own visual tokens: BLIP-2's Q-Former hands it query tokens, not patches
-        n_llm = int(getattr(adapter, "num_query_tokens", None) or n_visual)
+        n_llm = int(adapter.llm_visual_tokens(n_visual))
         check_questions(adapter, examples, n_llm, suite.model.generation.max_new_tokens, suite_path)
         return adapter
     return factory
+
+
+def check_method_layers(methods, adapter) -> None:
+    """Each method's `layer` setting exists in this model, or one UserError line naming it
+    (checked once the model is loaded, before any work: the suite alone cannot know the depth).
+    ViT layers index the CLS attention of every layer (negative counts from the end); FastV's
+    LLM layer must leave a layer after it to prune for."""
+    cfgs = adapter.cost_configs()
+    n_vit = getattr(cfgs.get("vision"), "num_hidden_layers", None)
+    n_llm = getattr(cfgs.get("llm"), "num_hidden_layers", None)
+    for m in methods:
+        layer = m.settings.get("layer")
+        if layer is None:
+            continue
+        if m.fastv_layer is not None:
+            if n_llm is not None and not 0 <= layer < n_llm - 1:
+                raise UserError(f"method {m.label!r}: layer {layer} leaves no LLM layer to prune in: the model has "
+                                f"{n_llm} decoder layers, so layer must be in 0..{n_llm - 2}")
+        elif n_vit is not None and not -n_vit <= layer < n_vit:
+            raise UserError(f"method {m.label!r}: layer {layer} is outside the vision tower's {n_vit} layers "
+                            f"(use {-n_vit}..{n_vit - 1})")
+
+
+def check_tower_methods(methods, adapter) -> None:
+    """A method that merges inside the vision tower (ToMe) needs an adapter that can run its
+    tower so: one UserError line naming the method otherwise (before any work)."""
+    for m in methods:
+        if m.tower is not None and not adapter.merges_in_tower:
+            raise UserError(f"method {m.label!r}: {m.name} merges tokens inside the vision tower, which the "
+                            f"{type(adapter).__name__} cannot do (use tome_posthoc, which merges after the tower)")
+
+
+def check_cost(adapter) -> None:
+    """Measured latency and counted FLOPs time the prefill and a decoding step apart: that needs
+    the adapter's own timed LLM passes over the visual tokens exactly as it lays them out."""
+    if not adapter.timed_llm_passes:
+        # (LLaVA-NeXT's newlines, Qwen2-VL's positions are not in that loop)
+        raise UserError(f"cost: measured latency and counted FLOPs need the llava adapter's timed LLM passes; "
+                        f"{type(adapter).__name__} has none (remove the suite's cost section)")
+
+
+def check_loaded(methods, adapter, measuring: bool = False) -> None:
+    """The engine's checks on a loaded adapter, in order: method layers, in-tower merging, cost."""
+    check_method_layers(methods, adapter)
+    check_tower_methods(methods, adapter)
+    if measuring:
+        check_cost(adapter)

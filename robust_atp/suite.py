@@ -5,7 +5,6 @@ and exits 2.
 """
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 from pathlib import Path
@@ -15,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import SuiteError
+from .validation import format_validation_error
 
 
 class Strict(BaseModel):
@@ -240,56 +240,6 @@ class Suite(Strict):
             pert.pop("cross", None)
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _fmt_loc(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "<root>"
-
-
-def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
-    """The valid keys at `loc` (a path of field names and list indices) of `model`."""
-    cur: Any = model
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        field = cur.model_fields.get(part) if isinstance(cur, type) and issubclass(cur, BaseModel) else None
-        if field is None:
-            return []
-        ann = field.annotation
-        for arg in getattr(ann, "__args__", (ann,)):
-            for inner in getattr(arg, "__args__", (arg,)):
-                if isinstance(inner, type) and issubclass(inner, BaseModel):
-                    cur = inner
-                    break
-    return list(cur.model_fields) if isinstance(cur, type) and issubclass(cur, BaseModel) else []
-
-
-def format_validation_error(path: str, err: ValidationError, model: type[BaseModel] = None) -> str:
-    errors = err.errors()
-    # a misspelt key also shows up as a missing field: report the typo, it explains both
-    e = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
-    loc = tuple(p for p in e["loc"] if p not in ("function-after",) and not str(p).startswith("function-"))
-    where = _fmt_loc(loc)
-    if e["type"] == "extra_forbidden":
-        key = str(loc[-1])
-        known = _known_keys(model, loc) if model is not None else []
-        near = difflib.get_close_matches(key, known, n=1)
-        hint = f" (did you mean '{near[0]}'?)" if near else (f"; known keys: {', '.join(known)}" if known else "")
-        return f"{path}: {where}: unknown key{hint}"
-    msg = e["msg"]
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
-    if e["type"] == "missing":
-        msg = "required field is missing"
-    elif e["type"] != "value_error" and "input" in e and not isinstance(e["input"], (dict, list)):
-        msg = f"{msg}, got {e['input']!r}"
-    return f"{path}: {where}: {msg}"
 
 
 class StrictSafeLoader(yaml.SafeLoader):

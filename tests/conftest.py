@@ -17,12 +17,12 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
-    from tiny import build_tiny_llava
+    from tests.helpers.tiny import build_tiny_llava
 
     return build_tiny_llava(tmp_path_factory.mktemp("tiny_llava"))
 
 
-def make_adapter(llava, clip=None, max_new_tokens=5, attn="sdpa"):
+def _llava_adapter(llava, clip=None, max_new_tokens=5, attn="sdpa"):
     from robust_atp.models.base import load_adapter
     from robust_atp.suite import ModelCfg
 
@@ -32,8 +32,20 @@ def make_adapter(llava, clip=None, max_new_tokens=5, attn="sdpa"):
 
 
 @pytest.fixture(scope="session")
+def make_adapter():
+    """make_adapter(llava_dir, clip_dir=None, max_new_tokens=5, attn="sdpa") -> a llava adapter."""
+    return _llava_adapter
+
+
+@pytest.fixture(scope="session")
 def tiny_adapter(tiny_dir):
-    return make_adapter(tiny_dir / "llava", tiny_dir / "clip")
+    return _llava_adapter(tiny_dir / "llava", tiny_dir / "clip")
+
+
+@pytest.fixture(scope="session")
+def tiny_eager_adapter(tiny_dir):
+    """The tiny LLaVA under eager attention (the reference for hooked attention and counted FLOPs)."""
+    return _llava_adapter(tiny_dir / "llava", tiny_dir / "clip", attn="eager")
 
 
 @pytest.fixture(scope="session")
@@ -52,27 +64,55 @@ def shapes_examples():
 
 @pytest.fixture(scope="session")
 def tiny_qwen_dir(tmp_path_factory):
-    from tiny_families import build_tiny_qwen2_vl
+    from tests.helpers.tiny_families import build_tiny_qwen2_vl
 
     return build_tiny_qwen2_vl(tmp_path_factory.mktemp("tiny_qwen2_vl"))
 
 
 @pytest.fixture(scope="session")
 def open_clip_config(tmp_path_factory):
-    from tiny_families import tiny_open_clip_config
+    from tests.helpers.tiny_families import tiny_open_clip_config
 
     return tiny_open_clip_config(tmp_path_factory.mktemp("open_clip"))
 
 
 @pytest.fixture(scope="session")
 def tiny_next_dir(tmp_path_factory):
-    from tiny_families import build_tiny_llava_next
+    from tests.helpers.tiny_families import build_tiny_llava_next
 
     return build_tiny_llava_next(tmp_path_factory.mktemp("tiny_llava_next"))
 
 
 @pytest.fixture(scope="session")
 def tiny_blip2_dir(tmp_path_factory):
-    from tiny_families import build_tiny_blip2
+    from tests.helpers.tiny_families import build_tiny_blip2
 
     return build_tiny_blip2(tmp_path_factory.mktemp("tiny_blip2"))
+
+
+def _family_adapter(adapter: str, checkpoint, max_new_tokens: int, **kw):
+    from robust_atp.models.base import load_adapter
+    from robust_atp.suite import ModelCfg
+
+    return load_adapter(ModelCfg(adapter=adapter, checkpoint=str(checkpoint),
+                                 generation={"max_new_tokens": max_new_tokens}, **kw))
+
+
+@pytest.fixture(scope="session")
+def nxt(tiny_next_dir):
+    """The tiny LLaVA-NeXT adapter with its CLIP model."""
+    return _family_adapter("llava_next", tiny_next_dir / "llava_next", 6, clip=str(tiny_next_dir / "clip"))
+
+
+@pytest.fixture(scope="session")
+def qwen(tiny_qwen_dir):
+    from tests.helpers.tiny_families import QWEN_PROMPT
+
+    return _family_adapter("qwen2_vl", tiny_qwen_dir, 8, prompt=QWEN_PROMPT)
+
+
+@pytest.fixture(scope="session")
+def blip(tiny_blip2_dir):
+    from tests.helpers.tiny_families import BLIP2_PROMPT
+
+    return _family_adapter("blip2", tiny_blip2_dir, 6, prompt=BLIP2_PROMPT)

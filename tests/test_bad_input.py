@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from official_data import coco_name, write_vqav2
+from tests.helpers.official_data import coco_name, write_vqav2
 from robust_atp.lock import RunLock
 from robust_atp.run import main
 from robust_atp.store import RunStore

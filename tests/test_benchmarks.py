@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from official_data import (GQA_ITEMS, VQA_ITEMS, image, write_gqa, write_gqa_ood, write_karpathy, write_rephrasings,
+from tests.helpers.official_data import (GQA_ITEMS, VQA_ITEMS, image, write_gqa, write_gqa_ood, write_karpathy, write_rephrasings,
                            write_vqacp, write_vqav2, write_vqav2_hub)
 from robust_atp.data.base import Example, load_examples, loader_names
 from robust_atp.data.sources import DataError, DataMissing

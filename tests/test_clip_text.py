@@ -6,12 +6,10 @@ import shutil
 
 import torch
 
-from conftest import make_adapter
-
 TEXTS = ["what color is the circle?", "is there a red square to the left of the blue triangle?", "how many?"]
 
 
-def test_clip_text_embeddings_do_not_depend_on_the_batch(tiny_dir, tmp_path):
+def test_clip_text_embeddings_do_not_depend_on_the_batch(tiny_dir, tmp_path, make_adapter):
     clip = tmp_path / "clip"
     shutil.copytree(tiny_dir / "clip", clip)
     cfg_path = clip / "tokenizer_config.json"

@@ -8,11 +8,9 @@ from robust_atp.prune.coverage import object_recall, patch_mask
 
 
 @pytest.fixture(scope="module")
-def eager_tiny(tiny_dir):
+def eager_tiny(tiny_eager_adapter):
     # FlopCounterMode counts eager attention's matmuls; it has no formula for the CPU sdpa kernel
-    from conftest import make_adapter
-
-    return make_adapter(tiny_dir / "llava", tiny_dir / "clip", attn="eager")
+    return tiny_eager_adapter
 
 
 def _counted(fn) -> int:
@@ -127,7 +125,7 @@ def test_object_recall_is_the_kept_share_of_object_patches():
 
 def test_results_rows_average_cost_and_recall_and_ratio_to_full():
     from robust_atp.data.base import Example
-    from robust_atp.run import summarize
+    from robust_atp.results import summarize
     from robust_atp.store import Prediction
 
     exs = [Example(id=i, image_id=i, image=None, question="q", answers=("x",)) for i in ("a", "b")]

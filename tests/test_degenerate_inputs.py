@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from robust_atp.perturb.image import ImageCondition, canonicalize, corrupt, to_rgb
+from robust_atp.data.images import to_rgb
+from robust_atp.perturb.image import ImageCondition, canonicalize, corrupt
 from robust_atp.prune.scores import atp_scores, minmax, rank, zscore
 from robust_atp.prune.select import select_adaptive, select_topk
 

@@ -262,8 +262,10 @@ def test_an_empty_store_beside_shards_keeps_its_suite(tmp_path):
 def test_ranks_see_the_merged_stores_cost_records(tmp_path):
     """A finished data-parallel run with `cost:` run again: each rank reads the merged store's
     cost keys, so no rank loads the model to measure again."""
+    from robust_atp.data.base import batch_key
     from robust_atp.data.shapes import load_shapes
-    from robust_atp.engine import _batch_key, run_engine
+    from robust_atp.engine import run_engine
+    from robust_atp.store import read_cost_done, read_done
     from robust_atp.suite import CostCfg
 
     examples = load_shapes("val", limit=4)
@@ -271,7 +273,7 @@ def test_ranks_see_the_merged_stores_cost_records(tmp_path):
     main_store = RunStore(tmp_path / "predictions.sqlite")
     main_store.claim("s", "h")
     main_store.put([Prediction(ex.id, "clean", "full", "x", 0.0, {"exact_match": 0.0}, 144) for ex in examples])
-    main_store.put_cost([("clean", "full", _batch_key(b), {"prefill_ms": 1.0}) for b in batches])
+    main_store.put_cost([("clean", "full", batch_key(b), {"prefill_ms": 1.0}) for b in batches])
     main_store.close()
 
     class Method:
@@ -284,8 +286,8 @@ def test_ranks_see_the_merged_stores_cost_records(tmp_path):
         shard = RunStore(distributed.shard_path(tmp_path, rank))
         stats = run_engine(examples=examples, methods=[Method()], image_conditions=[], adapter_factory=no_model,
                            store=shard, seed=0, metrics=["exact_match"], batch_size=2, progress=False,
-                           shard=(rank, 2), done=distributed.read_done(tmp_path / "predictions.sqlite"),
+                           shard=(rank, 2), done=read_done(tmp_path / "predictions.sqlite"),
                            cost=CostCfg(latency=True, batches=2),
-                           cost_done=distributed.read_cost_done(tmp_path / "predictions.sqlite"))
+                           cost_done=read_cost_done(tmp_path / "predictions.sqlite"))
         assert stats.units_run == 0
         shard.close()

@@ -175,7 +175,7 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
 def test_a_layer_the_model_does_not_have_is_one_user_error():
     from types import SimpleNamespace
 
-    from robust_atp.engine import check_method_layers
+    from robust_atp.preflight import check_method_layers
     from robust_atp.errors import UserError
     from robust_atp.prune.methods import validate_method
     from robust_atp.suite import MethodCfg

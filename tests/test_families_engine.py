@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from robust_atp.run import main
-from tiny_families import BLIP2_PROMPT, QWEN_PROMPT
+from tests.helpers.tiny_families import BLIP2_PROMPT, QWEN_PROMPT
 
 
 def _suite(tmp_path, model: dict, methods: list[dict], fog: bool = True) -> str:

@@ -36,7 +36,7 @@ def test_fastv_dropping_nothing_is_full_token_for_token(name, request, shapes_ex
     full, _, full_logits = _spy_generate(adapter, tokens, questions)
     for layer in (0, 1):
         spec = FastVSpec(layer, n)
-        texts, _, logits = _spy_generate(adapter, tokens, questions, fastv=spec)
+        texts, _, logits = _spy_generate(adapter, tokens, questions, in_llm=spec)
         assert texts == full
         assert all(torch.equal(a, b) for a, b in zip(logits, full_logits))
         assert [t.tolist() for t in spec.kept] == [list(range(n))] * 6
@@ -79,17 +79,15 @@ def _reference_logits(eager, calls, spans, layer, k):
 
 
 @pytest.mark.parametrize("layer, k", [(0, 9), (0, 1), (1, 3)])
-def test_fastv_equals_an_explicit_eager_reference(tiny_dir, tiny_adapter, shapes_examples, layer, k):
-    from conftest import make_adapter
-
-    eager = make_adapter(tiny_dir / "llava", tiny_dir / "clip", attn="eager")
+def test_fastv_equals_an_explicit_eager_reference(tiny_eager_adapter, tiny_adapter, shapes_examples, layer, k):
+    eager = tiny_eager_adapter
     exs = shapes_examples[:4]
     questions = [e.question for e in exs]
     vision = tiny_adapter.encode_images([e.image() for e in exs])
     tokens = [vision.tokens[i] for i in range(4)]
     spec = FastVSpec(layer, k)
     with torch.inference_mode():
-        texts, calls, logits = _spy_generate(tiny_adapter, tokens, questions, fastv=spec)
+        texts, calls, logits = _spy_generate(tiny_adapter, tokens, questions, in_llm=spec)
         full_texts, _, full_logits = _spy_generate(tiny_adapter, tokens, questions)
         length = calls[0]["inputs_embeds"].shape[1]
         pads = [length - int(m.sum()) for m in calls[0]["attention_mask"]]

@@ -17,7 +17,7 @@ import torch
 from robust_atp.models.base import load_adapter
 from robust_atp.prune.methods import validate_method
 from robust_atp.suite import MethodCfg, ModelCfg
-from tiny_families import BLIP2_PROMPT, QWEN_PROMPT
+from tests.helpers.tiny_families import BLIP2_PROMPT, QWEN_PROMPT
 
 N_NEW = 6
 PENALTY = 2.0
@@ -47,7 +47,7 @@ def _hf_new_tokens(adapter, images, questions, **settings):
 
 
 def _source(adapter):
-    return adapter.model.language_model if adapter.cfg.adapter == "blip2" else adapter.model
+    return adapter.generation_source()
 
 
 def _adapter_new_tokens(adapter, images, questions):
@@ -63,9 +63,8 @@ def _adapter_new_tokens(adapter, images, questions):
 
     source.generate = spy
     try:
-        kw = {"kept_indices": [k.indices for k in kept]} if getattr(adapter, "wants_kept_indices", False) \
-            or adapter.cfg.adapter == "llava_next" else {}
-        texts = adapter.generate([k.tokens for k in kept], questions, **kw)
+        texts = adapter.generate([k.tokens for k in kept], questions,
+                                 **adapter.generation_inputs(vision, [k.indices for k in kept]))
     finally:
         source.generate = orig
     return texts, seen["out"][:, seen["prompt"]:]

@@ -123,10 +123,10 @@ def test_ascii_shortcut_equals_numpy():
 
     import numpy as np
 
-    from robust_atp.metrics.gqa import _PUNCT_TABLE, _lmms_form
+    from robust_atp.metrics.gqa import PUNCT_TABLE, lmms_form
 
     rng = random.Random(0)
     alphabet = string.ascii_letters + string.digits + string.punctuation + " \t\n\x00"
     for _ in range(2000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8)))
-        assert _lmms_form(text) == str(np.char.translate(np.char.lower(np.asarray([text])), table=_PUNCT_TABLE)[0])
+        assert lmms_form(text) == str(np.char.translate(np.char.lower(np.asarray([text])), table=PUNCT_TABLE)[0])

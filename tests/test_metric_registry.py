@@ -5,7 +5,7 @@ import re
 import robust_atp.metrics as metrics
 from robust_atp.data.base import Example
 from robust_atp.metrics import CONVENTIONS, METRICS
-from robust_atp.run import rescored
+from robust_atp.results import rescored
 from robust_atp.store import Prediction
 
 MODULES = {"vqa_accuracy": "vqa", "vqa_accuracy_official": "vqa", "textvqa_accuracy": "textvqa",

@@ -71,7 +71,7 @@ def test_qwen2_vl_atp_uses_the_scorer(tiny_qwen_dir, open_clip_config, images):
     from robust_atp.models.base import load_adapter
     from robust_atp.prune.methods import validate_method
     from robust_atp.suite import MethodCfg, ModelCfg
-    from tiny_families import QWEN_PROMPT
+    from tests.helpers.tiny_families import QWEN_PROMPT
 
     adapter = load_adapter(ModelCfg(adapter="qwen2_vl", checkpoint=str(tiny_qwen_dir), prompt=QWEN_PROMPT,
                                     scorer={"model": str(open_clip_config)}))

@@ -22,10 +22,8 @@ def images(shapes_examples):
 
 
 @pytest.fixture(scope="module")
-def eager(tiny_dir):
-    from conftest import make_adapter
-
-    return make_adapter(tiny_dir / "llava", tiny_dir / "clip", attn="eager")
+def eager(tiny_eager_adapter):
+    return tiny_eager_adapter
 
 
 def _tome_tower_by_hand(tower, px, schedule, prop_attn=True):
@@ -137,7 +135,7 @@ def test_visionzip_on_llava_next_gives_every_crop_its_budget_in_the_official_lay
 def test_visionzip_on_blip2_hands_the_qformer_the_official_tokens(tiny_blip2_dir, shapes_examples):
     from robust_atp.models.base import load_adapter
     from robust_atp.suite import ModelCfg
-    from tiny_families import BLIP2_PROMPT
+    from tests.helpers.tiny_families import BLIP2_PROMPT
 
     blip = load_adapter(ModelCfg(adapter="blip2", checkpoint=str(tiny_blip2_dir), prompt=BLIP2_PROMPT,
                                  generation={"max_new_tokens": 2}))
@@ -150,7 +148,7 @@ def test_visionzip_on_blip2_hands_the_qformer_the_official_tokens(tiny_blip2_dir
     seen = []
     handle = blip.model.qformer.register_forward_pre_hook(
         lambda m, a, kw: seen.append(kw["encoder_hidden_states"]), with_kwargs=True)
-    blip.generate([x.tokens for x in kept], ["q", "q"])
+    blip.generate([x.tokens for x in kept], ["q", "q"], **blip.generation_inputs(vision, [x.indices for x in kept]))
     handle.remove()
     assert torch.equal(seen[0], zipped)  # CLS (the adapter's own) + 6 dominant + 1 contextual
     assert [len(x) for x in kept] == [7, 7] and int(kept[0].sizes.sum()) == n
@@ -164,7 +162,7 @@ def test_visionzip_on_blip2_hands_the_qformer_the_official_tokens(tiny_blip2_dir
 
 
 def test_adapters_say_whether_they_merge_inside_the_tower():
-    from robust_atp.engine import check_tower_methods
+    from robust_atp.preflight import check_tower_methods
     from robust_atp.models.blip2 import Blip2Adapter
     from robust_atp.models.llava import LlavaAdapter
     from robust_atp.models.llava_next import LlavaNextAdapter
@@ -245,7 +243,7 @@ def test_tome_and_visionzip_do_not_depend_on_the_batch(tiny_adapter, images):
 
 def test_a_tower_merge_on_blip2_is_one_error_line_before_any_work(tmp_path, tiny_blip2_dir, capsys):
     from robust_atp.run import main
-    from tiny_families import BLIP2_PROMPT
+    from tests.helpers.tiny_families import BLIP2_PROMPT
 
     p = tmp_path / "s.yaml"
     p.write_text(textwrap.dedent(f"""

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from robust_atp.data.images import to_rgb
 from robust_atp.perturb.image import (OCCLUSION_GREY, OCCLUSION_SHARE, ImageCondition, canonicalize, condition_seed,
-                                      corrupt, corruption_names, to_rgb)
+                                      corrupt, corruption_names)
 
 ALL = corruption_names("all")
 

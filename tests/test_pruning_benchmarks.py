@@ -5,7 +5,7 @@ answer parsing of each metric (quirks included), the group-level values through
 `metrics.aggregate`, and the published numbers."""
 import pytest
 
-from pruning_bench_data import (MMB_ROWS, POPE_ROWS, SQA_PROBLEMS, TEXTVQA_DATA, write_mmbench_hub, write_mmbench_tsv,
+from tests.helpers.pruning_bench_data import (MMB_ROWS, POPE_ROWS, SQA_PROBLEMS, TEXTVQA_DATA, write_mmbench_hub, write_mmbench_tsv,
                                 write_mme, write_mme_hub, write_pope, write_pope_hub, write_scienceqa,
                                 write_scienceqa_hub, write_textvqa, write_textvqa_hub)
 from robust_atp.data.base import Example, load_examples

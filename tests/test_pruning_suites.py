@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pruning_bench_data import write_mmbench_tsv, write_mme, write_pope, write_scienceqa, write_textvqa
+from tests.helpers.pruning_bench_data import write_mmbench_tsv, write_mme, write_pope, write_scienceqa, write_textvqa
 from robust_atp.data import shapes
 from robust_atp.data.base import load_examples
 from robust_atp.data.shapes_pope import object_statistics, pope_images

@@ -7,7 +7,7 @@ import torch
 from robust_atp.engine import kept_tokens_of
 from robust_atp.prune.methods import validate_method
 from robust_atp.suite import MethodCfg, ModelCfg
-from tiny_families import QWEN_PROMPT
+from tests.helpers.tiny_families import QWEN_PROMPT
 
 
 def _adapter(path, **kw):
@@ -15,11 +15,6 @@ def _adapter(path, **kw):
 
     return load_adapter(ModelCfg(adapter="qwen2_vl", checkpoint=str(path), prompt=QWEN_PROMPT,
                                  generation={"max_new_tokens": 8}, **kw))
-
-
-@pytest.fixture(scope="module")
-def qwen(tiny_qwen_dir):
-    return _adapter(tiny_qwen_dir)
 
 
 @pytest.fixture(scope="module")
@@ -31,49 +26,6 @@ def batch(shapes_examples):
 def _kept(method_cfg, vision, text=None):
     m = validate_method(MethodCfg(**method_cfg))
     return m.apply(vision, text, [""] * len(vision))
-
-
-def _generated_ids(adapter, tokens, questions, indices):
-    captured = {}
-    orig = adapter.model.generate
-
-    def spy(*a, **kw):
-        out = orig(*a, **kw)
-        captured["out"] = out[:, kw["input_ids"].shape[1]:]  # the prompt ids, then the new ones
-        return out
-
-    adapter.model.generate = spy
-    try:
-        texts = adapter.generate(tokens, questions, kept_indices=indices)
-    finally:
-        adapter.model.generate = orig
-    return captured["out"], texts
-
-
-def test_full_matches_hf_generate_token_for_token(qwen, batch):
-    images, questions = batch
-    ref = qwen.reference_inputs(images, questions)
-    with torch.inference_mode():
-        out = qwen.model.generate(**ref, max_new_tokens=8, do_sample=False)
-    ref_ids = out[:, ref["input_ids"].shape[1]:]
-    vision = qwen.encode_images(images)
-    assert vision.tokens.shape[:2] == (4, 16) and vision.grid == (4, 4)
-    kept = _kept({"name": "full"}, vision)
-    ids, texts = _generated_ids(qwen, [k.tokens for k in kept], questions, [k.indices for k in kept])
-    assert ids.shape == ref_ids.shape == (4, 8)
-    assert torch.equal(ids, ref_ids)
-    assert texts == [t.strip() for t in qwen.tokenizer.batch_decode(ref_ids, skip_special_tokens=True)]
-
-
-def test_keeping_every_token_is_full(qwen, batch):
-    images, questions = batch
-    vision = qwen.encode_images(images)
-    full = _kept({"name": "full"}, vision)
-    answers = qwen.generate([k.tokens for k in full], questions, kept_indices=[k.indices for k in full])
-    for cfg in ({"name": "atp", "keep": 1.0, "alpha": 0.0}, {"name": "cls", "k": 16}):
-        kept = _kept(cfg, vision)
-        assert all(torch.equal(a.indices, f.indices) and torch.equal(a.tokens, f.tokens) for a, f in zip(kept, full))
-        assert qwen.generate([k.tokens for k in kept], questions, kept_indices=[k.indices for k in kept]) == answers
 
 
 def _full_rope_index(qwen, images, questions):
@@ -165,42 +117,6 @@ def test_pruned_decoding_follows_the_kept_tokens_rope_positions(qwen, batch):
         assert torch.allclose(logits[i, :len(expect)], expect_logits, atol=1e-3)
 
 
-def test_llm_receives_exactly_the_kept_tokens(qwen, batch):
-    images, questions = batch
-    vision = qwen.encode_images(images)
-    seen = []
-    lm = qwen.model.model.language_model
-    handle = lm.register_forward_pre_hook(lambda mod, args, kw: seen.append(
-        (kw["inputs_embeds"].clone(), kw["attention_mask"].clone())), with_kwargs=True)
-    try:
-        for k in (1, 5, 12):
-            seen.clear()
-            kept = _kept({"name": "cls", "k": k}, vision)
-            qwen.generate([x.tokens for x in kept], questions, kept_indices=[x.indices for x in kept])
-            embeds, mask = seen[0]  # the prefill call
-            for i, (x, q) in enumerate(zip(kept, questions)):
-                before, after = qwen.prompt_ids(q)
-                n = len(before) + k + len(after)
-                assert int(mask[i].sum()) == n
-                row = embeds[i, embeds.shape[1] - n:]
-                assert torch.equal(row[len(before):len(before) + k], vision.tokens[i, x.indices])
-    finally:
-        handle.remove()
-
-
-def test_batch_size_does_not_change_answers(qwen, shapes_examples):
-    exs = shapes_examples[:4]
-    images, questions = [e.image() for e in exs], [e.question for e in exs]
-    method = {"name": "cls", "keep": 0.5}
-    kept = _kept(method, qwen.encode_images(images))
-    batched = qwen.generate([k.tokens for k in kept], questions, kept_indices=[k.indices for k in kept])
-    single = []
-    for i in range(4):
-        k = _kept(method, qwen.encode_images(images[i:i + 1]))
-        single += qwen.generate([x.tokens for x in k], questions[i:i + 1], kept_indices=[x.indices for x in k])
-    assert single == batched
-
-
 def test_feature_norm_saliency_is_the_pooled_norm_of_each_layer(tiny_qwen_dir, batch):
     images, _ = batch
     adapter = _adapter(tiny_qwen_dir, saliency="feature_norm")
@@ -248,7 +164,7 @@ def test_merging_methods_and_fastv_are_refused(qwen, batch):
     with pytest.raises(UserError, match="merging method"):
         qwen.generate(merged, questions, kept_indices=[None] * 4)
     with pytest.raises(UserError, match="fastv is not supported"):
-        qwen.generate(list(vision.tokens), questions, fastv=FastVSpec(0, 4))
+        qwen.generate(list(vision.tokens), questions, in_llm=FastVSpec(0, 4))
 
 
 def test_images_of_different_sizes_ask_for_a_resolution(qwen):

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from official_data import write_vqacp, write_vqav2
+from tests.helpers.official_data import write_vqacp, write_vqav2
 from robust_atp.metrics.vqa import vqa_accuracy, vqa_accuracy_official
 from robust_atp.run import main
 

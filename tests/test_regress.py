@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fake_runs import write_fake_run
+from tests.helpers.fake_runs import write_fake_run
 from robust_atp.report.regress import compare, junit, main, markdown
 from robust_atp.report.rundata import RunData, load_run
 

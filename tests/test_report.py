@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fake_runs import SCRIPT_QUESTION, write_fake_run
+from tests.helpers.fake_runs import SCRIPT_QUESTION, write_fake_run
 from robust_atp.report.__main__ import main as report_main
 from robust_atp.report.analysis import analyze
 from robust_atp.report.html import build_report

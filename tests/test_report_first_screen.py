@@ -8,13 +8,13 @@ import re
 import numpy as np
 import pytest
 
-from fake_report_runs import CUT_ANSWER, table_rows, write_kinds_run
-from fake_runs import write_fake_run
-from figure_text import collisions, outside
+from tests.helpers.fake_report_runs import CUT_ANSWER, table_rows, write_kinds_run
+from tests.helpers.fake_runs import write_fake_run
+from tests.helpers.figure_text import collisions, outside
 from robust_atp.report.analysis import analyze
 from robust_atp.report.html import build_report
 from robust_atp.report.rundata import load_run
-from robust_atp.stats import parse_condition
+from robust_atp.conditions import parse_condition
 
 N_BOOT = 300
 KINDS = {"image": "image corruptions", "text": "question perturbations", "image+text": "crossed conditions"}

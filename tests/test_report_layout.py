@@ -4,7 +4,7 @@ headless Chromium at 1280 and 800 px (no horizontal overflow, the first table on
 the headline figure within 1.5 screens), screenshots saved under tmp_path."""
 import pytest
 
-from fake_report_runs import write_kinds_run
+from tests.helpers.fake_report_runs import write_kinds_run
 from robust_atp.report.html import build_report
 
 CHROMIUM = "/usr/bin/chromium"

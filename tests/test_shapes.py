@@ -33,7 +33,7 @@ def test_scene_constraints(index):
     for i, a in enumerate(scene.objects):
         assert 0 <= a.box[0] < a.box[2] <= shapes.SIZE and 0 <= a.box[1] < a.box[3] <= shapes.SIZE
         for b in scene.objects[i + 1:]:
-            assert shapes._apart(a.box, b.box, 1)
+            assert shapes.boxes_apart(a.box, b.box, 1)
     img = np.asarray(shapes.render_image(0, "val", index))
     assert img.shape == (96, 96, 3) and img.dtype == np.uint8
     patches = img.reshape(12, 8, 12, 8, 3).transpose(0, 2, 1, 3, 4).reshape(144, -1).astype(float)

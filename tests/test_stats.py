@@ -6,7 +6,7 @@ from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
 from robust_atp.metrics.robustness import corruption_errors, jaccard
-from robust_atp.stats import (bootstrap_ci, cluster_index, holm, mcnemar_exact, paired_pvalues, parse_condition,
+from robust_atp.stats import (bootstrap_ci, cluster_index, holm, mcnemar_exact, paired_pvalues,
                               signflip_pvalues)
 
 ALPHA = 0.05
@@ -24,23 +24,6 @@ def correlated_binary(rng, n, sims, p_full, p_pruned, rho_scale=1.5):
         return (difficulty + rng.normal(size=(n, sims)) > t).astype(float)
 
     return draw(p_full), draw(p_pruned)
-
-
-# ----------------------------------------------------------------------------- conditions
-
-def test_parse_condition_all_four_forms():
-    c = parse_condition("clean")
-    assert (c.kind, c.family, c.severity) == ("clean", None, 0)
-    c = parse_condition("image:gaussian_noise@3")
-    assert (c.kind, c.image, c.family, c.severity) == ("image", ("gaussian_noise", 3), "image:gaussian_noise", 3)
-    c = parse_condition("text:keyboard@5")
-    assert (c.kind, c.text, c.family, c.severity) == ("text", ("keyboard", 5), "text:keyboard", 5)
-    c = parse_condition("image:fog@3+text:ocr@1")
-    assert (c.kind, c.image, c.text) == ("image+text", ("fog", 3), ("ocr", 1))
-    assert (c.family, c.severity) == ("image:fog@3+text:ocr", 1)
-    for bad in ("fog@3", "image:fog", "image:@3", "image:fog@x", "text:a@1+image:b@2", "image:a@1+image:b@2"):
-        with pytest.raises(ValueError):
-            parse_condition(bad)
 
 
 # ----------------------------------------------------------------------------- equality with statsmodels
@@ -260,18 +243,6 @@ def test_jaccard():
 
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-
-NAMES = st.from_regex(r"[a-z][a-z_]{0,12}", fullmatch=True)
-SEVS = st.integers(1, 5)
-
-
-@given(img=st.one_of(st.none(), st.tuples(NAMES, SEVS)), txt=st.one_of(st.none(), st.tuples(NAMES, SEVS)))
-def test_parse_condition_round_trips(img, txt):
-    parts = ([f"image:{img[0]}@{img[1]}"] if img else []) + ([f"text:{txt[0]}@{txt[1]}"] if txt else [])
-    name = "+".join(parts) or "clean"
-    c = parse_condition(name)
-    assert (c.name, c.image, c.text) == (name, img, txt)
-    assert c.severity == (txt[1] if txt else img[1] if img else 0)
 
 
 @settings(max_examples=40, deadline=None)

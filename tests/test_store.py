@@ -110,7 +110,7 @@ def test_results_average_only_this_runs_sampled_batches(tmp_path):
     from types import SimpleNamespace
 
     from robust_atp.data.shapes import load_shapes
-    from robust_atp.run import this_runs_cost
+    from robust_atp.results import this_runs_cost
     from robust_atp.suite import CostCfg
 
     examples = load_shapes("val", limit=6)

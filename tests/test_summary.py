@@ -1,5 +1,5 @@
 """The printed summary: budgets, image severities, question perturbations and gaps to `full`."""
-from robust_atp.run import format_summary
+from robust_atp.summary import format_summary
 
 
 def _row(cond, method, acc, severity=0, text=None, kept=144):

@@ -1,8 +1,6 @@
 """The demo model's training script, at toy scale: it runs, is seeded, and writes a VLM the adapter loads."""
 import json
 
-from conftest import make_adapter
-
 from robust_atp.engine import kept_tokens_of
 from robust_atp.models.zoo import train_shapes
 from robust_atp.prune.methods import validate_method
@@ -12,7 +10,7 @@ TOY = ["--pool", "48", "--clip-steps", "2", "--clip-batch", "8", "--lm-steps", "
        "--questions-per-image", "2", "--val", "8", "--no-eval", "--threads", "1"]
 
 
-def test_toy_training_is_seeded_and_loads_through_the_adapter(tmp_path, shapes_examples):
+def test_toy_training_is_seeded_and_loads_through_the_adapter(tmp_path, shapes_examples, make_adapter):
     for run in ("a", "b"):
         assert train_shapes.main(["--out", str(tmp_path / run), *TOY]) == 0
     for part in ("llava", "clip"):

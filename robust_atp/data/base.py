@@ -40,11 +40,16 @@ def loader_names() -> list[str]:
     return sorted(_LOADERS)
 
 
-def load_examples(loader: str, **kwargs) -> list[Example]:
+def get_loader(loader: str) -> Callable[..., list[Example]]:
+    """The registered loader function of that name (KeyError when there is none)."""
     _import_builtin_loaders()
     if loader not in _LOADERS:
         raise KeyError(loader)
-    return _LOADERS[loader](**kwargs)
+    return _LOADERS[loader]
+
+
+def load_examples(loader: str, **kwargs) -> list[Example]:
+    return get_loader(loader)(**kwargs)
 
 
 def _import_builtin_loaders() -> None:
@@ -55,3 +60,8 @@ def _import_builtin_loaders() -> None:
 def iter_batches(items: list, size: int) -> Iterator[list]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+def batch_key(batch: list[Example]) -> str:
+    """A batch as the cost table names it: its first example and its size."""
+    return f"{batch[0].id}+{len(batch)}"

@@ -119,7 +119,7 @@ def sample_scene(rng: np.random.Generator) -> Scene:
             x0 = int(rng.integers(2, SIZE - side - 2))
             y0 = int(rng.integers(2, SIZE - side - 2))
             box = (x0, y0, x0 + side, y0 + side)
-            if all(_apart(box, o.box, 3) for o in objects):
+            if all(boxes_apart(box, o.box, 3) for o in objects):
                 objects.append(Obj(shape, color, size, box))
                 break
     if len(objects) < 2:  # pathological packing; a fresh draw from the same stream stays deterministic
@@ -127,7 +127,8 @@ def sample_scene(rng: np.random.Generator) -> Scene:
     return Scene(tuple(objects), background, bg_colors, bg_params)
 
 
-def _apart(a, b, gap: int) -> bool:
+def boxes_apart(a, b, gap: int) -> bool:
+    """Boxes (x0, y0, x1, y1) at least `gap` px apart along one axis."""
     return a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
 
 

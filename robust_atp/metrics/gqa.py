@@ -30,7 +30,7 @@ import string
 
 from .registry import GQA_OOD, LLAVA, LMMS_EVAL, register_metric
 
-_PUNCT_TABLE = str.maketrans("", "", string.punctuation)
+PUNCT_TABLE = str.maketrans("", "", string.punctuation)
 
 
 def _gold(answers) -> str | None:
@@ -47,20 +47,20 @@ def gqa_accuracy(prediction: str, answers) -> float:
     return float(gold is not None and prediction == gold)
 
 
-def _lmms_form(text: str) -> str:
+def lmms_form(text: str) -> str:
     """What exact_match_hf_evaluate compares: the item of numpy's fixed-width string array after
     `char.lower` and `char.translate`. numpy drops trailing NULs, and keeps a lower-case form no
     longer than the text; on ASCII text that is plain str arithmetic."""
     if text.isascii():
-        return text.rstrip("\x00").lower().translate(_PUNCT_TABLE).rstrip("\x00")
+        return text.rstrip("\x00").lower().translate(PUNCT_TABLE).rstrip("\x00")
     import numpy as np
 
-    return str(np.char.translate(np.char.lower(np.asarray([text])), table=_PUNCT_TABLE)[0])
+    return str(np.char.translate(np.char.lower(np.asarray([text])), table=PUNCT_TABLE)[0])
 
 
 def lmms_exact_match(prediction: str, gold: str) -> bool:
     """lmms-eval `exact_match` with ignore_case and ignore_punctuation, on the stripped output."""
-    return _lmms_form(prediction.strip()) == _lmms_form(gold)
+    return lmms_form(prediction.strip()) == lmms_form(gold)
 
 
 @register_metric("gqa_accuracy_lmms", "gqa", f"{LMMS_EVAL} lmms_eval/tasks/gqa/gqa.yaml + lmms_eval/api/metrics.py: "

@@ -6,7 +6,7 @@ from itertools import combinations
 
 import numpy as np
 
-from ..stats import CLEAN, REFERENCE, parse_condition
+from ..conditions import CLEAN, REFERENCE, parse_condition
 
 MEAN_FAMILY = {"image": "mean", "text": "mean (text)", "image+text": "mean (image+text)"}
 

@@ -73,7 +73,11 @@ class VisionOutput:
 
 
 class Adapter(Protocol):
-    num_visual_tokens: int
+    """What the engine asks of a VLM. The Hugging Face families implement it on `hf_base.HFAdapter`,
+    which also declares their capabilities (`merges_in_tower`, `places_tokens_by_grid`,
+    `timed_llm_passes`, `in_llm_pruning`, `patch_geometry`, ...) with defaults."""
+
+    num_visual_tokens: int | None
     device: torch.device
 
     merges_in_tower: bool  # can run its vision tower with ToMe merging (`encode_images_merged`)
@@ -87,14 +91,18 @@ class Adapter(Protocol):
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         """CLIP text embeddings [B, P]."""
 
-    def generate(self, visual_tokens: list[torch.Tensor], questions: list[str], fastv=None) -> list[str]:
+    def generation_inputs(self, vision: VisionOutput, kept_indices: list) -> dict:
+        """What `generate` needs from the batch's vision pass beside the kept tokens."""
+
+    def generate(self, visual_tokens: list[torch.Tensor], questions: list[str], in_llm=None, **inputs) -> list[str]:
         """Greedy answers; example i's LLM sees exactly visual_tokens[i] ([K_i, D]) in place of the image.
-        fastv: a `FastVSpec` to drop visual tokens inside the LLM (fills in `fastv.kept`)."""
+        in_llm: a spec (e.g. `FastVSpec`) to drop visual tokens inside the LLM (fills in its `kept`);
+        inputs: `generation_inputs(vision, kept_indices)`."""
 
     def prompt_length(self, question: str) -> int:
         """Text tokens of the prompt around the image (the LLM sees these plus the visual tokens)."""
 
-    def patch_geometry(self) -> dict:
+    def patch_geometry(self) -> dict | None:
         """How an image reaches the patch grid: {'shortest_edge': S, 'crop': (h, w), 'grid': (rows, cols)}."""
 
     def cost_configs(self) -> dict:
@@ -109,6 +117,7 @@ _LAZY = {"llava_next": "llava_next", "qwen2_vl": "qwen2_vl", "blip2": "blip2"}
 def register_adapter(name: str):
     def deco(cls):
         _ADAPTERS[name] = cls
+        cls.name = name
         return cls
     return deco
 

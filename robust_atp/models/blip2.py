@@ -20,29 +20,29 @@ import functools
 import torch
 from PIL import Image
 
+from ..data.images import to_rgb
 from ..errors import UserError
-from ..perturb.image import to_rgb
-from .base import (FeatureLayer, VisionOutput, decode_answers, generate_greedy, greedy_generation, load_pretrained,
-                   prompt_ids_for_penalties, register_adapter)
-from .llava import _left_pad, pick_device
+from .base import FeatureLayer, VisionOutput, decode_answers, generate_greedy, prompt_ids_for_penalties, register_adapter
+from .hf_base import HFAdapter, left_pad
+from .probes import HookProbe
 from .scorer import load_scorer
 
 
-class FusedQkvClsProbe:
+class FusedQkvClsProbe(HookProbe):
     """CLS -> patch attention from the fused qkv projection of each ViT layer (no rotary):
     softmax(q_cls k^T * scale) per head, CLS column dropped: [B, L, H, N]."""
 
+    records = ("rows",)
+
     def __init__(self, layers: list):
+        super().__init__()
         self.layers = layers
         self.rows: dict[int, torch.Tensor] = {}
         self.last_keys: torch.Tensor | None = None  # the last layer's keys averaged over heads [B, T, hd]
-        self.active = False
         for i, layer in enumerate(layers):
-            layer.self_attn.qkv.register_forward_hook(functools.partial(self._row, i))
+            self.hook(layer.self_attn.qkv, functools.partial(self._row, i))
 
     def _row(self, i, module, args, out):
-        if not self.active:
-            return
         attn = self.layers[i].self_attn
         b, t, _ = out.shape
         qkv = out.float().view(b, t, 3, attn.num_heads, attn.head_dim)
@@ -51,14 +51,6 @@ class FusedQkvClsProbe:
         if i == len(self.layers) - 1:
             self.last_keys = out.view(b, t, 3, attn.num_heads, attn.head_dim)[:, :, 1].mean(2)
 
-    def __enter__(self):
-        self.rows.clear()
-        self.active = True
-        return self
-
-    def __exit__(self, *exc):
-        self.active = False
-
     def result(self) -> torch.Tensor:
         out = torch.stack([self.rows[i] for i in range(len(self.layers))], 1)
         self.rows.clear()
@@ -66,23 +58,22 @@ class FusedQkvClsProbe:
 
 
 @register_adapter("blip2")
-class Blip2Adapter:
+class Blip2Adapter(HFAdapter):
+    hf_class = "Blip2ForConditionalGeneration"
     merges_in_tower = False  # its attention takes no bias, so no ToMe proportional attention inside the ViT
+    in_llm_refusal = " (its LLM sees query tokens only)"
+    no_text_relevance = ("model.scorer: a method needs text relevance, but BLIP-2's ViT is not in a CLIP space: "
+                         "name an external scorer (model.scorer: {kind: open_clip, ...})")
 
-    def __init__(self, cfg):
-        from transformers import Blip2ForConditionalGeneration
-
-        self.cfg = cfg
-        self.device = pick_device(cfg.device)
-        self.dtype = getattr(torch, cfg.dtype)
+    def check_config(self, cfg) -> None:
         if not cfg.prompt.startswith("<image>"):
             raise UserError("model.prompt: BLIP-2 puts its query tokens before the text: the prompt must start "
                             "with '<image>'")
-        self.model, self.processor = load_pretrained(Blip2ForConditionalGeneration, cfg, self.device, self.dtype)
+
+    def setup(self, cfg) -> None:
         mc = self.model.config
         if not mc.use_decoder_only_language_model:
             raise UserError("model.checkpoint: only BLIP-2 with a decoder-only LLM (OPT) is supported, not Flan-T5")
-        self.tokenizer = self.processor.tokenizer
         self.probe = FusedQkvClsProbe(list(self.model.vision_model.encoder.layers))
         vc = mc.vision_config
         side = vc.image_size // vc.patch_size
@@ -90,12 +81,11 @@ class Blip2Adapter:
         self.num_visual_tokens = side * side
         self.num_query_tokens = mc.num_query_tokens
         self.scorer = load_scorer(cfg.scorer, self.device) if cfg.scorer else None
-        self._cls: torch.Tensor | None = None  # [B, C]: the last batch's CLS tokens, for the Q-Former
+
+    def generation_source(self):
         # HF's Blip2ForConditionalGeneration.generate hands over to its language model's generate,
         # which reads the language model's generation config (its text config's EOS: OPT's "\n")
-        self.pad_token_id, self.generation_config = greedy_generation(cfg, self.model.language_model,
-                                                                      self.tokenizer)
-        self._prompt_cache: dict[str, torch.Tensor] = {}
+        return self.model.language_model
 
     # ------------------------------------------------------------------ vision
 
@@ -108,7 +98,6 @@ class Blip2Adapter:
         with self.probe:
             out = self.model.vision_model(self.pixel_values(images), return_dict=True)
         hidden = out.last_hidden_state  # what the Q-Former reads: [B, 1 + N, C]
-        self._cls = hidden[:, 0]
         patches = hidden[:, 1:]
         if self.scorer is not None:
             clip_patches = self.scorer.patches(images, self.grid)
@@ -123,20 +112,17 @@ class Blip2Adapter:
                             vit_features=patches, grid=self.grid, image_sizes=[im.size for im in images],
                             feature_layer=layer)
 
-    @torch.inference_mode()
-    def encode_texts(self, texts: list[str]) -> torch.Tensor:
-        if self.scorer is None:
-            raise UserError("model.scorer: a method needs text relevance, but BLIP-2's ViT is not in a CLIP space: "
-                            "name an external scorer (model.scorer: {kind: open_clip, ...})")
-        return self.scorer.encode_texts(texts)
+    def generation_inputs(self, vision, kept_indices: list) -> dict:
+        """The batch's CLS tokens [B, C], which go to the Q-Former with every method's kept patches."""
+        return {"cls_tokens": vision.feature_layer.hidden[:, 0, 0]}
 
     @torch.inference_mode()
-    def query_tokens(self, visual_tokens: list[torch.Tensor]) -> torch.Tensor:
-        """The Q-Former over each example's CLS + kept ViT tokens (right-padded, masked), projected
-        for the LLM: [B, num_query_tokens, D]."""
-        if self._cls is None or len(self._cls) != len(visual_tokens):
-            raise RuntimeError("blip2: generate() takes the tokens of the batch encode_images() saw last")
-        rows = [torch.cat([c[None], t.to(c.dtype)]) for c, t in zip(self._cls, visual_tokens)]
+    def query_tokens(self, visual_tokens: list[torch.Tensor], cls_tokens: torch.Tensor) -> torch.Tensor:
+        """The Q-Former over each example's CLS ([B, C], from the same vision pass) + kept ViT
+        tokens (right-padded, masked), projected for the LLM: [B, num_query_tokens, D]."""
+        if len(cls_tokens) != len(visual_tokens):
+            raise ValueError(f"blip2: {len(cls_tokens)} CLS tokens for {len(visual_tokens)} examples")
+        rows = [torch.cat([c[None], t.to(c.dtype)]) for c, t in zip(cls_tokens, visual_tokens)]
         length = max(len(r) for r in rows)
         keys = torch.stack([torch.cat([r, r.new_zeros(length - len(r), r.shape[1])]) for r in rows])
         mask = torch.stack([torch.arange(length, device=self.device) < len(r) for r in rows]).long()
@@ -175,9 +161,6 @@ class Blip2Adapter:
 
     # ------------------------------------------------------------------ language
 
-    def prompt(self, question: str) -> str:
-        return self.cfg.prompt.format(question=question)
-
     def prompt_ids(self, question: str) -> torch.Tensor:
         """The text after the query tokens, tokenised as the processor does (with BOS)."""
         if question not in self._prompt_cache:
@@ -191,13 +174,17 @@ class Blip2Adapter:
         return len(self.prompt_ids(question))
 
     @torch.inference_mode()
-    def generate(self, visual_tokens: list[torch.Tensor], questions: list[str], fastv=None) -> list[str]:
-        """visual_tokens: per example the kept ViT patch tokens [K_i, C]. The LLM input is laid out
-        as the processor lays it out: the query tokens, then the left-padded text."""
-        if fastv is not None:
-            raise UserError("methods: fastv is not supported on the blip2 adapter (its LLM sees query tokens only)")
-        queries = self.query_tokens(visual_tokens)
-        ids, text_mask = _left_pad([self.prompt_ids(q) for q in questions], self.pad_token_id)
+    def generate(self, visual_tokens: list[torch.Tensor], questions: list[str], in_llm=None,
+                 cls_tokens: torch.Tensor | None = None) -> list[str]:
+        """visual_tokens: per example the kept ViT patch tokens [K_i, C]; cls_tokens: the batch's
+        CLS tokens (`generation_inputs`). The LLM input is laid out as the processor lays it out:
+        the query tokens, then the left-padded text."""
+        self.refuse_in_llm(in_llm)
+        if cls_tokens is None:
+            raise ValueError("blip2: generate() needs the batch's CLS tokens: pass **adapter.generation_inputs(vision, "
+                             "kept_indices)")
+        queries = self.query_tokens(visual_tokens, cls_tokens)
+        ids, text_mask = left_pad([self.prompt_ids(q) for q in questions], self.pad_token_id)
         embed = self.model.get_input_embeddings()
         inputs = torch.cat([queries.to(self.dtype), embed(ids.to(self.device))], 1)
         mask = torch.cat([torch.ones(queries.shape[:2], dtype=torch.long), text_mask], 1).to(self.device)
@@ -213,7 +200,7 @@ class Blip2Adapter:
     def reference_inputs(self, images: list[Image.Image], questions: list[str]) -> dict:
         """The inputs of the model's own `generate`, laid out as `Blip2Processor` lays them out:
         num_query_tokens image placeholders, then the left-padded tokenised text (with BOS)."""
-        ids, mask = _left_pad([self.prompt_ids(q) for q in questions], self.pad_token_id)
+        ids, mask = left_pad([self.prompt_ids(q) for q in questions], self.pad_token_id)
         q = self.num_query_tokens
         ids = torch.cat([torch.full((len(questions), q), self.model.config.image_token_index), ids], 1)
         mask = torch.cat([torch.ones(len(questions), q, dtype=torch.long), mask], 1)

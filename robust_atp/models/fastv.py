@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -19,6 +20,8 @@ import torch
 class FastVSpec:
     """layer: decoder layer whose attention ranks the visual tokens; k: visual tokens kept after it.
     kept: filled in by the adapter, per example the kept visual indices (ascending)."""
+
+    method: ClassVar[str] = "fastv"
 
     layer: int
     k: int

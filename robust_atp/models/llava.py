@@ -12,24 +12,14 @@ import torch
 from PIL import Image
 
 from ..cost import kv_cache_bytes
+from ..data.images import to_rgb
 from ..errors import UserError
-from ..perturb.image import to_rgb
-from .base import (FeatureLayer, VisionOutput, decode_answers, generate_greedy, greedy_generation, load_pretrained,
-                   prompt_ids_for_penalties, register_adapter, resolve_checkpoint)
-from .fastv import FastVHooks
+from .base import (FeatureLayer, VisionOutput, decode_answers, generate_greedy, prompt_ids_for_penalties,
+                   register_adapter, resolve_checkpoint)
+from .fastv import FastVHooks, FastVSpec
+from .hf_base import HFAdapter, left_pad
+from .probes import HookProbe
 from .tome_tower import blocks_read, merged_tower
-
-
-def pick_device(name: str) -> torch.device:
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"model.device: {name!r} requested but no CUDA device is available (use --device cpu)")
-    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
-        # a data-parallel rank maps `cuda` to cuda:LOCAL_RANK: more processes than GPUs land here
-        raise UserError(f"model.device: {name!r} requested but this machine has {torch.cuda.device_count()} "
-                        "CUDA device(s) (start at most that many processes per node)")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise UserError("model.device: 'mps' requested but MPS is not available (use --device cpu)")
-    return torch.device(name)
 
 
 def vit_layers(vision_tower) -> list:
@@ -38,34 +28,26 @@ def vit_layers(vision_tower) -> list:
     return list(inner.encoder.layers)
 
 
-class ClsAttentionProbe:
+class ClsAttentionProbe(HookProbe):
     """Captures q and k of each ViT layer during a forward pass and returns the CLS row of
     softmax(q k^T * scale), per head, CLS column dropped: [B, L, H, N]. The last layer's queries
     are kept whole (PruMerge+ computes that layer's whole attention matrix); the others' CLS row."""
 
+    records = ("q", "k")
+
     def __init__(self, layers: list):
+        super().__init__()
         self.layers = layers
         self.q: dict[int, torch.Tensor] = {}
         self.k: dict[int, torch.Tensor] = {}
-        self.active = False
         for i, layer in enumerate(layers):
             attn = layer.self_attn
-            attn.q_proj.register_forward_hook(functools.partial(self._keep, self.q, i,
-                                                                first_only=i < len(layers) - 1))
-            attn.k_proj.register_forward_hook(functools.partial(self._keep, self.k, i, first_only=False))
+            self.hook(attn.q_proj, functools.partial(self._keep, self.q, i, first_only=i < len(layers) - 1))
+            self.hook(attn.k_proj, functools.partial(self._keep, self.k, i, first_only=False))
 
-    def _keep(self, store, i, module, args, out, first_only):
-        if self.active:
-            store[i] = out[:, :1] if first_only else out
-
-    def __enter__(self):
-        self.q.clear()
-        self.k.clear()
-        self.active = True
-        return self
-
-    def __exit__(self, *exc):
-        self.active = False
+    @staticmethod
+    def _keep(store, i, module, args, out, first_only):
+        store[i] = out[:, :1] if first_only else out
 
     def head_mean_keys(self, i: int) -> torch.Tensor:
         """Layer i's keys averaged over heads [B, T, hd] (what VisionZip matches on); before `result`."""
@@ -89,20 +71,16 @@ class ClsAttentionProbe:
 
 
 @register_adapter("llava")
-class LlavaAdapter:
+class LlavaAdapter(HFAdapter):
+    hf_class = "LlavaForConditionalGeneration"
     merges_in_tower = True  # ToMe inside the CLIP tower: `encode_images_merged`
+    timed_llm_passes = True  # `run_llm`
+    in_llm_pruning = True  # FastV: `in_llm_hooks`
 
-    def __init__(self, cfg):
-        from transformers import LlavaForConditionalGeneration
-
-        self.cfg = cfg
-        self.device = pick_device(cfg.device)
-        self.dtype = getattr(torch, cfg.dtype)
-        self.model, self.processor = load_pretrained(LlavaForConditionalGeneration, cfg, self.device, self.dtype)
+    def setup(self, cfg) -> None:
         mc = self.model.config
         if mc.vision_feature_select_strategy != "default" or not isinstance(mc.vision_feature_layer, int):
             raise UserError("model.checkpoint: only LLaVA's 'default' feature selection from one ViT layer is supported")
-        self.tokenizer = self.processor.tokenizer
         self.image_token_id = mc.image_token_id
         self.vision_tower = self.model.model.vision_tower
         self.probe = ClsAttentionProbe(vit_layers(self.vision_tower))
@@ -113,8 +91,6 @@ class LlavaAdapter:
         self.clip = self.clip_tokenizer = None
         if cfg.clip:
             self._load_clip(cfg.clip, vc.hidden_size)
-        self.pad_token_id, self.generation_config = greedy_generation(cfg, self.model, self.tokenizer)
-        self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _load_clip(self, ref: str, vision_width: int) -> None:
         from transformers import AutoTokenizer, CLIPModel
@@ -216,60 +192,49 @@ class LlavaAdapter:
 
     # ------------------------------------------------------------------ language
 
-    def prompt(self, question: str) -> str:
-        return self.cfg.prompt.format(question=question)
-
-    def prompt_ids(self, question: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids before and after the image placeholder. Tokenising the whole prompt and
-        splitting at the placeholder gives exactly the ids the HF processor gives around its
-        expanded image tokens (tokenising the halves apart would not, for SentencePiece)."""
-        if question not in self._prompt_cache:
-            ids = self.tokenizer(self.prompt(question), return_tensors="pt")["input_ids"][0]
-            where = (ids == self.image_token_id).nonzero().flatten()
-            if len(where) != 1:
-                raise UserError(f"model.prompt: the prompt must hold exactly one image placeholder, found {len(where)}")
-            i = int(where[0])
-            self._prompt_cache[question] = (ids[:i], ids[i + 1:])
-        return self._prompt_cache[question]
-
     def reference_input_ids(self, questions: list[str], n_visual: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded input_ids with n_visual image tokens each, as the HF processor builds them."""
         rows = []
         for q in questions:
             before, after = self.prompt_ids(q)
             rows.append(torch.cat([before, torch.full((n_visual,), self.image_token_id), after]))
-        return _left_pad(rows, self.pad_token_id)
+        return left_pad(rows, self.pad_token_id)
 
-    def prompt_length(self, question: str) -> int:
-        before, after = self.prompt_ids(question)
-        return len(before) + len(after)
+    def reference_inputs(self, images: list[Image.Image], questions: list[str]) -> dict:
+        """What the HF processor gives (left-padded), for the model's own `generate`."""
+        ids, mask = self.reference_input_ids(questions, self.num_visual_tokens)
+        return {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device),
+                "pixel_values": self.pixel_values(images)}
 
     def prompt_embeddings(self, visual_tokens: list[torch.Tensor], questions: list[str]):
         """The LLM's input: left-padded prompt embeddings [B, T, d] with example i's visual tokens
         in place of the image, the attention mask [B, T], and per example its left pads."""
         return prompt_embeddings(self, visual_tokens, questions)
 
-    def _fastv_hooks(self, fastv, visual_tokens, questions, pads) -> FastVHooks:
+    def in_llm_hooks(self, spec, visual_tokens, questions, pads):
+        """FastV's hooks on the decoder layers (`spec`: a `FastVSpec`) for one pass."""
+        if not isinstance(spec, FastVSpec):
+            raise UserError(f"methods: {spec.method} is not supported on the {self.name} adapter")
         spans = [(p + len(self.prompt_ids(q)[0]), len(t)) for p, q, t in zip(pads, questions, visual_tokens)]
-        return FastVHooks(list(self.model.model.language_model.layers), fastv, spans, pads)
+        return FastVHooks(list(self.model.model.language_model.layers), spec, spans, pads)
 
     @torch.inference_mode()
-    def generate(self, visual_tokens: list[torch.Tensor], questions: list[str], fastv=None) -> list[str]:
+    def generate(self, visual_tokens: list[torch.Tensor], questions: list[str], in_llm=None) -> list[str]:
         inputs, mask, pads = self.prompt_embeddings(visual_tokens, questions)
         # the ids of that input, one image token per visual token: what HF's own generate(input_ids)
         # carries, so a penalty sees the prompt as there
         ids = prompt_ids_for_penalties([torch.cat([b, torch.full((len(t),), self.image_token_id), a])
                                         for t, (b, a) in zip(visual_tokens, map(self.prompt_ids, questions))])
         run = dict(inputs_embeds=inputs, input_ids=ids.to(self.device), attention_mask=mask)
-        if fastv is None:
+        if in_llm is None:
             out = generate_greedy(self.model, self.generation_config, **run)
         else:
-            with self._fastv_hooks(fastv, visual_tokens, questions, pads):
+            with self.in_llm_hooks(in_llm, visual_tokens, questions, pads):
                 out = generate_greedy(self.model, self.generation_config, **run)
         return decode_answers(self.tokenizer, out[:, ids.shape[1]:], self.generation_config.eos_token_id)
 
     @torch.inference_mode()
-    def run_llm(self, visual_tokens: list[torch.Tensor], questions: list[str], steps: int = 0, fastv=None,
+    def run_llm(self, visual_tokens: list[torch.Tensor], questions: list[str], steps: int = 0, in_llm=None,
                 clock=None) -> dict:
         """For cost measurement: the decoder layers over the prompts (the prefill; no LM head, as
         the FLOPs model counts it), then `steps` decoding steps of one token each (decoder layers
@@ -281,7 +246,7 @@ class LlavaAdapter:
         lm = self.model.model.language_model
         marks = [clock()]
         inputs, mask, pads = self.prompt_embeddings(visual_tokens, questions)
-        hooks = self._fastv_hooks(fastv, visual_tokens, questions, pads) if fastv is not None else None
+        hooks = self.in_llm_hooks(in_llm, visual_tokens, questions, pads) if in_llm is not None else None
         if hooks is not None:
             hooks.__enter__()
         try:
@@ -329,13 +294,3 @@ def prompt_embeddings(adapter, visual_tokens: list[torch.Tensor], questions: lis
     mask = torch.stack([torch.cat([torch.zeros(length - len(s), dtype=torch.long),
                                    torch.ones(len(s), dtype=torch.long)]) for s in seqs]).to(dev)
     return inputs, mask, [length - len(s) for s in seqs]
-
-
-def _left_pad(rows: list[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    length = max(len(r) for r in rows)
-    ids = torch.full((len(rows), length), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, length - len(r):] = r
-        mask[i, length - len(r):] = 1
-    return ids, mask

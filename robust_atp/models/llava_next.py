@@ -30,29 +30,26 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..data.images import to_rgb
 from ..errors import UserError
-from ..perturb.image import to_rgb
-from .base import FeatureLayer, VisionOutput, greedy_generation, load_pretrained, register_adapter
-from .llava import ClsAttentionProbe, LlavaAdapter, merged_output, pick_device, vit_layers
+from .base import FeatureLayer, VisionOutput, register_adapter
+from .llava import ClsAttentionProbe, LlavaAdapter, merged_output, vit_layers
 from .scorer import load_scorer
 from .tome_tower import merged_tower
 
 
 @register_adapter("llava_next")
 class LlavaNextAdapter(LlavaAdapter):
-    wants_kept_indices = True  # newlines follow the rows of the kept tokens
+    hf_class = "LlavaNextForConditionalGeneration"
+    places_tokens_by_grid = True  # newlines follow the rows of the kept tokens
+    # LLaVA's LLM loop has no newlines, so neither timing nor FastV runs over this layout
+    timed_llm_passes = False
+    in_llm_pruning = False
 
-    def __init__(self, cfg):
-        from transformers import LlavaNextForConditionalGeneration
-
-        self.cfg = cfg
-        self.device = pick_device(cfg.device)
-        self.dtype = getattr(torch, cfg.dtype)
-        self.model, self.processor = load_pretrained(LlavaNextForConditionalGeneration, cfg, self.device, self.dtype)
+    def setup(self, cfg) -> None:
         mc = self.model.config
         if mc.vision_feature_select_strategy != "default" or not isinstance(mc.vision_feature_layer, int):
             raise UserError("model.checkpoint: only the 'default' feature selection from one ViT layer is supported")
-        self.tokenizer = self.processor.tokenizer
         self.image_token_id = mc.image_token_id
         self.vision_tower = self.model.model.vision_tower
         self.probe = ClsAttentionProbe(vit_layers(self.vision_tower))
@@ -68,8 +65,6 @@ class LlavaNextAdapter(LlavaAdapter):
         if cfg.clip:
             self._load_clip(cfg.clip, vc.hidden_size)
         self.scorer = load_scorer(cfg.scorer, self.device) if cfg.scorer else None
-        self.pad_token_id, self.generation_config = greedy_generation(cfg, self.model, self.tokenizer)
-        self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------ vision
 
@@ -177,10 +172,9 @@ class LlavaNextAdapter(LlavaAdapter):
             return self.scorer.encode_texts(texts)
         return super().encode_texts(texts)
 
-    @property
-    def patch_geometry(self):
-        """Absent (hasattr is False): crops have no single patch grid, so object recall is not measured."""
-        raise AttributeError("patch_geometry")
+    def patch_geometry(self) -> None:
+        """None: crops have no single patch grid, so object recall is not measured."""
+        return None
 
     def cost_configs(self) -> dict:
         cfgs = super().cost_configs()
@@ -224,12 +218,11 @@ class LlavaNextAdapter(LlavaAdapter):
         return torch.stack(out)
 
     @torch.inference_mode()
-    def generate(self, visual_tokens: list[torch.Tensor], questions: list[str], fastv=None,
+    def generate(self, visual_tokens: list[torch.Tensor], questions: list[str], in_llm=None,
                  kept_indices: list[torch.Tensor | None] | None = None) -> list[str]:
         """kept_indices: per example the indices of visual_tokens among the N patch tokens
         (None for merged tokens, which go in without newlines)."""
-        if fastv is not None:
-            raise UserError("methods: fastv is not supported on the llava_next adapter")
+        self.refuse_in_llm(in_llm)
         if kept_indices is None:
             kept_indices = [torch.arange(len(t)) if len(t) == self.num_visual_tokens else None for t in visual_tokens]
         seqs = [self.visual_sequence(t.to(self.dtype), i) for t, i in zip(visual_tokens, kept_indices)]

@@ -26,40 +26,41 @@ import functools
 import torch
 from PIL import Image
 
+from ..data.images import to_rgb
 from ..errors import UserError
-from ..perturb.image import to_rgb
-from .base import (VisionOutput, decode_answers, generate_greedy, greedy_generation, load_pretrained,
-                   prompt_ids_for_penalties, register_adapter)
-from .llava import _left_pad, pick_device, prompt_embeddings
+from .base import VisionOutput, decode_answers, generate_greedy, prompt_ids_for_penalties, register_adapter
+from .hf_base import HFAdapter
+from .llava import prompt_embeddings
+from .probes import HookProbe
 from .scorer import load_scorer
 
 
-class ReceivedAttentionProbe:
+class ReceivedAttentionProbe(HookProbe):
     """Hooks on each ViT block's attention: per layer and head, the attention each patch
     receives, averaged over the image's query patches: [n_images, L, H, n_patches].
 
     q and k are taken from the fused qkv projection and rotated as the model rotates them,
     so it works under sdpa / flash attention (no `output_attentions`)."""
 
+    records = ("rows", "ctx")
+    scratch = ("ctx",)
+
     def __init__(self, blocks: list):
         from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_vision
 
+        super().__init__()
         self.rotate = apply_rotary_pos_emb_vision
         self.blocks = blocks
         self.rows: dict[int, torch.Tensor] = {}
         self.ctx: dict[int, dict] = {}
-        self.active = False
         for i, block in enumerate(blocks):
-            block.attn.register_forward_pre_hook(functools.partial(self._context, i), with_kwargs=True)
-            block.attn.qkv.register_forward_hook(functools.partial(self._received, i))
+            self.hook(block.attn, functools.partial(self._context, i), pre=True)
+            self.hook(block.attn.qkv, functools.partial(self._received, i))
 
     def _context(self, i, module, args, kwargs):
-        if self.active:
-            self.ctx[i] = {"cu": kwargs["cu_seqlens"], "pe": kwargs["position_embeddings"]}
+        self.ctx[i] = {"cu": kwargs["cu_seqlens"], "pe": kwargs["position_embeddings"]}
 
     def _received(self, i, module, args, out):
-        if not self.active:
-            return
         attn = self.blocks[i].attn
         s = out.shape[0]
         q, k, _ = out.reshape(s, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)  # [S, H, hd]
@@ -72,44 +73,27 @@ class ReceivedAttentionProbe:
             per_image.append(logits.softmax(-1).mean(1))  # [H, n]: received, mean over queries
         self.rows[i] = torch.stack(per_image)
 
-    def __enter__(self):
-        self.rows.clear()
-        self.ctx.clear()
-        self.active = True
-        return self
-
-    def __exit__(self, *exc):
-        self.active = False
-        self.ctx.clear()
-
     def result(self) -> torch.Tensor:
         out = torch.stack([self.rows[i] for i in range(len(self.blocks))], 1)
         self.rows.clear()
         return out
 
 
-class FeatureNormProbe:
+class FeatureNormProbe(HookProbe):
     """Hooks on each ViT block's output: the L2 norm of every patch's features,
     [n_images, L, 1, n_patches] (images of one size, so patches split evenly)."""
 
+    records = ("norms",)
+
     def __init__(self, blocks: list):
+        super().__init__()
         self.norms: dict[int, torch.Tensor] = {}
-        self.active = False
         self.blocks = blocks
         for i, block in enumerate(blocks):
-            block.register_forward_hook(functools.partial(self._keep, i))
+            self.hook(block, functools.partial(self._keep, i))
 
     def _keep(self, i, module, args, out):
-        if self.active:
-            self.norms[i] = out.float().norm(dim=-1)
-
-    def __enter__(self):
-        self.norms.clear()
-        self.active = True
-        return self
-
-    def __exit__(self, *exc):
-        self.active = False
+        self.norms[i] = out.float().norm(dim=-1)
 
     def result(self, n_images: int) -> torch.Tensor:
         out = torch.stack([self.norms[i].view(n_images, 1, -1) for i in range(len(self.blocks))], 1)
@@ -118,19 +102,15 @@ class FeatureNormProbe:
 
 
 @register_adapter("qwen2_vl")
-class Qwen2VLAdapter:
+class Qwen2VLAdapter(HFAdapter):
+    hf_class = "Qwen2VLForConditionalGeneration"
     merges_in_tower = False  # no CLS token to protect, and merged tokens have no 3-D position
-    wants_kept_indices = True  # positions of kept tokens come from their grid indices
+    places_tokens_by_grid = True  # positions of kept tokens come from their grid indices
+    no_text_relevance = ("model.scorer: a method needs text relevance, but Qwen2-VL's tower is not in a CLIP "
+                         "space: name an external scorer (model.scorer: {kind: open_clip, ...})")
 
-    def __init__(self, cfg):
-        from transformers import Qwen2VLForConditionalGeneration
-
-        self.cfg = cfg
-        self.device = pick_device(cfg.device)
-        self.dtype = getattr(torch, cfg.dtype)
-        self.model, self.processor = load_pretrained(Qwen2VLForConditionalGeneration, cfg, self.device, self.dtype)
+    def setup(self, cfg) -> None:
         mc = self.model.config
-        self.tokenizer = self.processor.tokenizer
         self.image_token = self.processor.image_token
         self.image_token_id = mc.image_token_id
         self.merge = mc.vision_config.spatial_merge_size
@@ -141,8 +121,6 @@ class Qwen2VLAdapter:
         self.grid: tuple[int, int] | None = None  # merged grid, known once images are seen
         self.num_visual_tokens: int | None = None
         self.scorer = load_scorer(cfg.scorer, self.device) if cfg.scorer else None
-        self.pad_token_id, self.generation_config = greedy_generation(cfg, self.model, self.tokenizer)
-        self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------ vision
 
@@ -182,13 +160,6 @@ class Qwen2VLAdapter:
         return VisionOutput(tokens=tokens, cls_attn=sal, clip_patches=clip_patches, vit_features=feats,
                             grid=self.grid, image_sizes=[im.size for im in images])
 
-    @torch.inference_mode()
-    def encode_texts(self, texts: list[str]) -> torch.Tensor:
-        if self.scorer is None:
-            raise UserError("model.scorer: a method needs text relevance, but Qwen2-VL's tower is not in a CLIP "
-                            "space: name an external scorer (model.scorer: {kind: open_clip, ...})")
-        return self.scorer.encode_texts(texts)
-
     def cost_configs(self) -> dict:
         mc = self.model.config
         return {"llm": mc.text_config, "vision": _vision_shape(mc.vision_config), "projector": None,
@@ -208,25 +179,9 @@ class Qwen2VLAdapter:
 
     # ------------------------------------------------------------------ language
 
-    def prompt(self, question: str) -> str:
-        return self.cfg.prompt.format(question=question)
-
-    def prompt_ids(self, question: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids before and after the image placeholder (the suite's `<image>` is the
-        processor's image token, e.g. `<|image_pad|>`)."""
-        if question not in self._prompt_cache:
-            text = self.prompt(question).replace("<image>", self.image_token)
-            ids = self.tokenizer(text, return_tensors="pt")["input_ids"][0]
-            where = (ids == self.image_token_id).nonzero().flatten()
-            if len(where) != 1:
-                raise UserError(f"model.prompt: the prompt must hold exactly one image placeholder, found {len(where)}")
-            i = int(where[0])
-            self._prompt_cache[question] = (ids[:i], ids[i + 1:])
-        return self._prompt_cache[question]
-
-    def prompt_length(self, question: str) -> int:
-        before, after = self.prompt_ids(question)
-        return len(before) + len(after)
+    def tokenized_prompt(self, question: str) -> str:
+        """The suite's `<image>` as the processor's image token, e.g. `<|image_pad|>`."""
+        return self.prompt(question).replace("<image>", self.image_token)
 
     def positions(self, kept: list[torch.Tensor], questions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """M-RoPE positions of left-padded [text, kept visual tokens, text] rows.
@@ -256,11 +211,10 @@ class Qwen2VLAdapter:
         return out.to(self.device), torch.tensor(deltas, device=self.device).unsqueeze(1)
 
     @torch.inference_mode()
-    def generate(self, visual_tokens: list[torch.Tensor], questions: list[str], fastv=None,
+    def generate(self, visual_tokens: list[torch.Tensor], questions: list[str], in_llm=None,
                  kept_indices: list[torch.Tensor | None] | None = None) -> list[str]:
         """kept_indices: per example the grid indices of visual_tokens (None: all, in order)."""
-        if fastv is not None:
-            raise UserError("methods: fastv is not supported on the qwen2_vl adapter")
+        self.refuse_in_llm(in_llm)
         if kept_indices is None:
             kept_indices = [None] * len(visual_tokens)
         if any(i is None and len(t) != self.num_visual_tokens for i, t in zip(kept_indices, visual_tokens)):
@@ -279,7 +233,7 @@ class Qwen2VLAdapter:
     def reference_inputs(self, images: list[Image.Image], questions: list[str]) -> dict:
         """What the HF processor gives for these images and prompts (left-padded), for the
         model's own `generate`."""
-        texts = [self.prompt(q).replace("<image>", self.image_token) for q in questions]
+        texts = [self.tokenized_prompt(q) for q in questions]
         self.tokenizer.padding_side = "left"
         enc = self.processor(text=texts, images=[to_rgb(im) for im in images], return_tensors="pt", padding=True)
         return {k: v.to(self.device) for k, v in enc.items()}

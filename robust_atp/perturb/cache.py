@@ -22,7 +22,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from .image import ImageCondition, corrupt, to_rgb
+from ..data.images import to_rgb
+from .image import ImageCondition, corrupt
 
 FORMAT = 1
 ENV = "ROBUST_ATP_CACHE"

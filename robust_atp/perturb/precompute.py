@@ -34,14 +34,14 @@ def precompute(suite, suite_path: Path, workers: int, progress: bool = True) -> 
     """(hits, computed, cache root) after corrupting every (example, image condition)."""
     from tqdm import tqdm
 
-    from ..run import _load_dataset
+    from ..data.dataset import load_dataset
     from .cache import default_root
     from .image import resolve_image_conditions
 
     image_cfg = suite.perturbations.image
     conditions = resolve_image_conditions(image_cfg)
     resolution = image_cfg.resolution if image_cfg else None
-    examples = _load_dataset(suite, suite_path)
+    examples = load_dataset(suite.dataset, suite_path)
     root = default_root()
     hits = computed = 0
     if not conditions or not examples:

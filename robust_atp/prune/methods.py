@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import SuiteError
 from ..seeding import stable_seed
+from ..validation import describe_validation_error
 from .merge import Kept
 from .scores import atp_scores, clip_relevance, cls_attention, minmax
 from .select import budget, group_budgets, select_adaptive, select_topk
@@ -267,11 +268,8 @@ def validate_method(cfg) -> Method:
     try:
         params = schema.model_validate(raw)
     except ValidationError as e:
-        from ..suite import format_validation_error
-        line = format_validation_error("", e, schema)  # ": field: msg"
-        field_and_msg = line[2:]
-        raise SuiteError("." + field_and_msg if not field_and_msg.startswith("<root>") else
-                         ": " + field_and_msg.split(": ", 1)[1]) from None
+        where, msg = describe_validation_error(e, schema)
+        raise SuiteError(f": {msg}" if where == "<root>" else f".{where}: {msg}") from None
     fn, needs_text, *tower = factory(params)
     merges = kind in ("merge", "tower")
     return Method(name=name, label=_label(name, params), needs_text=needs_text,

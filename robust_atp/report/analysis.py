@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..conditions import CLEAN, parse_condition
 from ..metrics.robustness import corruption_errors, jaccard
-from ..stats import CLEAN, FEW_CLUSTERS, MIN_CLUSTERS, bootstrap_ci, paired_tests, parse_condition
+from ..stats import FEW_CLUSTERS, MIN_CLUSTERS, bootstrap_ci, paired_tests
 from .rundata import RunData
 
 CORRECTION_NAMES = {"maxt": "Westfall-Young max-T step-down", "holm": "Holm"}

@@ -11,7 +11,8 @@ from pathlib import Path
 import jinja2
 from markupsafe import Markup, escape
 
-from ..stats import CLEAN, parse_condition
+from ..conditions import CLEAN, parse_condition
+from ..results import REPORT_HTML, REPORT_PDF
 from .analysis import KIND_NAMES, Analysis, analyze, relative_robustness
 from .plots import DPI, family_order, save_plots
 from .rundata import RunData, load_run
@@ -162,12 +163,12 @@ def build_report(run_dir: str | Path, formats=("html", "pdf"), n_boot: int | Non
     html = render_html(run, analysis, plots)
     out = {}
     if "html" in formats:
-        out["html"] = run.run_dir / "report.html"
+        out["html"] = run.run_dir / REPORT_HTML
         out["html"].write_text(html, encoding="utf-8")
     if "pdf" in formats:
         from .pdf import write_pdf
 
-        out["pdf"] = write_pdf(html, run.run_dir / "report.pdf")
+        out["pdf"] = write_pdf(html, run.run_dir / REPORT_PDF)
     if key is not None and out:
         fp.record(run.run_dir, key, list(out.values()) + [p.path for p in plots])
     _say(log, f"report: {', '.join(str(p) for p in out.values())} ({time.perf_counter() - t0:.1f}s)")

@@ -8,7 +8,7 @@ import textwrap
 import numpy as np
 
 from ..errors import UserError
-from ..stats import CLEAN, parse_condition
+from ..conditions import CLEAN, parse_condition
 
 
 def overlay_panels(run, analysis, n_examples: int = 2):

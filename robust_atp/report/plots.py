@@ -16,7 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from ..stats import CLEAN, REFERENCE, parse_condition  # noqa: E402
+from ..conditions import CLEAN, REFERENCE, parse_condition  # noqa: E402
+from ..results import PLOTS_DIR  # noqa: E402
 from .analysis import Analysis  # noqa: E402
 from .rundata import RunData  # noqa: E402
 
@@ -427,7 +428,7 @@ def save_plots(run: RunData, analysis: Analysis, out_dir: Path | None = None) ->
     """Write every available figure as PNG into `out_dir` (default `<run_dir>/plots/`), the headline
     first; PNGs left there by an earlier build that this one does not write are removed.
     Returns the written plots and notes on the figures that were skipped."""
-    out_dir = Path(out_dir or run.run_dir / "plots")
+    out_dir = Path(out_dir or run.run_dir / PLOTS_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
     sns.set_theme(style="whitegrid", context="paper")
     fill = {"reference": analysis.reference or "the reference", "correction": analysis.correction_name,

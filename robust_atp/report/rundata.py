@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..conditions import REFERENCE
 from ..errors import UserError
-from ..stats import REFERENCE, cluster_index
-
-RESULTS, SAMPLES = "results.json", "samples.jsonl"
+from ..results import RESULTS, SAMPLES
+from ..stats import cluster_index
 
 
 @dataclass

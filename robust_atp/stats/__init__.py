@@ -7,7 +7,6 @@ cluster id per example `clusters: [E]` (the image an example asks about: example
 image are not independent). Every resampling statistic is vectorised over the K columns at once
 and seeded by a `numpy.random.Generator` built from a `seed` argument.
 
-    conditions.py  condition names (clean, image:c@s, text:p@s, crossed)
     clusters.py    cluster ids and per-cluster sums
     bootstrap.py   expanded-BCa intervals from the cluster bootstrap
     signflip.py    exact McNemar, the studentised sign flip, Westfall-Young max-T, Holm
@@ -15,12 +14,11 @@ and seeded by a `numpy.random.Generator` built from a `seed` argument.
 """
 from .bootstrap import FEW_CLUSTERS, MIN_CLUSTERS, bootstrap_ci
 from .clusters import cluster_index, cluster_sums
-from .conditions import CLEAN, REFERENCE, Condition, parse_condition
 from .power import minimum_detectable_drop, sidak_critical
 from .signflip import (EXACT_SIGNFLIP_MAX, PairedTests, SignFlipResult, holm, is_binary, mcnemar_exact,
                        paired_pvalues, paired_tests, signflip_pvalues, signflip_test)
 
-__all__ = ["CLEAN", "EXACT_SIGNFLIP_MAX", "FEW_CLUSTERS", "MIN_CLUSTERS", "REFERENCE", "Condition", "PairedTests",
+__all__ = ["EXACT_SIGNFLIP_MAX", "FEW_CLUSTERS", "MIN_CLUSTERS", "PairedTests",
            "SignFlipResult", "bootstrap_ci", "cluster_index", "cluster_sums", "holm", "is_binary", "mcnemar_exact",
-           "minimum_detectable_drop", "paired_pvalues", "paired_tests", "parse_condition", "sidak_critical",
+           "minimum_detectable_drop", "paired_pvalues", "paired_tests", "sidak_critical",
            "signflip_pvalues", "signflip_test"]

@@ -59,10 +59,9 @@ from tqdm import tqdm
 
 from ...data import shapes
 from . import vocab as zoo_vocab
+from .vocab import CLIP_MEAN, CLIP_STD
 
 PROMPT = "USER: <image>\n{question} ASSISTANT:"
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def build_configs(vocab_size: int):

@@ -8,6 +8,9 @@ import numpy as np
 
 from ...data import shapes
 
+# CLIP's image normalisation, which the demo model was trained under
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 SPECIALS = ("<pad>", "<unk>", "<s>", "</s>", "<image>")
 PAD_ID, UNK_ID, BOS_ID, EOS_ID, IMAGE_ID = range(len(SPECIALS))
 # CLIP's text tower pools at the first eos token, unless eos_token_id == 2 (a legacy
@@ -58,8 +61,6 @@ def build_tokenizers():
 
 def image_processor():
     from transformers import CLIPImageProcessor
-
-    from .train_shapes import CLIP_MEAN, CLIP_STD
 
     return CLIPImageProcessor(size={"shortest_edge": shapes.SIZE}, crop_size={"height": shapes.SIZE, "width": shapes.SIZE},
                               image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))

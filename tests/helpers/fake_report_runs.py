@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fake_runs import write_fake_run
+from tests.helpers.fake_runs import write_fake_run
 
 CONDITIONS = ["clean", "image:gaussian_noise@1", "image:gaussian_noise@3", "image:fog@1", "image:fog@3",
               "text:keyboard@1", "text:keyboard@3", "image:fog@1+text:keyboard@1"]

@@ -7,7 +7,7 @@ import io
 import json
 from pathlib import Path
 
-from official_data import image, save_jpeg
+from .official_data import image, save_jpeg
 
 POPE_ROWS = {  # split -> (question_id, image file, text, label), as in AoiDragon/POPE output/coco/
     "random": [(0, "COCO_val2014_000000548882.jpg", "Is there a dining table in the image?", "yes"),
