@@ -348,15 +348,14 @@ def new_tokens(adapter, n: int):
         g.max_new_tokens, g.min_new_tokens = saved
 
 
-def answer(adapter, m, kept, n_visual: int, questions) -> list[str]:
-    """One method's answers on one batch from its kept tokens (`Method.apply`; n_visual: the
-    tokens of the vision pass), as the engine asks the adapter for them."""
+def answer(adapter, m, kept, vision, questions) -> list[str]:
+    """One method's answers on one batch from its kept tokens (`Method.apply`) and the batch's
+    vision pass, as the engine asks the adapter for them (its declared generation inputs)."""
     tokens = [k.tokens for k in kept]
     if m.fastv_layer is not None:
-        return adapter.generate(tokens, questions, fastv=FastVSpec(m.fastv_layer, m.fastv_k(n_visual)))
-    # adapters that place tokens by grid position (Qwen2-VL) take the kept indices too
-    extra = {"kept_indices": [k.indices for k in kept]} if getattr(adapter, "wants_kept_indices", False) else {}
-    return adapter.generate(tokens, questions, **extra)
+        spec = FastVSpec(m.fastv_layer, m.fastv_k(vision.tokens.shape[1]))
+        return adapter.generate(tokens, questions, in_llm=spec, **adapter.generation_inputs(vision, None))
+    return adapter.generate(tokens, questions, **adapter.generation_inputs(vision, [k.indices for k in kept]))
 
 
 def llm_tokens(m, vision, text, keys) -> tuple[list[int], list[int] | None]:
@@ -371,7 +370,7 @@ def supported(adapter, m, vision, text, questions, keys) -> str | None:
     """None if the adapter runs the method on this batch, else why not: its one-line refusal, or
     the error it failed with (reported in the table rather than ending a run of many models)."""
     try:
-        answer(adapter, m, m.apply(vision, text, keys), vision.tokens.shape[1], questions)
+        answer(adapter, m, m.apply(vision, text, keys), vision, questions)
     except UserError as e:
         return f"refused: {e}"
     except Exception as e:  # noqa: BLE001
@@ -398,11 +397,11 @@ def measure_round(adapter, methods, images, questions, keys, clock, steps: int) 
         select_s = clock() - t
         with new_tokens(adapter, 1):
             t = clock()
-            answer(adapter, m, kept, n, questions)
+            answer(adapter, m, kept, vision, questions)
             prefill_s = clock() - t
         with new_tokens(adapter, steps), cost.PeakMemory(adapter.device) as peak:
             t = clock()
-            answer(adapter, m, kept, n, questions)
+            answer(adapter, m, kept, vision, questions)
             generate_s = clock() - t
         own_text = text_s if m.needs_text else 0.0
         rec[m.label] = {"vision": vision_s, "text": own_text, "select": select_s, "prefill": prefill_s,
