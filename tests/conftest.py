@@ -116,3 +116,41 @@ def blip(tiny_blip2_dir):
     from tests.helpers.tiny_families import BLIP2_PROMPT
 
     return _family_adapter("blip2", tiny_blip2_dir, 6, prompt=BLIP2_PROMPT)
+
+
+@pytest.fixture(scope="session")
+def qwen25(tmp_path_factory):
+    """The tiny Qwen2.5-VL adapter."""
+    from tests.helpers.tiny_families import QWEN_PROMPT
+    from tests.helpers.tiny_families_new import build_tiny_qwen2_5_vl
+
+    path = build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("conf_qwen2_5_vl"))
+    return _family_adapter("qwen2_5_vl", path, 8, prompt=QWEN_PROMPT)
+
+
+@pytest.fixture(scope="session")
+def qwen3(tmp_path_factory):
+    """The tiny Qwen3-VL adapter."""
+    from tests.helpers.tiny_families import QWEN_PROMPT
+    from tests.helpers.tiny_families_new import build_tiny_qwen3_vl
+
+    path = build_tiny_qwen3_vl(tmp_path_factory.mktemp("conf_qwen3_vl"))
+    return _family_adapter("qwen3_vl", path, 8, prompt=QWEN_PROMPT)
+
+
+@pytest.fixture(scope="session")
+def onevision(tmp_path_factory):
+    """The tiny LLaVA-OneVision adapter."""
+    from tests.helpers.tiny_families_new import build_tiny_llava_onevision
+
+    path = build_tiny_llava_onevision(tmp_path_factory.mktemp("conf_llava_onevision"))
+    return _family_adapter("llava_onevision", path, 6)
+
+
+@pytest.fixture(scope="session")
+def intern(tmp_path_factory):
+    """The tiny InternVL adapter."""
+    from tests.helpers.tiny_families_new import INTERNVL_PROMPT, build_tiny_internvl
+
+    path = build_tiny_internvl(tmp_path_factory.mktemp("conf_internvl"))
+    return _family_adapter("internvl", path, 6, prompt=INTERNVL_PROMPT)

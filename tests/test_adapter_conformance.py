@@ -53,6 +53,11 @@ FAMILIES = [
     Family("demo_adapter", "atp", _language_model, _llm_part, _kept_tokens),
     Family("nxt", "atp", _language_model, _llm_part, lambda a, v, i, x: a.visual_sequence(x.tokens, x.indices)),
     Family("qwen", "cls", _language_model, _llm_part, _kept_tokens),
+    Family("qwen25", "cls", _language_model, _llm_part, _kept_tokens),
+    Family("qwen3", "cls", _language_model, _llm_part, _kept_tokens),
+    Family("onevision", "cls", _language_model, _llm_part,
+           lambda a, v, i, x: a.visual_sequence(x.tokens, x.indices)),
+    Family("intern", "cls", _language_model, _llm_part, _kept_tokens),
     Family("blip", "cls", lambda a: a.model.qformer, _qformer_part,
            lambda a, v, i, x: torch.cat([v.feature_layer.hidden[i, 0, :1], x.tokens])),
 ]

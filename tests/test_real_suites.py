@@ -133,8 +133,9 @@ def test_family_suite_checks(name, capsys):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda r: r["model"].update(adapter="qwen3_vl", scorer=None, saliency=None),
-     "model.adapter: unknown adapter 'qwen3_vl'; known: blip2, llava, llava_next, qwen2_vl"),
+    (lambda r: r["model"].update(adapter="qwen9_vl", scorer=None, saliency=None),
+     "model.adapter: unknown adapter 'qwen9_vl'; known: blip2, internvl, llava, llava_next, llava_onevision, "
+     "qwen2_5_vl, qwen2_vl, qwen3_vl"),
     (lambda r: r["model"]["scorer"].update(model="ViT-Q-99"), "model.scorer.model: unknown open_clip model"),
     (lambda r: r["model"].update(budget_scope="per_crop"), "model: 'budget_scope' applies to the llava_next"),
     (lambda r: r["model"].update(saliency="cls"), "model.saliency: Input should be 'attention' or 'feature_norm'"),

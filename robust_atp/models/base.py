@@ -112,6 +112,7 @@ class Adapter(Protocol):
 _ADAPTERS: dict[str, Callable] = {}
 # adapters imported on demand: adapter name -> module in this package
 _LAZY = {"llava_next": "llava_next", "qwen2_vl": "qwen2_vl", "blip2": "blip2"}
+_LAZY.update(qwen2_5_vl="qwen2_5_vl", llava_onevision="llava_onevision", qwen3_vl="qwen3_vl", internvl="internvl")
 
 
 def register_adapter(name: str):

@@ -12,7 +12,7 @@ QWEN_SPECIALS = ["<|vision_start|>", "<|vision_end|>", "<|video_pad|>"]
 QWEN_PROMPT = "USER: <|vision_start|><image><|vision_end|> {question} ASSISTANT:"
 
 
-def _lm_tokenizer(extra: list[str] = ()):
+def lm_tokenizer(extra: list[str] = ()):
     from robust_atp.models.zoo import vocab
 
     _, tok = vocab.build_tokenizers()
@@ -21,7 +21,7 @@ def _lm_tokenizer(extra: list[str] = ()):
     return tok
 
 
-def _sharpen(model, layers=()) -> None:
+def sharpen(model, layers=()) -> None:
     """Random init gives near-uniform logits and attention: scale the head so greedy choices are
     not ties, and the LLM's queries and keys so attention (and so positions) matters."""
     with torch.no_grad():
@@ -39,7 +39,7 @@ def build_tiny_qwen2_vl(out: Path, seed: int = 0) -> Path:
 
     from robust_atp.models.zoo import vocab
 
-    tok = _lm_tokenizer(QWEN_SPECIALS)
+    tok = lm_tokenizer(QWEN_SPECIALS)
     ids = tok.convert_tokens_to_ids(QWEN_SPECIALS)
     cfg = Qwen2VLConfig(
         text_config=dict(vocab_size=len(tok), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
@@ -52,7 +52,7 @@ def build_tiny_qwen2_vl(out: Path, seed: int = 0) -> Path:
         video_token_id=ids[2], **vocab.SPECIAL_IDS_LM)
     torch.manual_seed(seed)
     model = Qwen2VLForConditionalGeneration(cfg).eval()
-    _sharpen(model, model.model.language_model.layers)
+    sharpen(model, model.model.language_model.layers)
     size = {"shortest_edge": 32 * 32, "longest_edge": 64 * 64}
     proc = Qwen2VLProcessor(
         image_processor=Qwen2VLImageProcessor(size=size, patch_size=8, merge_size=2, temporal_patch_size=2),
@@ -88,7 +88,7 @@ def build_tiny_llava_next(out: Path, seed: int = 0) -> Path:
     from robust_atp.models.zoo import vocab
 
     clip_tok, _ = vocab.build_tokenizers()
-    tok = _lm_tokenizer()
+    tok = lm_tokenizer()
     vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
                               image_size=32, patch_size=8, projection_dim=16)
     text = CLIPTextConfig(vocab_size=len(clip_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -101,7 +101,7 @@ def build_tiny_llava_next(out: Path, seed: int = 0) -> Path:
     model = LlavaNextForConditionalGeneration(LlavaNextConfig(
         vision_config=vision.to_dict(), text_config=lm.to_dict(), image_token_index=vocab.IMAGE_ID,
         image_grid_pinpoints=pinpoints, vision_feature_layer=-2, vision_feature_select_strategy="default")).eval()
-    _sharpen(model, model.model.language_model.layers)
+    sharpen(model, model.model.language_model.layers)
     with torch.no_grad():  # the newline embedding is initialised at random scale; keep it comparable to the tokens
         model.model.image_newline.normal_(0, 1)
     clip = CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=16)).eval()
@@ -128,7 +128,7 @@ def build_tiny_blip2(out: Path, seed: int = 0) -> Path:
 
     from robust_atp.models.zoo import vocab
 
-    tok = _lm_tokenizer()
+    tok = lm_tokenizer()
     cfg = Blip2Config(
         vision_config=Blip2VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                                         num_attention_heads=4, image_size=32, patch_size=8).to_dict(),
