@@ -38,6 +38,10 @@ def check_suite(suite, suite_path: Path, out=None) -> int:
         clip += f", scorer {sc.kind} {sc.model} ({sc.pretrained or 'random weights'})"
     say(f"  model: {suite.model.adapter} {_describe_ref(suite.model.checkpoint, 'model.checkpoint')}{clip}, "
         f"{suite.model.dtype} on {suite.model.device} (weights not loaded)")
+    m = suite.model
+    say("  prompt: " + (repr(m.prompt) if m.prompt is not None else
+                        "the checkpoint's chat template" + (f" with post_prompt {m.post_prompt!r}" if m.post_prompt else "")
+                        + f" (the {m.adapter} adapter's default when the checkpoint has none)"))
     say(f"  methods ({len(methods)}): {', '.join(m.label for m in methods)}")
     shown = ", ".join(conditions[:6]) + (f", ... ({len(conditions) - 6} more)" if len(conditions) > 6 else "")
     say(f"  conditions ({len(conditions)}): {shown}")

@@ -71,7 +71,12 @@ class ModelCfg(Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = "cpu"
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
-    prompt: str = "USER: <image>\n{question} ASSISTANT:"
+    # None: the checkpoint's chat template (one user turn: the image, then the question and
+    # `post_prompt`), or the adapter's default when the checkpoint has none (`models.prompts`)
+    prompt: str | None = None
+    # text after the question inside the chat template's user turn (lmms-eval's post_prompt), e.g.
+    # "\nAnswer the question using a single word or phrase."; with `prompt` set, write it there
+    post_prompt: str = ""
     generation: GenerationCfg = Field(default_factory=GenerationCfg)
     trust_remote_code: bool = False
     # Qwen2-VL (no CLS token): the saliency that stands in for CLS attention (default attention)
@@ -82,6 +87,12 @@ class ModelCfg(Strict):
     scorer: ScorerCfg | None = None
 
     @model_validator(mode="after")
+    def _post_prompt_with_template(self):
+        if self.post_prompt and self.prompt is not None:
+            raise ValueError("'post_prompt' applies to the chat template; with 'prompt' set, write it in the prompt")
+        return self
+
+    @model_validator(mode="after")
     def _adapter_settings(self):
         for name, adapters in ADAPTER_SETTINGS.items():
             if getattr(self, name) is not None and self.adapter not in adapters:
@@ -90,8 +101,8 @@ class ModelCfg(Strict):
 
     @field_validator("prompt")
     @classmethod
-    def _prompt_fields(cls, v: str) -> str:
-        if "<image>" not in v or "{question}" not in v:
+    def _prompt_fields(cls, v: str | None) -> str | None:
+        if v is not None and ("<image>" not in v or "{question}" not in v):
             raise ValueError("must contain '<image>' and '{question}'")
         return v
 
@@ -222,6 +233,8 @@ class Suite(Strict):
         d.pop("cost")  # measured cost is kept apart from the predictions (store table `cost`)
         d["dataset"].pop("limit")
         d["model"].pop("device")
+        if not d["model"].get("post_prompt"):  # unset: older suites keep their hash
+            d["model"].pop("post_prompt", None)
         gen = d["model"]["generation"]
         for key in ("repetition_penalty", "no_repeat_ngram_size"):  # unset: older suites keep their hash
             if gen.get(key) is None:

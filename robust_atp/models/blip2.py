@@ -65,8 +65,10 @@ class Blip2Adapter(HFAdapter):
     no_text_relevance = ("model.scorer: a method needs text relevance, but BLIP-2's ViT is not in a CLIP space: "
                          "name an external scorer (model.scorer: {kind: open_clip, ...})")
 
-    def check_config(self, cfg) -> None:
-        if not cfg.prompt.startswith("<image>"):
+    default_prompt = "<image>Question: {question} Answer:"  # LAVIS's VQA prompt for BLIP-2 OPT
+
+    def check_prompt(self, prompt: str) -> None:
+        if not prompt.startswith("<image>"):
             raise UserError("model.prompt: BLIP-2 puts its query tokens before the text: the prompt must start "
                             "with '<image>'")
 

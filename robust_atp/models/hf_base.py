@@ -19,6 +19,7 @@ import torch
 
 from ..errors import UserError
 from .base import greedy_generation, load_pretrained
+from .prompts import resolve_prompt
 
 
 def pick_device(name: str) -> torch.device:
@@ -62,6 +63,10 @@ class HFAdapter:
     # the error when a method needs text relevance and the adapter has no scorer
     no_text_relevance: ClassVar[str] = "model.scorer: a method needs text relevance: name an external scorer"
 
+    # the prompt when the suite sets no `model.prompt` and the checkpoint's processor has no chat
+    # template (the family's own conversation format; `models.prompts`)
+    default_prompt: ClassVar[str] = "USER: <image>\n{question} ASSISTANT:"
+
     num_visual_tokens: int | None = None  # None: known per image, after its vision pass
     scorer = None
 
@@ -76,11 +81,16 @@ class HFAdapter:
                                                      self.dtype)
         self.tokenizer = self.processor.tokenizer
         self._prompt_cache: dict = {}
+        self.prompt_format, self.prompt_source = resolve_prompt(cfg, self.processor, self.default_prompt)
+        self.check_prompt(self.prompt_format)
         self.setup(cfg)
         self.pad_token_id, self.generation_config = greedy_generation(cfg, self.generation_source(), self.tokenizer)
 
     def check_config(self, cfg) -> None:
         """Refuse a model section this family cannot run, before its weights are read."""
+
+    def check_prompt(self, prompt: str) -> None:
+        """Refuse a prompt (the suite's, the template's or the default) this family cannot place its image in."""
 
     def setup(self, cfg) -> None:
         """The family's own state, once the model and processor are loaded."""
@@ -133,7 +143,7 @@ class HFAdapter:
     # ------------------------------------------------------------------ text
 
     def prompt(self, question: str) -> str:
-        return self.cfg.prompt.format(question=question)
+        return self.prompt_format.format(question=question)
 
     def tokenized_prompt(self, question: str) -> str:
         """The prompt as the tokenizer reads it (the suite's `<image>` as the model's image token)."""

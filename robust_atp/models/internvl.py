@@ -71,6 +71,8 @@ class NormedClsAttentionProbe(HookProbe):
 
 @register_adapter("internvl")
 class InternVLAdapter(LlavaAdapter):
+    # InternVL3-hf's chat template without its system turn
+    default_prompt = "<|im_start|>user\n<image>\n{question}<|im_end|>\n<|im_start|>assistant\n"
     hf_class = "InternVLForConditionalGeneration"
     merges_in_tower = False  # the pixel shuffle needs whole 2x2 patch groups after the tower
     in_llm_pruning = False  # FastV is refused; `run_llm` (LLaVA's) times the LLM as on LLaVA

@@ -40,6 +40,7 @@ from .tome_tower import merged_tower
 
 @register_adapter("llava_next")
 class LlavaNextAdapter(LlavaAdapter):
+    default_prompt = "[INST] <image>\n{question} [/INST]"  # llava-v1.6-mistral-7b-hf's chat template
     hf_class = "LlavaNextForConditionalGeneration"
     places_tokens_by_grid = True  # newlines follow the rows of the kept tokens
     # LLaVA's LLM loop has no newlines, so neither timing nor FastV runs over this layout

@@ -83,6 +83,8 @@ class ReceivedAttentionProbe(HookProbe):
 
 @register_adapter("llava_onevision")
 class LlavaOnevisionAdapter(LlavaNextAdapter):
+    # llava-onevision-qwen2-*-ov-hf's chat template
+    default_prompt = "<|im_start|>user <image>\n{question}<|im_end|><|im_start|>assistant\n"
     hf_class = "LlavaOnevisionForConditionalGeneration"
     merges_in_tower = False  # `tome_tower` keeps a CLS token; SigLIP has none
     no_text_relevance = ("methods: a method needs text relevance, but llava_onevision has no CLIP space here "

@@ -103,6 +103,9 @@ class FeatureNormProbe(HookProbe):
 
 @register_adapter("qwen2_vl")
 class Qwen2VLAdapter(HFAdapter):
+    # Qwen2-VL-Instruct's chat template for one image and a question
+    default_prompt = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                      "<|vision_start|><image><|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n")
     hf_class = "Qwen2VLForConditionalGeneration"
     merges_in_tower = False  # no CLS token to protect, and merged tokens have no 3-D position
     places_tokens_by_grid = True  # positions of kept tokens come from their grid indices

@@ -34,6 +34,8 @@ from .scorer import load_scorer
 
 @register_adapter("qwen3_vl")
 class Qwen3VLAdapter(Qwen2VLAdapter):
+    # Qwen3-VL-Instruct's chat template (no default system turn)
+    default_prompt = "<|im_start|>user\n<|vision_start|><image><|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n"
     hf_class = "Qwen3VLForConditionalGeneration"
     no_text_relevance = ("model.scorer: a method needs text relevance, but Qwen3-VL's tower is not in a CLIP "
                          "space: name an external scorer (model.scorer: {kind: open_clip, ...})")
