@@ -37,7 +37,10 @@ def check_suite(suite, suite_path: Path, out=None) -> int:
     if sc is not None:
         clip += f", scorer {sc.kind} {sc.model} ({sc.pretrained or 'random weights'})"
     say(f"  model: {suite.model.adapter} {_describe_ref(suite.model.checkpoint, 'model.checkpoint')}{clip}, "
-        f"{suite.model.dtype} on {suite.model.device} (weights not loaded)")
+        f"{suite.model.dtype} on {suite.model.device}"
+        f"{f', device_map {suite.model.device_map}' if suite.model.device_map is not None else ''}"
+        f"{f', {suite.model.attn_implementation} attention' if suite.model.attn_implementation != 'sdpa' else ''}"
+        " (weights not loaded)")
     m = suite.model
     say("  prompt: " + (repr(m.prompt) if m.prompt is not None else
                         "the checkpoint's chat template" + (f" with post_prompt {m.post_prompt!r}" if m.post_prompt else "")

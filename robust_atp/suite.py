@@ -70,7 +70,11 @@ class ModelCfg(Strict):
     clip: str | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = "cpu"
-    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    # accelerate's big-model placement (`models.placement`): auto, balanced, balanced_low_0, sequential,
+    # or {module name: GPU index | "cuda:N" | "cpu" | "disk"}; "disk" needs offload_folder
+    device_map: str | dict[str, int | str] | None = None
+    offload_folder: str | None = None
     # None: the checkpoint's chat template (one user turn: the image, then the question and
     # `post_prompt`), or the adapter's default when the checkpoint has none (`models.prompts`)
     prompt: str | None = None
@@ -85,6 +89,27 @@ class ModelCfg(Strict):
     budget_scope: Literal["global", "per_crop"] | None = None
     # an external CLIP model for the relevance term when the VLM's tower is not in a CLIP space
     scorer: ScorerCfg | None = None
+
+    @field_validator("device_map")
+    @classmethod
+    def _device_map(cls, v):
+        from .models.placement import STRATEGIES
+
+        if isinstance(v, str) and v not in STRATEGIES:
+            raise ValueError(f"must be one of {', '.join(STRATEGIES)} or a {{module: device}} map, got {v!r}")
+        if isinstance(v, dict):
+            for name, dev in v.items():
+                ok = (isinstance(dev, int) and dev >= 0) or dev in ("cpu", "disk") or (
+                    isinstance(dev, str) and dev.startswith("cuda:") and dev[5:].isdigit())
+                if not ok:
+                    raise ValueError(f"{name!r}: a device is a GPU index, 'cuda:N', 'cpu' or 'disk', got {dev!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _offload(self):
+        if isinstance(self.device_map, dict) and "disk" in self.device_map.values() and not self.offload_folder:
+            raise ValueError("'disk' in device_map needs offload_folder (where the offloaded weights are written)")
+        return self
 
     @model_validator(mode="after")
     def _post_prompt_with_template(self):
@@ -233,6 +258,8 @@ class Suite(Strict):
         d.pop("cost")  # measured cost is kept apart from the predictions (store table `cost`)
         d["dataset"].pop("limit")
         d["model"].pop("device")
+        for key in ("device_map", "offload_folder"):  # placement: the answers do not depend on it (tested)
+            d["model"].pop(key, None)
         if not d["model"].get("post_prompt"):  # unset: older suites keep their hash
             d["model"].pop("post_prompt", None)
         gen = d["model"]["generation"]

@@ -153,10 +153,17 @@ def load_pretrained(model_cls, cfg, device: torch.device, dtype: torch.dtype):
     only when the suite sets `trust_remote_code`. -> (model, processor)"""
     from transformers import AutoProcessor
 
+    from .placement import check_attention, rank_placement
+
+    check_attention(cfg)
     path = resolve_checkpoint(cfg.checkpoint)
     try:
-        model = model_cls.from_pretrained(path, dtype=dtype, attn_implementation=cfg.attn_implementation,
-                                          trust_remote_code=cfg.trust_remote_code).to(device).eval()
+        if cfg.device_map is not None:  # accelerate places the modules (and moves their inputs)
+            model = model_cls.from_pretrained(path, dtype=dtype, attn_implementation=cfg.attn_implementation,
+                                              trust_remote_code=cfg.trust_remote_code, **rank_placement(cfg)).eval()
+        else:
+            model = model_cls.from_pretrained(path, dtype=dtype, attn_implementation=cfg.attn_implementation,
+                                              trust_remote_code=cfg.trust_remote_code).to(device).eval()
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
     except OSError as e:
         raise UserError(f"model.checkpoint: cannot load {cfg.checkpoint!r}: {str(e).splitlines()[0]}") from None

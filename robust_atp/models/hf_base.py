@@ -19,6 +19,7 @@ import torch
 
 from ..errors import UserError
 from .base import greedy_generation, load_pretrained
+from .placement import input_device
 from .prompts import resolve_prompt
 
 
@@ -79,6 +80,8 @@ class HFAdapter:
         self.check_config(cfg)
         self.model, self.processor = load_pretrained(getattr(transformers, self.hf_class), cfg, self.device,
                                                      self.dtype)
+        if cfg.device_map is not None:
+            self.device = input_device(self.model)
         self.tokenizer = self.processor.tokenizer
         self._prompt_cache: dict = {}
         self.prompt_format, self.prompt_source = resolve_prompt(cfg, self.processor, self.default_prompt)
