@@ -152,12 +152,15 @@ def measure_cost(methods: list, adapter, images: list, questions: list[str], tex
         spec = (lambda: None) if m.fastv_layer is None else (lambda: FastVSpec(m.fastv_layer, m.fastv_k(n)))
         inputs = adapter.generation_inputs(vision, None if m.fastv_layer is not None else [k.indices for k in kept])
         rec = {"batch": len(questions), "device": str(adapter.device)}
+        # tokens the LLM reads before the kept ones (LLaVA's 'full' selection: the CLS token), all or example i's
+        lead = lambda i: {} if "prefix" not in inputs else {  # noqa: E731
+            "prefix": inputs["prefix"] if i is None else inputs["prefix"][i:i + 1]}
         if cfg.latency:
             text_s = shared["text", m.settings.get("text", "question")] if m.needs_text else 0.0
             select_s = cost.median_seconds(own, **runs)
             with cost.PeakMemory(adapter.device) as peak:
                 generate_s = cost.median_seconds(lambda: adapter.generate(tokens, questions, in_llm=spec(), **inputs), **runs)
-            marks = [adapter.run_llm(tokens, questions, steps, in_llm=spec(), clock=clock)["marks"]
+            marks = [adapter.run_llm(tokens, questions, steps, in_llm=spec(), clock=clock, **lead(None))["marks"]
                      for _ in range(cfg.warmup + cfg.repeats)][cfg.warmup:]
             prefill_s = statistics.median(b - a for a, b, _ in marks)
             decode_s = statistics.median((c - b) / steps for _, b, c in marks)
@@ -169,14 +172,14 @@ def measure_cost(methods: list, adapter, images: list, questions: list[str], tex
                        peak_mem_mb=round(peak.mb, 1), peak_mem_kind=peak.kind,
                        repeats=cfg.repeats, warmup=cfg.warmup, decode_steps=steps)
         kv, counted, analytic = [], [], []
-        for tok, q in zip(tokens, questions):
-            one = lambda: adapter.run_llm([tok], [q], 0, in_llm=spec())
+        for i, (tok, q) in enumerate(zip(tokens, questions)):
+            one = lambda: adapter.run_llm([tok], [q], 0, in_llm=spec(), **lead(i))
             kv.append(one()["kv_bytes"])
             if cfg.flops:
                 counted.append(cost.counted_flops(one))
                 # what runs: FastV masks its dropped tokens, so every layer sees the whole prompt,
                 # and ranks them once
-                seq = adapter.prompt_length(q) + len(tok)
+                seq = adapter.prompt_length(q) + len(tok) + sum(len(p[0]) for p in lead(i).values())
                 analytic.append(cost.prefill_flops(llm, seq) + (0 if m.fastv_layer is None else
                                                                  cost.fastv_rank_flops(llm, seq)))
         rec["kv_cache_mb"] = round(statistics.mean(kv) / 2**20, 6)

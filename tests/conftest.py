@@ -141,10 +141,10 @@ def qwen3(tmp_path_factory):
 @pytest.fixture(scope="session")
 def onevision(tmp_path_factory):
     """The tiny LLaVA-OneVision adapter."""
-    from tests.helpers.tiny_families_new import build_tiny_llava_onevision
+    from tests.helpers.tiny_families_new import ONEVISION_PROMPT, build_tiny_llava_onevision
 
     path = build_tiny_llava_onevision(tmp_path_factory.mktemp("conf_llava_onevision"))
-    return _family_adapter("llava_onevision", path, 6)
+    return _family_adapter("llava_onevision", path, 6, prompt=ONEVISION_PROMPT)
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,9 @@ def tiny_ov_dir(tmp_path_factory):
 def _adapter(path, **kw):
     from robust_atp.models.base import load_adapter
 
-    return load_adapter(ModelCfg(adapter="llava_onevision", checkpoint=str(path),
+    from tests.helpers.tiny_families_new import ONEVISION_PROMPT
+
+    return load_adapter(ModelCfg(adapter="llava_onevision", checkpoint=str(path), prompt=ONEVISION_PROMPT,
                                  generation={"max_new_tokens": MAX_NEW}, **kw))
 
 

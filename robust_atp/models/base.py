@@ -56,6 +56,8 @@ class VisionOutput:
     feature_layer: `FeatureLayer` or None (a tower without a CLS token: Qwen2-VL)
     token_sizes:  [B, N]        patches each token stands for, when the tower merged them (ToMe
                                 inside the tower); None: one each
+    prefix_tokens: [B, P, D]    tokens the LLM reads before the kept ones whatever a method keeps
+                                (LLaVA's `full` feature selection: the projected CLS token); None: none
     """
 
     tokens: torch.Tensor
@@ -67,6 +69,7 @@ class VisionOutput:
     crop_ids: torch.Tensor | None = None
     feature_layer: FeatureLayer | None = None
     token_sizes: torch.Tensor | None = None
+    prefix_tokens: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.tokens.shape[0]

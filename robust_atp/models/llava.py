@@ -76,11 +76,23 @@ class LlavaAdapter(HFAdapter):
     merges_in_tower = True  # ToMe inside the CLIP tower: `encode_images_merged`
     timed_llm_passes = True  # `run_llm`
     in_llm_pruning = True  # FastV: `in_llm_hooks`
+    feature_layers: list | None = None  # the ViT layers the projector reads (None: the config's one layer)
+    cls_first = False  # 'full' feature selection: the CLS token leads the visual tokens
 
     def setup(self, cfg) -> None:
         mc = self.model.config
-        if mc.vision_feature_select_strategy != "default" or not isinstance(mc.vision_feature_layer, int):
-            raise UserError("model.checkpoint: only LLaVA's 'default' feature selection from one ViT layer is supported")
+        strategy = mc.vision_feature_select_strategy
+        if strategy not in ("default", "full"):
+            raise UserError(f"model.checkpoint: vision_feature_select_strategy {strategy!r}: LLaVA's are 'default' "
+                            "and 'full'")
+        # as Hugging Face's LLaVA reads them: the hidden states of every listed layer concatenated
+        # along the features, the CLS token dropped ('default') or handed to the LLM first ('full')
+        layer = mc.vision_feature_layer
+        self.feature_layers = [layer] if isinstance(layer, int) else list(layer)
+        self.cls_first = strategy == "full"
+        if len(self.feature_layers) > 1 or self.cls_first:
+            # ToMe inside the tower merges one layer's tokens and drops the CLS token
+            self.merges_in_tower = False
         self.image_token_id = mc.image_token_id
         self.vision_tower = self.model.model.vision_tower
         self.probe = ClsAttentionProbe(vit_layers(self.vision_tower))
@@ -122,9 +134,10 @@ class LlavaAdapter(HFAdapter):
         last = len(self.probe.layers) - 1
         last_query, last_keys = self.probe.q[last], self.probe.k[last]
         cls_attn = self.probe.result()
-        hidden = out.hidden_states[mc.vision_feature_layer]
+        hidden = torch.cat([out.hidden_states[i] for i in self.feature_layers], -1)
         feats = hidden[:, 1:]
         tokens = self.model.model.multi_modal_projector(feats)
+        prefix = self.model.model.multi_modal_projector(hidden[:, :1]) if self.cls_first else None
         clip_project = None
         if self.clip is not None:
             post_ln = getattr(self.vision_tower, "vision_model", self.vision_tower).post_layernorm
@@ -139,11 +152,14 @@ class LlavaAdapter(HFAdapter):
                                  project=self.model.model.multi_modal_projector, last_query=last_query[:, None],
                                  last_keys=last_keys[:, None], clip_project=clip_project)
         return VisionOutput(tokens=tokens, cls_attn=cls_attn, clip_patches=clip_patches, vit_features=feats,
-                            grid=self.grid, image_sizes=[im.size for im in images], feature_layer=layer)
+                            grid=self.grid, image_sizes=[im.size for im in images], feature_layer=layer,
+                            prefix_tokens=prefix)
 
     def feature_block(self) -> int:
-        """Index of the ViT block whose output the projector reads (-1: the embeddings)."""
-        return blocks_read(len(self.probe.layers), self.model.config.vision_feature_layer) - 1
+        """Index of the deepest ViT block whose output the projector reads (-1: the embeddings); its
+        CLS attention and keys are what the feature layer's methods read (VisionZip)."""
+        layers = self.feature_layers or [self.model.config.vision_feature_layer]
+        return max(blocks_read(len(self.probe.layers), i) for i in layers) - 1
 
     def feature_keys(self) -> torch.Tensor | None:
         """The projector's layer's keys averaged over heads [B * crops, 1 + S, hd], from the probe's
@@ -172,7 +188,8 @@ class LlavaAdapter(HFAdapter):
     def cost_configs(self) -> dict:
         mc = self.model.config
         return {"llm": mc.text_config, "vision": mc.vision_config,
-                "projector": {"in": mc.vision_config.hidden_size, "out": mc.text_config.hidden_size,
+                "projector": {"in": mc.vision_config.hidden_size * len(self.feature_layers or [0]),
+                              "out": mc.text_config.hidden_size,
                               "layers": 2},
                 "feature_blocks": self.feature_block() + 1,  # ViT blocks the projector's input went through
                 "clip_text": self.clip.config.text_config if self.clip is not None else None,
@@ -202,7 +219,7 @@ class LlavaAdapter(HFAdapter):
 
     def reference_inputs(self, images: list[Image.Image], questions: list[str]) -> dict:
         """What the HF processor gives (left-padded), for the model's own `generate`."""
-        ids, mask = self.reference_input_ids(questions, self.num_visual_tokens)
+        ids, mask = self.reference_input_ids(questions, self.llm_visual_tokens(self.num_visual_tokens))
         return {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device),
                 "pixel_values": self.pixel_values(images)}
 
@@ -218,8 +235,28 @@ class LlavaAdapter(HFAdapter):
         spans = [(p + len(self.prompt_ids(q)[0]), len(t)) for p, q, t in zip(pads, questions, visual_tokens)]
         return FastVHooks(list(self.model.model.language_model.layers), spec, spans, pads)
 
+    def llm_visual_tokens(self, k: int, kept: torch.Tensor | None = None) -> int:
+        return k + 1 if self.cls_first else k
+
+    def generation_inputs(self, vision, kept_indices: list) -> dict:
+        extra = super().generation_inputs(vision, kept_indices)
+        if vision.prefix_tokens is not None:
+            extra["prefix"] = vision.prefix_tokens
+        return extra
+
+    def with_prefix(self, visual_tokens: list[torch.Tensor], prefix, in_llm=None) -> list[torch.Tensor]:
+        """The kept tokens after the batch's prefix tokens (`full`: the CLS token leads)."""
+        if prefix is None:
+            return visual_tokens
+        if in_llm is not None:
+            raise UserError(f"methods: {in_llm.method} is not supported with LLaVA's 'full' feature selection "
+                            "(its CLS token leads the image tokens it would prune)")
+        return [torch.cat([p, t.to(p.dtype)]) for p, t in zip(prefix, visual_tokens)]
+
     @torch.inference_mode()
-    def generate(self, visual_tokens: list[torch.Tensor], questions: list[str], in_llm=None) -> list[str]:
+    def generate(self, visual_tokens: list[torch.Tensor], questions: list[str], in_llm=None,
+                 prefix=None) -> list[str]:
+        visual_tokens = self.with_prefix(visual_tokens, prefix, in_llm)
         inputs, mask, pads = self.prompt_embeddings(visual_tokens, questions)
         # the ids of that input, one image token per visual token: what HF's own generate(input_ids)
         # carries, so a penalty sees the prompt as there
@@ -235,7 +272,7 @@ class LlavaAdapter(HFAdapter):
 
     @torch.inference_mode()
     def run_llm(self, visual_tokens: list[torch.Tensor], questions: list[str], steps: int = 0, in_llm=None,
-                clock=None) -> dict:
+                clock=None, prefix=None) -> dict:
         """For cost measurement: the decoder layers over the prompts (the prefill; no LM head, as
         the FLOPs model counts it), then `steps` decoding steps of one token each (decoder layers
         + LM head, the work of each `generate` step; the token fed is the pad token, which costs
@@ -243,6 +280,7 @@ class LlavaAdapter(HFAdapter):
         'marks': clock readings at the start, after the prefill, after the steps}.
         `clock`: a callable giving device-synchronised seconds."""
         clock = clock or (lambda: 0.0)
+        visual_tokens = self.with_prefix(visual_tokens, prefix, in_llm)
         lm = self.model.model.language_model
         marks = [clock()]
         inputs, mask, pads = self.prompt_embeddings(visual_tokens, questions)

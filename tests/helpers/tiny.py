@@ -6,9 +6,11 @@ from pathlib import Path
 import torch
 
 
-def build_tiny_llava(out: Path, seed: int = 0, image_size: int = 48, patch: int = 8) -> Path:
+def build_tiny_llava(out: Path, seed: int = 0, image_size: int = 48, patch: int = 8, feature_layer=-2,
+                     strategy: str = "default") -> Path:
     """A random LlavaForConditionalGeneration + its CLIPModel, saved like the demo model:
-    out/llava and out/clip. The CLIP vision tower carries the same weights as the VLM's."""
+    out/llava and out/clip. The CLIP vision tower carries the same weights as the VLM's.
+    feature_layer: an int or a list (concatenated); strategy: 'default' (CLS dropped) or 'full'."""
     from transformers import (CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig, LlamaConfig, LlavaConfig,
                               LlavaForConditionalGeneration)
 
@@ -27,7 +29,8 @@ def build_tiny_llava(out: Path, seed: int = 0, image_size: int = 48, patch: int 
     torch.manual_seed(seed)
     llava = LlavaForConditionalGeneration(LlavaConfig(
         vision_config=vision.to_dict(), text_config=lm.to_dict(), image_token_index=vocab.IMAGE_ID,
-        image_seq_length=n_tokens, vision_feature_layer=-2, vision_feature_select_strategy="default")).eval()
+        image_seq_length=n_tokens + (strategy == "full"), vision_feature_layer=feature_layer,
+        vision_feature_select_strategy=strategy)).eval()
     # random init gives near-uniform logits; scale the head so greedy choices are not ties
     with torch.no_grad():
         llava.lm_head.weight.mul_(20)
@@ -40,6 +43,6 @@ def build_tiny_llava(out: Path, seed: int = 0, image_size: int = 48, patch: int 
     clip.save_pretrained(out / "clip")
     CLIPProcessor(image_processor=proc, tokenizer=clip_tok).save_pretrained(out / "clip")
     llava.save_pretrained(out / "llava")
-    LlavaProcessor(image_processor=proc, tokenizer=lm_tok, patch_size=patch, vision_feature_select_strategy="default",
+    LlavaProcessor(image_processor=proc, tokenizer=lm_tok, patch_size=patch, vision_feature_select_strategy=strategy,
                    image_token="<image>", num_additional_image_tokens=1).save_pretrained(out / "llava")
     return out

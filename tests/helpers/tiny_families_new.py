@@ -141,6 +141,8 @@ def build_tiny_qwen3_vl(out: Path, seed: int = 0) -> Path:
 INTERNVL_SPECIALS = {"start_image_token": "<img>", "end_image_token": "</img>",
                      "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"}
 INTERNVL_PROMPT = "USER: <image>\n{question} ASSISTANT:"
+# the tiny word-level tokenizers know no chat-template markers: the tiny OneVision reads this prompt
+ONEVISION_PROMPT = "USER: <image>\n{question} ASSISTANT:"
 
 
 def build_tiny_internvl(out: Path, seed: int = 0) -> Path:
