@@ -59,7 +59,7 @@ class ScorerCfg(Strict):
 PER_CROP_METHODS = ("full", "atp", "cls", "clip", "random")
 # settings only some adapters read: naming one for another adapter is a mistake
 ADAPTER_SETTINGS = {"saliency": ("qwen2_vl",), "budget_scope": ("llava_next",),
-                    "scorer": ("qwen2_vl", "llava_next", "blip2")}
+                    "scorer": ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_next", "blip2")}
 
 
 class ModelCfg(Strict):

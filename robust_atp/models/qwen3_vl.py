@@ -18,7 +18,7 @@ the model itself scatters them and adds the deepstack rows at exactly those posi
 (the engine's order: one vision pass per batch, then its methods).
 
 Refused, one line each: merging methods (no grid position), FastV, text relevance without a
-scorer (the schema admits no `model.scorer` for this adapter yet).
+scorer (`model.scorer`, as for Qwen2-VL).
 """
 from __future__ import annotations
 
