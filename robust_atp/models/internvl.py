@@ -24,7 +24,6 @@ tower), FastV, and a text relevance term (the schema admits no `model.scorer` fo
 """
 from __future__ import annotations
 
-import functools
 
 import torch
 from PIL import Image
@@ -33,29 +32,16 @@ from ..data.images import to_rgb
 from ..errors import UserError
 from .base import FeatureLayer, VisionOutput, register_adapter
 from .llava import LlavaAdapter
-from .probes import HookProbe
+from .probes import QKProbe
 
 
-class NormedClsAttentionProbe(HookProbe):
+class NormedClsAttentionProbe(QKProbe):
     """Hooks on each InternViT layer's q_norm / k_norm (identities when the tower has no q-k norm):
     the CLS row of softmax(q k^T * scale) per head, CLS column dropped: [tiles, L, H, S]; and
     every layer's keys, for the layer the projector reads."""
 
-    records = ("q", "k")
-
     def __init__(self, layers: list):
-        super().__init__()
-        self.layers = layers
-        self.q: dict[int, torch.Tensor] = {}
-        self.k: dict[int, torch.Tensor] = {}
-        for i, layer in enumerate(layers):
-            attn = layer.attention
-            self.hook(attn.q_norm, functools.partial(self._keep, self.q, i, first_only=True))
-            self.hook(attn.k_norm, functools.partial(self._keep, self.k, i, first_only=False))
-
-    @staticmethod
-    def _keep(store, i, module, args, out, first_only):
-        store[i] = out[:, :1] if first_only else out
+        super().__init__(layers, lambda layer: (layer.attention.q_norm, layer.attention.k_norm), lambda i: True)
 
     def result(self) -> torch.Tensor:
         rows = []

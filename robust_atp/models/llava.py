@@ -6,7 +6,6 @@ for the CLS row only, so it works under sdpa / flash attention (no `output_atten
 """
 from __future__ import annotations
 
-import functools
 
 import torch
 from PIL import Image
@@ -18,7 +17,7 @@ from .base import (FeatureLayer, VisionOutput, decode_answers, generate_greedy, 
                    register_adapter, resolve_checkpoint)
 from .fastv import FastVHooks, FastVSpec
 from .hf_base import HFAdapter, left_pad
-from .probes import HookProbe
+from .probes import QKProbe
 from .tome_tower import blocks_read, merged_tower
 
 
@@ -28,26 +27,14 @@ def vit_layers(vision_tower) -> list:
     return list(inner.encoder.layers)
 
 
-class ClsAttentionProbe(HookProbe):
+class ClsAttentionProbe(QKProbe):
     """Captures q and k of each ViT layer during a forward pass and returns the CLS row of
     softmax(q k^T * scale), per head, CLS column dropped: [B, L, H, N]. The last layer's queries
     are kept whole (PruMerge+ computes that layer's whole attention matrix); the others' CLS row."""
 
-    records = ("q", "k")
-
     def __init__(self, layers: list):
-        super().__init__()
-        self.layers = layers
-        self.q: dict[int, torch.Tensor] = {}
-        self.k: dict[int, torch.Tensor] = {}
-        for i, layer in enumerate(layers):
-            attn = layer.self_attn
-            self.hook(attn.q_proj, functools.partial(self._keep, self.q, i, first_only=i < len(layers) - 1))
-            self.hook(attn.k_proj, functools.partial(self._keep, self.k, i, first_only=False))
-
-    @staticmethod
-    def _keep(store, i, module, args, out, first_only):
-        store[i] = out[:, :1] if first_only else out
+        super().__init__(layers, lambda layer: (layer.self_attn.q_proj, layer.self_attn.k_proj),
+                         lambda i: i < len(layers) - 1)
 
     def head_mean_keys(self, i: int) -> torch.Tensor:
         """Layer i's keys averaged over heads [B, T, hd] (what VisionZip matches on); before `result`."""
@@ -127,7 +114,6 @@ class LlavaAdapter(HFAdapter):
 
     @torch.inference_mode()
     def encode_images(self, images: list[Image.Image]) -> VisionOutput:
-        mc = self.model.config
         with self.probe:
             out = self.vision_tower(self.pixel_values(images), output_hidden_states=True, return_dict=True)
         keys = self.feature_keys()

@@ -77,8 +77,9 @@ class LlavaNextAdapter(LlavaAdapter):
         crops = {image_size_to_num_patches(s, self.model.config.image_grid_pinpoints,
                                            self.model.config.vision_config.image_size) for s in out["image_sizes"]}
         if len(crops) > 1:
-            raise _layout_error(len(crops))
-        return out["pixel_values"].to(self.device, self.dtype), out["image_sizes"]
+            raise layout_error(self.name, len(crops))
+        px = out["pixel_values"][:, :crops.pop()]  # a processor may pad every image to the batch's most crops
+        return px.to(self.device, self.dtype), out["image_sizes"]
 
     def arrange(self, per_crop: torch.Tensor, image_size) -> tuple[torch.Tensor, int, int]:
         """Per-crop patch values [crops, side^2, X] -> the LLM's token order without newlines
@@ -128,7 +129,7 @@ class LlavaNextAdapter(LlavaAdapter):
             arranged.append(seq)
             layouts.add((crops, rows, cols))
         if len(layouts) > 1:
-            raise _layout_error(len(layouts))
+            raise layout_error(self.name, len(layouts))
         self.layout = layouts.pop()
         tokens, feats, attn, *rest = torch.stack(arranged).split(widths, -1)
         crop_ids = rest[-1][0, :, 0].long()
@@ -237,7 +238,7 @@ class LlavaNextAdapter(LlavaAdapter):
         return {k: v.to(self.device) for k, v in enc.items()}
 
 
-def _layout_error(n: int) -> UserError:
-    return UserError("perturbations.image.resolution: llava_next gives images of different sizes different token "
+def layout_error(adapter: str, n: int) -> UserError:
+    return UserError(f"perturbations.image.resolution: {adapter} gives images of different sizes different token "
                      f"layouts ({n} in one batch); set a canonical resolution so every image has the same number "
                      "of visual tokens")

@@ -32,41 +32,27 @@ LLaVA-NeXT.
 """
 from __future__ import annotations
 
-import functools
+
 import math
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..data.images import to_rgb
 from ..errors import UserError
 from .base import VisionOutput, register_adapter
 from .llava import vit_layers
-from .llava_next import LlavaNextAdapter
-from .probes import HookProbe
+from .llava_next import LlavaNextAdapter, layout_error
+from .probes import QKProbe
 
 
-class ReceivedAttentionProbe(HookProbe):
+class ReceivedAttentionProbe(QKProbe):
     """Hooks on q_proj / k_proj of each ViT layer (CLIP / SigLIP layout): per layer and head,
     the attention each patch receives, averaged over every query of its crop:
     [crops, L, H, S]. Recomputed from q and k, so it works under sdpa / flash attention."""
 
-    records = ("q", "k")
-
     def __init__(self, layers: list):
-        super().__init__()
-        self.layers = layers
-        self.q: dict[int, torch.Tensor] = {}
-        self.k: dict[int, torch.Tensor] = {}
-        for i, layer in enumerate(layers):
-            attn = layer.self_attn
-            self.hook(attn.q_proj, functools.partial(self._keep, self.q, i))
-            self.hook(attn.k_proj, functools.partial(self._keep, self.k, i))
-
-    @staticmethod
-    def _keep(store, i, module, args, out):
-        store[i] = out
+        super().__init__(layers, lambda layer: (layer.self_attn.q_proj, layer.self_attn.k_proj))
 
     def result(self) -> torch.Tensor:
         rows = []
@@ -118,18 +104,6 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
 
     # ------------------------------------------------------------------ vision
 
-    def processed(self, images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pixel_values [B, crops, 3, S, S], image_sizes [B, 2] as (h, w)) as the processor makes them."""
-        from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
-
-        out = self.processor.image_processor(images=[to_rgb(im) for im in images], return_tensors="pt")
-        crops = {image_size_to_num_patches(s, self.model.config.image_grid_pinpoints,
-                                           self.model.config.vision_config.image_size) for s in out["image_sizes"]}
-        if len(crops) > 1:
-            raise _layout_error(len(crops))
-        px = out["pixel_values"][:, :crops.pop()]  # the processor pads every image to the batch's most crops
-        return px.to(self.device, self.dtype), out["image_sizes"]
-
     def arrange(self, per_crop: torch.Tensor, image_size) -> tuple[torch.Tensor, int, int]:
         """Per-crop patch values [crops, side^2, X] -> the LLM's token order without newlines
         [side^2 + rows * cols, X], and the mosaic's (rows, cols): the reshape, unpadding and
@@ -172,7 +146,7 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
             arranged.append(self.arrange(extras[i], sizes[i])[0])
             layouts.add((crops, rows, cols))
         if len(layouts) > 1:
-            raise _layout_error(len(layouts))
+            raise layout_error(self.name, len(layouts))
         self.layout = layouts.pop()
         tokens = torch.stack(arranged_tokens)
         feats, attn = torch.stack(arranged).split([feats.shape[-1], n_layers * heads], -1)
@@ -208,9 +182,3 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
         embed = n * vc.num_channels * vc.patch_size ** 2 * s.d
         per_crop = 2 * (embed + s.layers * layer_macs(s, n)) + projector_flops(self.cost_configs()["projector"], n)
         return self.layout[0] * per_crop
-
-
-def _layout_error(n: int) -> UserError:
-    return UserError("perturbations.image.resolution: llava_onevision gives images of different sizes different "
-                     f"token layouts ({n} in one batch); set a canonical resolution so every image has the same "
-                     "number of visual tokens")

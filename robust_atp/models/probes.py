@@ -2,6 +2,7 @@
 the passes the adapter does not measure (generation, the reference model) cost nothing extra."""
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 
@@ -38,3 +39,25 @@ class HookProbe:
         self.active = False
         for name in self.scratch:
             getattr(self, name).clear()
+
+
+class QKProbe(HookProbe):
+    """Records the outputs of each layer's query and key modules during a pass: `q[i]`, `k[i]`
+    ([B, T, H * hd]); where `first_query_only(i)`, only the first query (the CLS token's, [B, 1, ...]).
+    `modules(layer)` -> (query module, key module): projections, or the q / k norms after them."""
+
+    records = ("q", "k")
+
+    def __init__(self, layers: list, modules: Callable, first_query_only: Callable[[int], bool] = lambda i: False):
+        super().__init__()
+        self.layers = layers
+        self.q: dict = {}
+        self.k: dict = {}
+        for i, layer in enumerate(layers):
+            q_mod, k_mod = modules(layer)
+            self.hook(q_mod, functools.partial(self._keep, self.q, i, first_query_only(i)))
+            self.hook(k_mod, functools.partial(self._keep, self.k, i, False))
+
+    @staticmethod
+    def _keep(store, i, first_only, module, args, out):
+        store[i] = out[:, :1] if first_only else out

@@ -27,62 +27,29 @@ at start + max(rows, cols), merging methods and FastV are refused.
 """
 from __future__ import annotations
 
-import functools
 
 import torch
 from PIL import Image
 
-from ..data.images import to_rgb
 from ..errors import UserError
 from .base import VisionOutput, register_adapter
-from .probes import HookProbe
-from .qwen2_vl import Qwen2VLAdapter
-from .scorer import load_scorer
+
+from .qwen2_vl import Qwen2VLAdapter, ReceivedAttentionProbe
 
 
-class WindowedReceivedAttentionProbe(HookProbe):
-    """Hooks on each ViT block's attention: per block and head, the attention each patch
-    receives, summed over the query patches of its attention segment (a window, or the whole
-    image in a full-attention block): [L, H, total patches], in the tower's window order.
+class WindowedReceivedAttentionProbe(ReceivedAttentionProbe):
+    """Qwen2-VL's received-attention hooks (the same fused qkv and rotation) over Qwen2.5-VL's
+    attention segments, a window or the whole image in a full-attention block: per block and
+    head, the attention each patch receives, summed over its segment's queries: [L, H, total
+    patches], in the tower's window order."""
 
-    q and k are taken from the fused qkv projection and rotated as the model rotates them,
-    so it works under sdpa / flash attention (no `output_attentions`)."""
+    @staticmethod
+    def reduce(probs: torch.Tensor) -> torch.Tensor:
+        return probs.sum(1)  # [H, keys]: received, summed over the segment's queries
 
-    records = ("rows", "ctx")
-    scratch = ("ctx",)
-
-    def __init__(self, blocks: list):
-        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
-
-        super().__init__()
-        self.rotate = apply_rotary_pos_emb_vision
-        self.blocks = blocks
-        self.rows: dict[int, torch.Tensor] = {}
-        self.ctx: dict[int, dict] = {}
-        for i, block in enumerate(blocks):
-            self.hook(block.attn, functools.partial(self._context, i), pre=True)
-            self.hook(block.attn.qkv, functools.partial(self._received, i))
-
-    def _context(self, i, module, args, kwargs):
-        self.ctx[i] = {"cu": kwargs["cu_seqlens"], "pe": kwargs["position_embeddings"]}
-
-    def _received(self, i, module, args, out):
-        attn = self.blocks[i].attn
-        s = out.shape[0]
-        q, k, _ = out.reshape(s, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)  # [S, H, hd]
-        cos, sin = self.ctx[i]["pe"]
-        q, k = self.rotate(q, k, cos, sin)
-        cu = self.ctx[i]["cu"].tolist()
-        parts = []
-        for a, b in zip(cu[:-1], cu[1:]):  # attention stays inside one segment
-            logits = torch.einsum("qhd,khd->hqk", q[a:b].float(), k[a:b].float()) * attn.scaling
-            parts.append(logits.softmax(-1).sum(1))  # [H, n]: received, summed over the segment's queries
-        self.rows[i] = torch.cat(parts, 1)
-
-    def result(self) -> torch.Tensor:
-        out = torch.stack([self.rows[i] for i in range(len(self.blocks))])
-        self.rows.clear()
-        return out
+    @staticmethod
+    def join(parts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(parts, 1)  # the segments side by side: [H, total patches]
 
 
 def window_order(grids: torch.Tensor, vision_config) -> torch.Tensor:
@@ -112,27 +79,11 @@ class Qwen2_5VLAdapter(Qwen2VLAdapter):
                          "space: name an external scorer (model.scorer: {kind: open_clip, ...})")
 
     def setup(self, cfg) -> None:
-        mc = self.model.config
-        self.image_token = self.processor.image_token
-        self.image_token_id = mc.image_token_id
-        self.merge = mc.vision_config.spatial_merge_size
-        self.visual = self.model.model.visual
-        self.probe = WindowedReceivedAttentionProbe(list(self.visual.blocks))
-        self.full_attention_blocks = tuple(mc.vision_config.fullatt_block_indexes)
-        self.grid: tuple[int, int] | None = None  # merged grid, known once images are seen
-        self.num_visual_tokens: int | None = None
-        self.scorer = load_scorer(cfg.scorer, self.device) if cfg.scorer else None
+        super().setup(cfg)
+        self.full_attention_blocks = tuple(self.model.config.vision_config.fullatt_block_indexes)
 
-    def processed(self, images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pixel_values [sum of patches, C * T * p * p], image_grid_thw [B, 3]) as the processor makes them."""
-        out = self.processor.image_processor(images=[to_rgb(im) for im in images], return_tensors="pt")
-        grids = out["image_grid_thw"]
-        if not bool((grids == grids[:1]).all()):
-            sizes = sorted({im.size for im in images})
-            raise UserError("perturbations.image.resolution: qwen2_5_vl gives images of different sizes different "
-                            f"token grids (sizes {sizes[:3]} in one batch); set a canonical resolution so every "
-                            "image has the same number of visual tokens")
-        return out["pixel_values"].to(self.device, self.dtype), grids.to(self.device)
+    def saliency_probe(self, blocks: list):
+        return WindowedReceivedAttentionProbe(blocks)
 
     @torch.inference_mode()
     def encode_images(self, images: list[Image.Image]) -> VisionOutput:

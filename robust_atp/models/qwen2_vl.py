@@ -67,11 +67,20 @@ class ReceivedAttentionProbe(HookProbe):
         cos, sin = self.ctx[i]["pe"]
         q, k = self.rotate(q, k, cos, sin)
         cu = self.ctx[i]["cu"].tolist()
-        per_image = []
-        for a, b in zip(cu[:-1], cu[1:]):  # attention stays inside one image
+        parts = []
+        for a, b in zip(cu[:-1], cu[1:]):  # attention stays inside one segment
             logits = torch.einsum("qhd,khd->hqk", q[a:b].float(), k[a:b].float()) * attn.scaling
-            per_image.append(logits.softmax(-1).mean(1))  # [H, n]: received, mean over queries
-        self.rows[i] = torch.stack(per_image)
+            parts.append(self.reduce(logits.softmax(-1)))
+        self.rows[i] = self.join(parts)
+
+    @staticmethod
+    def reduce(probs: torch.Tensor) -> torch.Tensor:
+        """[H, queries, keys] of one segment (here an image) -> [H, keys]: received, mean over queries."""
+        return probs.mean(1)
+
+    @staticmethod
+    def join(parts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(parts)  # [images, H, n]
 
     def result(self) -> torch.Tensor:
         out = torch.stack([self.rows[i] for i in range(len(self.blocks))], 1)
@@ -118,12 +127,15 @@ class Qwen2VLAdapter(HFAdapter):
         self.image_token_id = mc.image_token_id
         self.merge = mc.vision_config.spatial_merge_size
         self.visual = self.model.model.visual
-        blocks = list(self.visual.blocks)
         self.saliency = cfg.saliency or "attention"
-        self.probe = ReceivedAttentionProbe(blocks) if self.saliency == "attention" else FeatureNormProbe(blocks)
+        self.probe = self.saliency_probe(list(self.visual.blocks))
         self.grid: tuple[int, int] | None = None  # merged grid, known once images are seen
         self.num_visual_tokens: int | None = None
         self.scorer = load_scorer(cfg.scorer, self.device) if cfg.scorer else None
+
+    def saliency_probe(self, blocks: list):
+        """The hooks on the ViT blocks that give `cls_attn` (`model.saliency`)."""
+        return ReceivedAttentionProbe(blocks) if self.saliency == "attention" else FeatureNormProbe(blocks)
 
     # ------------------------------------------------------------------ vision
 
@@ -133,7 +145,7 @@ class Qwen2VLAdapter(HFAdapter):
         grids = out["image_grid_thw"]
         if not bool((grids == grids[:1]).all()):
             sizes = sorted({im.size for im in images})
-            raise UserError("perturbations.image.resolution: qwen2_vl gives images of different sizes different "
+            raise UserError(f"perturbations.image.resolution: {self.name} gives images of different sizes different "
                             f"token grids (sizes {sizes[:3]} in one batch); set a canonical resolution so every "
                             "image has the same number of visual tokens")
         return out["pixel_values"].to(self.device, self.dtype), grids.to(self.device)

@@ -25,11 +25,9 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from ..data.images import to_rgb
 from ..errors import UserError
 from .base import VisionOutput, decode_answers, generate_greedy, prompt_ids_for_penalties, register_adapter
-from .qwen2_vl import Qwen2VLAdapter, ReceivedAttentionProbe
-from .scorer import load_scorer
+from .qwen2_vl import Qwen2VLAdapter
 
 
 @register_adapter("qwen3_vl")
@@ -41,28 +39,8 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
                          "space: name an external scorer (model.scorer: {kind: open_clip, ...})")
 
     def setup(self, cfg) -> None:
-        mc = self.model.config
-        self.image_token = self.processor.image_token
-        self.image_token_id = mc.image_token_id
-        self.merge = mc.vision_config.spatial_merge_size
-        self.visual = self.model.model.visual
-        self.saliency = "attention"
-        self.probe = ReceivedAttentionProbe(list(self.visual.blocks))
-        self.grid: tuple[int, int] | None = None
-        self.num_visual_tokens: int | None = None
-        self.scorer = load_scorer(cfg.scorer, self.device) if cfg.scorer else None
+        super().setup(cfg)  # received attention (no `model.saliency` choice here)
         self.last: tuple[torch.Tensor, torch.Tensor] | None = None  # (tokens, deepstack) of the last vision pass
-
-    def processed(self, images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pixel_values [sum of patches, C * T * p * p], image_grid_thw [B, 3]) as the processor makes them."""
-        out = self.processor.image_processor(images=[to_rgb(im) for im in images], return_tensors="pt")
-        grids = out["image_grid_thw"]
-        if not bool((grids == grids[:1]).all()):
-            sizes = sorted({im.size for im in images})
-            raise UserError("perturbations.image.resolution: qwen3_vl gives images of different sizes different "
-                            f"token grids (sizes {sizes[:3]} in one batch); set a canonical resolution so every "
-                            "image has the same number of visual tokens")
-        return out["pixel_values"].to(self.device, self.dtype), grids.to(self.device)
 
     @torch.inference_mode()
     def encode_images(self, images: list[Image.Image]) -> VisionOutput:
