@@ -91,6 +91,16 @@ def check_tower_methods(methods, adapter) -> None:
                             f"{type(adapter).__name__} cannot do (use tome_posthoc, which merges after the tower)")
 
 
+def check_in_llm_methods(methods, adapter) -> None:
+    """A method that drops tokens between the LLM's decoder layers (PyramidDrop, DART,
+    SparseVLM) needs an adapter with in-LLM pruning: one UserError line naming the method and
+    why not otherwise (before any work)."""
+    for m in methods:
+        if m.staged is not None and not getattr(adapter, "in_llm_pruning", False):
+            raise UserError(f"method {m.label!r}: {m.name} prunes inside the LLM, which the {adapter.name} adapter "
+                            f"cannot do{getattr(adapter, 'in_llm_refusal', '')}")
+
+
 def check_cost(adapter, methods=()) -> None:
     """Measured latency and counted FLOPs time the prefill and a decoding step apart: that needs
     the adapter's own timed LLM passes over the visual tokens exactly as it lays them out (which
@@ -106,8 +116,10 @@ def check_cost(adapter, methods=()) -> None:
 
 
 def check_loaded(methods, adapter, measuring: bool = False) -> None:
-    """The engine's checks on a loaded adapter, in order: method layers, in-tower merging, cost."""
+    """The engine's checks on a loaded adapter, in order: method layers, in-tower merging,
+    in-LLM dropping, cost."""
     check_method_layers(methods, adapter)
     check_tower_methods(methods, adapter)
+    check_in_llm_methods(methods, adapter)
     if measuring:
         check_cost(adapter, methods)

@@ -191,7 +191,8 @@ class SparseVLMParams(FixedBudget):
 
 def _below(method: str, what: str, layers, top: int, n_layers: int) -> None:
     if max(layers) > top:
-        raise ValueError(f"{method}: {what} {list(layers)} must leave a decoder layer after each cut: the model has "
+        shown = layers[0] if what == "layer" else list(layers)
+        raise ValueError(f"{method}: {what} {shown} must leave a decoder layer after each cut: the model has "
                          f"{n_layers} decoder layers, so at most {top}")
 
 
