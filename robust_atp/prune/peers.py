@@ -124,9 +124,12 @@ class FastVParams(FixedBudget):
     heads: Literal["mean"] = "mean"
 
 
-def _increasing(name: str, v):
+def _layer_list(v, lowest: int, why: str):
+    """A suite's list of decoder layers: non-empty, strictly increasing, from `lowest` on."""
     if v is not None and (not v or any(b <= a for a, b in zip(v, v[1:]))):
-        raise ValueError(f"{name} must be a non-empty, strictly increasing list of layers, got {list(v)}")
+        raise ValueError(f"must be a non-empty, strictly increasing list of layers, got {list(v)}")
+    if v is not None and min(v) < lowest:
+        raise ValueError(f"layers must be >= {lowest} ({why}), got {list(v)}")
     return v
 
 
@@ -143,9 +146,7 @@ class PDropParams(FixedBudget):
     @field_validator("layers")
     @classmethod
     def _layers(cls, v):
-        if v is not None and min(v, default=1) < 1:
-            raise ValueError(f"stage layers must be >= 1 (a drop comes after a layer), got {list(v)}")
-        return _increasing("layers", v)
+        return _layer_list(v, 1, "a drop comes after a layer")
 
     @field_validator("lam")
     @classmethod
@@ -184,9 +185,7 @@ class SparseVLMParams(FixedBudget):
     @field_validator("layers")
     @classmethod
     def _layers(cls, v):
-        if v is not None and min(v, default=0) < 0:
-            raise ValueError(f"pruning layers must be >= 0, got {list(v)}")
-        return _increasing("layers", v)
+        return _layer_list(v, 0, "0-based")
 
 
 def _below(method: str, what: str, layers, top: int, n_layers: int) -> None:
