@@ -64,9 +64,9 @@ def check_method_layers(methods, adapter) -> None:
     n_llm = getattr(cfgs.get("llm"), "num_hidden_layers", None)
     for m in methods:
         if m.staged is not None:  # PyramidDrop, DART, SparseVLM: their layers and counts at this depth
-            if n_llm is not None and getattr(adapter, "in_llm_pruning", False):
+            if n_llm is not None and adapter.num_visual_tokens and getattr(adapter, "in_llm_pruning", False):
                 try:
-                    m.staged(int(adapter.num_visual_tokens or 576), n_llm)
+                    m.staged(int(adapter.num_visual_tokens), n_llm)
                 except ValueError as e:
                     raise UserError(f"method {m.label!r}: {e}") from None
             continue
