@@ -35,10 +35,12 @@ from .errors import UserError
 from .measure import measure_cost, row_measurements
 from .metrics import score_all
 from .models.fastv import FastVSpec
+from .models.staged_llm import StagedSpec
 from .perturb.cache import CorruptionCache
 from .perturb.image import ImageCondition, canonicalize, condition_seed
 from .perturb.text import TextCondition, perturb_text
 from .preflight import check_loaded
+from .seeding import stable_seed
 from .store import Prediction, RunStore
 
 @dataclass
@@ -310,10 +312,15 @@ def _method_rows(m, adapter, vision, text, questions, batch, cname, seed, metric
     tm["select"] += time.perf_counter() - t
     t = time.perf_counter()
     tokens = [k.tokens for k in kept]
+    staged = None
     if m.fastv_layer is not None:  # pruned inside the LLM: the adapter reports what it kept
         spec = FastVSpec(m.fastv_layer, m.fastv_k(vision.tokens.shape[1]))
         answers = adapter.generate(tokens, questions, in_llm=spec, **adapter.generation_inputs(vision, None))
         indices = spec.kept
+    elif m.staged is not None:  # dropped between decoder layers: the adapter reports what each layer saw
+        staged = staged_spec(m, adapter, vision.tokens.shape[1], seed_keys(seed, batch, m))
+        answers = adapter.generate(tokens, questions, in_llm=staged, **adapter.generation_inputs(vision, None))
+        indices = staged.kept
     else:
         indices = [k.indices for k in kept]
         # e.g. the kept indices for adapters that place tokens by grid (Qwen2-VL, LLaVA-NeXT)
@@ -321,8 +328,10 @@ def _method_rows(m, adapter, vision, text, questions, batch, cname, seed, metric
     tm["generate"] += time.perf_counter() - t
     stats.generations += len(batch)
     n_llm = [len(i) if i is not None else len(k) for i, k in zip(indices, kept)]
+    if staged is not None:  # the last decoder layer's image tokens (SparseVLM's recycled ones too)
+        n_llm = [staged.image_tokens[-1]] * len(batch)
     extras = row_measurements(m, adapter, vision, indices, questions, batch, n_llm, m.fastv_layer, resolution,
-                              source_sizes)
+                              source_sizes, staged=staged)
     rows = []
     for ex, ans, idx, n, extra, q in zip(batch, answers, indices, n_llm, extras, questions):
         if (ex.id, cname, m.label) in done:
@@ -338,6 +347,13 @@ def _method_rows(m, adapter, vision, text, questions, batch, cname, seed, metric
 def seed_keys(seed: int, batch, m) -> list[str]:
     """Per-example seed keys of a method (random pruning draws from them)."""
     return [f"{seed}/{ex.id}/{m.label}" for ex in batch]
+
+
+def staged_spec(m, adapter, n_image: int, keys: list[str]) -> StagedSpec:
+    """The in_llm request of a method that drops tokens between decoder layers: its policy at
+    this model's depth, and per example a seed from its seed key (SparseVLM's jitter)."""
+    layers = adapter.cost_configs()["llm"].num_hidden_layers
+    return StagedSpec(m.name, m.staged(n_image, layers), [stable_seed(m.name, k) for k in keys])
 
 
 def clip_texts(adapter, questions: list[str], kind: str) -> list[str]:

@@ -1,6 +1,7 @@
 """Per-row measurements the engine stores in `Prediction.extra`: cost and object recall.
 
     prefill_flops  LLM prefill FLOPs for this row's prompt and visual tokens (see `cost`)
+    llm_image_tokens  (PyramidDrop, DART, SparseVLM) the image tokens each decoder layer ran on
     vision_flops   the vision tower + projector (the same for every method but tome, whose own
                    merged tower pass it is, and visionzip and prumerge_plus, whose projector reads
                    their K tokens)
@@ -28,9 +29,11 @@ from .prune.visionzip import visionzip_counts
 
 def row_measurements(method, adapter, vision, kept: list, questions: list[str], batch, n_llm: list[int],
                      fastv_cut: int | None = None, resolution: int | None = None,
-                     source_sizes: list | None = None) -> list[dict]:
+                     source_sizes: list | None = None, staged=None) -> list[dict]:
     """One dict per example. kept: per example the kept indices [K] or None (merged);
     n_llm: visual tokens the LLM keeps (after FastV's cut when `fastv_cut` is set);
+    staged: a method's filled-in `StagedSpec` (tokens dropped between decoder layers): each
+    layer counted over the tokens it ran on, plus the policy's own scoring products;
     resolution: the canonical resolution the engine brought the images to (None: native), and
     source_sizes: per example the dataset image's (w, h) before it (the boxes' coordinates)."""
     n = vision.tokens.shape[1]
@@ -45,7 +48,11 @@ def row_measurements(method, adapter, vision, kept: list, questions: list[str], 
             # BLIP-2 hands the LLM its query tokens whatever the ViT tokens kept
             # (and LLaVA-NeXT the newlines of the rows its kept tokens touch)
             seen = adapter.llm_visual_tokens(n_llm[i], kept[i])
-            if fastv_cut is None:
+            if staged is not None:
+                extra["prefill_flops"] = (cost.staged_prefill_flops(llm, text, staged.image_tokens)
+                                          + staged.policy.scoring_flops(llm, i))
+                extra["llm_image_tokens"] = list(staged.image_tokens)
+            elif fastv_cut is None:
                 extra["prefill_flops"] = cost.prefill_flops(llm, text + seen)
             else:
                 extra["prefill_flops"] = cost.prefill_flops(llm, text + n, text + n_llm[i], fastv_cut)

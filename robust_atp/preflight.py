@@ -57,11 +57,19 @@ def check_method_layers(methods, adapter) -> None:
     """Each method's `layer` setting exists in this model, or one UserError line naming it
     (checked once the model is loaded, before any work: the suite alone cannot know the depth).
     ViT layers index the CLS attention of every layer (negative counts from the end); FastV's
-    LLM layer must leave a layer after it to prune for."""
+    LLM layer must leave a layer after it to prune for, as must PyramidDrop's, DART's and
+    SparseVLM's (their policies built at this depth; on an adapter that can run them)."""
     cfgs = adapter.cost_configs()
     n_vit = getattr(cfgs.get("vision"), "num_hidden_layers", None)
     n_llm = getattr(cfgs.get("llm"), "num_hidden_layers", None)
     for m in methods:
+        if m.staged is not None:  # PyramidDrop, DART, SparseVLM: their layers and counts at this depth
+            if n_llm is not None and adapter.num_visual_tokens and getattr(adapter, "in_llm_pruning", False):
+                try:
+                    m.staged(int(adapter.num_visual_tokens), n_llm)
+                except ValueError as e:
+                    raise UserError(f"method {m.label!r}: {e}") from None
+            continue
         layer = m.settings.get("layer")
         if layer is None:
             continue
@@ -83,9 +91,24 @@ def check_tower_methods(methods, adapter) -> None:
                             f"{type(adapter).__name__} cannot do (use tome_posthoc, which merges after the tower)")
 
 
-def check_cost(adapter) -> None:
+def check_in_llm_methods(methods, adapter) -> None:
+    """A method that drops tokens between the LLM's decoder layers (PyramidDrop, DART,
+    SparseVLM) needs an adapter with in-LLM pruning: one UserError line naming the method and
+    why not otherwise (before any work)."""
+    for m in methods:
+        if m.staged is not None and not getattr(adapter, "in_llm_pruning", False):
+            raise UserError(f"method {m.label!r}: {m.name} prunes inside the LLM, which the {adapter.name} adapter "
+                            f"cannot do{getattr(adapter, 'in_llm_refusal', '')}")
+
+
+def check_cost(adapter, methods=()) -> None:
     """Measured latency and counted FLOPs time the prefill and a decoding step apart: that needs
-    the adapter's own timed LLM passes over the visual tokens exactly as it lays them out."""
+    the adapter's own timed LLM passes over the visual tokens exactly as it lays them out (which
+    the staged decoder of PyramidDrop, DART and SparseVLM does not have yet)."""
+    for m in methods:
+        if m.staged is not None:
+            raise UserError(f"cost: measured latency and counted FLOPs of {m.label!r} are not supported (its staged "
+                            f"decoder has no timed LLM passes); remove the method or the suite's cost section")
     if not adapter.timed_llm_passes:
         # (LLaVA-NeXT's newlines, Qwen2-VL's positions are not in that loop)
         raise UserError(f"cost: measured latency and counted FLOPs need the llava adapter's timed LLM passes; "
@@ -93,8 +116,10 @@ def check_cost(adapter) -> None:
 
 
 def check_loaded(methods, adapter, measuring: bool = False) -> None:
-    """The engine's checks on a loaded adapter, in order: method layers, in-tower merging, cost."""
+    """The engine's checks on a loaded adapter, in order: method layers, in-tower merging,
+    in-LLM dropping, cost."""
     check_method_layers(methods, adapter)
     check_tower_methods(methods, adapter)
+    check_in_llm_methods(methods, adapter)
     if measuring:
-        check_cost(adapter)
+        check_cost(adapter, methods)

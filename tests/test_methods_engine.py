@@ -5,10 +5,12 @@ import textwrap
 
 import pytest
 
-from robust_atp.prune.methods import method_names
+from robust_atp.prune.methods import method_names, validate_method
 from robust_atp.run import main
+from robust_atp.suite import MethodCfg
 
 MERGING = {"pool", "tome", "tome_posthoc", "visionzip", "visionzip_mean", "prumerge_plus"}
+STAGED = {"pdrop", "dart", "sparsevlm"}  # tokens leave between the LLM's decoder layers
 
 
 def _suite(tmp_path, checkpoint, clip):
@@ -31,10 +33,10 @@ def _suite(tmp_path, checkpoint, clip):
 @pytest.mark.parametrize("model", ["demo", "tiny"])
 def test_every_method_runs_through_the_engine(model, tmp_path, request):
     if model == "demo":
-        ckpt, clip, n = "zoo:shapes_vlm/llava", "zoo:shapes_vlm/clip", 144
+        ckpt, clip, n, depth = "zoo:shapes_vlm/llava", "zoo:shapes_vlm/clip", 144, 4
     else:
         tiny = request.getfixturevalue("tiny_dir")
-        ckpt, clip, n = tiny / "llava", tiny / "clip", 36
+        ckpt, clip, n, depth = tiny / "llava", tiny / "clip", 36, 2
     run = tmp_path / "run"
     assert main([str(_suite(tmp_path, ckpt, clip)), "--out", str(run), "--no-progress"]) == 0
     rows = {r["method"]: r for r in json.loads((run / "results.json").read_text())["rows"]}
@@ -49,9 +51,12 @@ def test_every_method_runs_through_the_engine(model, tmp_path, request):
         assert r["n"] == 4 and 0 <= r["accuracy"] <= 1
         if name == "prumerge_plus":  # its fixed-ratio path: K / 2 outliers, arange(4, N - 1, 8), the extra token
             assert r["kept_tokens"] == n // 8 + len(range(4, n - 1, 8)) + 1
+        elif name in STAGED:  # the last decoder layer's image tokens, as the policy at this depth has them
+            policy = validate_method(MethodCfg(name=name, keep=0.25)).staged(n, depth)
+            assert r["kept_tokens"] == policy.layer_image_tokens(n, depth)[-1]
         elif name != "pool":
             assert r["kept_tokens"] == n // 4
-        if name == "fastv":  # every token through layer 0, then K
+        if name == "fastv" or name in STAGED:  # every token through the first layer(s), then fewer
             assert 0.25 < r["flops_ratio"] < 1.0
         else:
             assert r["flops_ratio"] < 0.5

@@ -99,7 +99,8 @@ class Adapter(Protocol):
 
     def generate(self, visual_tokens: list[torch.Tensor], questions: list[str], in_llm=None, **inputs) -> list[str]:
         """Greedy answers; example i's LLM sees exactly visual_tokens[i] ([K_i, D]) in place of the image.
-        in_llm: a spec (e.g. `FastVSpec`) to drop visual tokens inside the LLM (fills in its `kept`);
+        in_llm: a spec (`FastVSpec`, or a `staged_llm.StagedSpec` for the methods that drop tokens
+        between decoder layers) to drop visual tokens inside the LLM (fills in its `kept`);
         inputs: `generation_inputs(vision, kept_indices)`."""
 
     def prompt_length(self, question: str) -> int:

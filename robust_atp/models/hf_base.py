@@ -6,7 +6,8 @@ of probing for methods.
     places_tokens_by_grid  `generate` needs the kept tokens' indices (`generation_inputs`)
     timed_llm_passes       `run_llm` times the prefill and decoding steps apart (measured cost)
     in_llm_pruning         prunes visual tokens inside the LLM (`in_llm_hooks` for a spec such as
-                           `FastVSpec`; `generate(..., in_llm=spec)` fills in `spec.kept`)
+                           `FastVSpec`; the llava adapter also runs a `StagedSpec` through its
+                           staged decoder; `generate(..., in_llm=spec)` fills in `spec.kept`)
     patch_geometry()       how an image reaches the patch grid (object recall), or None
     llm_visual_tokens()    the visual tokens the LLM reads for k kept ones
     vision_flops(), extra_flops()   what the tower and any stage beside the LLM cost

@@ -62,6 +62,7 @@ class InternVLAdapter(LlavaAdapter):
     hf_class = "InternVLForConditionalGeneration"
     merges_in_tower = False  # the pixel shuffle needs whole 2x2 patch groups after the tower
     in_llm_pruning = False  # FastV is refused; `run_llm` (LLaVA's) times the LLM as on LLaVA
+    in_llm_refusal = " (not wired for its LLM: LLaVA-1.5 only)"
     no_text_relevance = ("methods: a method needs text relevance, but internvl's InternViT is not in a CLIP space "
                          "(and the schema admits no model.scorer for this adapter)")
 

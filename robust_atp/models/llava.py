@@ -18,6 +18,7 @@ from .base import (FeatureLayer, VisionOutput, decode_answers, generate_greedy, 
 from .fastv import FastVHooks, FastVSpec
 from .hf_base import HFAdapter, left_pad
 from .probes import QKProbe
+from .staged_llm import StagedSpec, staged_generate, surviving_image_tokens
 from .tome_tower import blocks_read, merged_tower
 
 
@@ -62,7 +63,7 @@ class LlavaAdapter(HFAdapter):
     hf_class = "LlavaForConditionalGeneration"
     merges_in_tower = True  # ToMe inside the CLIP tower: `encode_images_merged`
     timed_llm_passes = True  # `run_llm`
-    in_llm_pruning = True  # FastV: `in_llm_hooks`
+    in_llm_pruning = True  # FastV: `in_llm_hooks`; PyramidDrop, DART, SparseVLM: `generate_staged`
     feature_layers: list | None = None  # the ViT layers the projector reads (None: the config's one layer)
     cls_first = False  # 'full' feature selection: the CLS token leads the visual tokens
 
@@ -243,6 +244,8 @@ class LlavaAdapter(HFAdapter):
     def generate(self, visual_tokens: list[torch.Tensor], questions: list[str], in_llm=None,
                  prefix=None) -> list[str]:
         visual_tokens = self.with_prefix(visual_tokens, prefix, in_llm)
+        if isinstance(in_llm, StagedSpec):  # tokens leave the sequence between decoder layers
+            return self.generate_staged(in_llm, visual_tokens, questions)
         inputs, mask, pads = self.prompt_embeddings(visual_tokens, questions)
         # the ids of that input, one image token per visual token: what HF's own generate(input_ids)
         # carries, so a penalty sees the prompt as there
@@ -255,6 +258,30 @@ class LlavaAdapter(HFAdapter):
             with self.in_llm_hooks(in_llm, visual_tokens, questions, pads):
                 out = generate_greedy(self.model, self.generation_config, **run)
         return decode_answers(self.tokenizer, out[:, ids.shape[1]:], self.generation_config.eos_token_id)
+
+    @torch.inference_mode()
+    def generate_staged(self, spec: StagedSpec, visual_tokens: list[torch.Tensor], questions: list[str]) -> list[str]:
+        """Greedy answers through the staged decoder (`models.staged_llm.staged_generate`): the
+        prompt embeddings `generate` builds, each example's image span, `spec.policy` dropping
+        tokens between decoder layers; fills in `spec.kept` and `spec.image_tokens`."""
+        g = self.generation_config
+        if (g.repetition_penalty not in (None, 1.0)) or g.no_repeat_ngram_size:
+            raise UserError(f"model.generation: {spec.method} decodes through the staged decoder, which applies no "
+                            f"repetition_penalty / no_repeat_ngram_size (remove them)")
+        n = {len(t) for t in visual_tokens}
+        if len(n) != 1:
+            raise ValueError(f"{spec.method}: every example must hand the LLM all its image tokens, got counts {sorted(n)}")
+        n = n.pop()
+        inputs, mask, pads = self.prompt_embeddings(visual_tokens, questions)
+        starts = [p + len(self.prompt_ids(q)[0]) for p, q in zip(pads, questions)]
+        eos = g.eos_token_id if isinstance(g.eos_token_id, (list, tuple)) else [g.eos_token_id]
+        out = staged_generate(self.model.model.language_model, self.model.lm_head, self.model.get_input_embeddings(),
+                              inputs, mask, spec.policy, image_start=starts, image_count=n,
+                              max_new_tokens=g.max_new_tokens, eos_token_ids=eos, pad_token_id=g.pad_token_id,
+                              seeds=spec.seeds)
+        spec.kept = surviving_image_tokens(out.seen[-1], starts, n)
+        spec.image_tokens = list(out.image_tokens)
+        return decode_answers(self.tokenizer, out.tokens, g.eos_token_id)
 
     @torch.inference_mode()
     def run_llm(self, visual_tokens: list[torch.Tensor], questions: list[str], steps: int = 0, in_llm=None,

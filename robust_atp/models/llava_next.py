@@ -46,6 +46,7 @@ class LlavaNextAdapter(LlavaAdapter):
     # LLaVA's LLM loop has no newlines, so neither timing nor FastV runs over this layout
     timed_llm_passes = False
     in_llm_pruning = False
+    in_llm_refusal = " (its visual tokens carry row newlines the in-LLM passes do not lay out)"
 
     def setup(self, cfg) -> None:
         mc = self.model.config

@@ -118,6 +118,7 @@ class Qwen2VLAdapter(HFAdapter):
     hf_class = "Qwen2VLForConditionalGeneration"
     merges_in_tower = False  # no CLS token to protect, and merged tokens have no 3-D position
     places_tokens_by_grid = True  # positions of kept tokens come from their grid indices
+    in_llm_refusal = " (its LLM's 3-D rotary positions are not carried through in-LLM pruning)"
     no_text_relevance = ("model.scorer: a method needs text relevance, but Qwen2-VL's tower is not in a CLIP "
                          "space: name an external scorer (model.scorer: {kind: open_clip, ...})")
 

@@ -139,6 +139,34 @@ class StagedOutput:
     next_positions: list[torch.Tensor] = field(default_factory=list)
 
 
+@dataclass
+class StagedSpec:
+    """An in-LLM method that drops tokens between decoder layers, as an adapter's `in_llm`
+    request (`generate(..., in_llm=spec)`): method: its name (for errors); policy: a
+    `prune.staged` policy; seeds: one per example (SparseVLM's clustering jitter).
+    Filled in by the adapter: kept, per example the image tokens that reach the last decoder
+    layer (indices into the N image tokens, ascending; SparseVLM's recycled tokens are no single
+    image token and are not among them), and image_tokens, per decoder layer the image tokens it
+    ran on (recycled ones included; the same for every example)."""
+
+    method: str
+    policy: object
+    seeds: list[int] | None = None
+    kept: list[torch.Tensor] = field(default_factory=list)
+    image_tokens: list[int] = field(default_factory=list)
+
+
+def surviving_image_tokens(seen: torch.Tensor, image_start, image_count: int) -> list[torch.Tensor]:
+    """seen [B, L] (a layer's `StagedOutput.seen`), the image span per example (padded
+    coordinates) -> per example the original image tokens among them (indices into the span,
+    ascending)."""
+    out = []
+    for row, start in zip(seen.tolist(), image_start):
+        out.append(torch.tensor(sorted(v - int(start) for v in row if int(start) <= v < int(start) + image_count),
+                                dtype=torch.long))
+    return out
+
+
 class KeepAll:
     """A policy that never cuts: the model's own forward, layer by layer."""
 

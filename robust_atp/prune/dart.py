@@ -5,7 +5,7 @@ Reference: ZichenWen1/DART (mirrored as xqy1111111/DART @ d6a5af6f24f9d0c2f3f3a8
 `DART.get_retained_image_token`: the pivots and the duplicates; the decoder layer returns its
 RoPE'd, KV-repeated key states), `llava/eval/model_vqa_loader.py` (`configure_DART` and the
 defaults), `scripts/v1_5/eval/*.sh` (`--pruned_layer 2 --pivot_image_token 4 --pivot_text_token 4`,
-the budget as `max_num_trunction`: `textvqa.sh 0.778 128`). Pure tensor code; not yet wired.
+the budget as `max_num_trunction`: `textvqa.sh 0.778 128`). Pure tensor code.
 
 What it computes for LLaVA-1.5 (image tokens at [35, 35 + 576), 32 decoder layers), per prompt:
   - where: before decoder layer K = 2, from layer K - 1's outputs: its hidden states through the
@@ -23,10 +23,8 @@ What it computes for LLaVA-1.5 (image tokens at [35, 35 + 576), 32 decoder layer
   - the sequence [prefix, kept image tokens, the rest], sorted by position, enters layer K; kept
     tokens KEEP their position ids (position_ids = the kept indices); only the prefill prunes.
 
-Wiring (later): a pre-hook on layer K with layer K - 1's key states (a hook on its k_proj, RoPE
-at the positions, KV groups repeated), the model's final norm, and per example the image span
-and the text after it up to the prompt's end (left pads excluded); positions are kept, so the
-dropped tokens can be masked as keys from layer K on, as FastV's hooks do.
+Wired as the suite method `dart` (`prune/peers.py`): `prune/staged.py`'s `DartPolicy` on the
+LLaVA adapter's staged decoder (`models/staged_llm.py`).
 """
 from __future__ import annotations
 

@@ -11,8 +11,9 @@ model code):
 
 A selection method returns, per example, the kept indices into the N tokens (unique,
 ascending); a merging method returns, per example, a `Kept` (new tokens + the number of
-tokens each stands for). `Method.apply` gives both as `Kept`. FastV (`inside_llm`) keeps every
-token here and asks the adapter to drop tokens inside the LLM.
+tokens each stands for). `Method.apply` gives both as `Kept`. FastV (`fastv_layer`) and the
+staged in-LLM methods (`staged`: PyramidDrop, DART, SparseVLM) keep every token here and ask the
+adapter to drop tokens inside the LLM.
 """
 from __future__ import annotations
 
@@ -38,7 +39,9 @@ class Method:
     """`select` (indices) for selection methods, `merge` (Kept) for merging ones; `fastv_layer`
     is set for a method that prunes inside the LLM after that decoder layer; `tower` for one
     that merges inside the vision tower (its `merge` then reads the merged pass the engine asks
-    the adapter for, not the shared one)."""
+    the adapter for, not the shared one); `staged` for one that drops tokens between the LLM's
+    decoder layers: (N image tokens, decoder layers) -> its `prune.staged` policy (ValueError
+    naming the setting when the model cannot run it)."""
 
     name: str
     label: str
@@ -48,6 +51,7 @@ class Method:
     merge: Merger | None = None
     fastv_layer: int | None = None
     tower: object | None = None  # a `tome.ToMeTower`: the adapter merges inside its vision tower
+    staged: Callable[[int, int], object] | None = None
 
     @property
     def merges(self) -> bool:
@@ -69,8 +73,9 @@ _REGISTRY: dict[str, tuple[type[BaseModel], Callable, str]] = {}
 
 def register_method(name: str, params: type[BaseModel], kind: str = "select"):
     """kind: 'select' (factory returns (select, needs_text)), 'merge' (returns (merge,
-    needs_text)), 'llm' (returns (select, needs_text); the params carry `layer`) or 'tower'
-    (returns (merge, needs_text, tower spec))."""
+    needs_text)), 'llm' (returns (select, needs_text); the params carry `layer`), 'tower'
+    (returns (merge, needs_text, tower spec)) or 'staged' (returns (select, needs_text, policy
+    factory (N, decoder layers) -> a `prune.staged` policy))."""
     def deco(factory):
         _REGISTRY[name] = (params, factory, kind)
         return factory
@@ -270,12 +275,12 @@ def validate_method(cfg) -> Method:
     except ValidationError as e:
         where, msg = describe_validation_error(e, schema)
         raise SuiteError(f": {msg}" if where == "<root>" else f".{where}: {msg}") from None
-    fn, needs_text, *tower = factory(params)
+    fn, needs_text, *more = factory(params)
     merges = kind in ("merge", "tower")
     return Method(name=name, label=_label(name, params), needs_text=needs_text,
                   select=None if merges else fn, settings=params.model_dump(),
                   merge=fn if merges else None, fastv_layer=params.layer if kind == "llm" else None,
-                  tower=tower[0] if kind == "tower" else None)
+                  tower=more[0] if kind == "tower" else None, staged=more[0] if kind == "staged" else None)
 
 
 from . import peers  # noqa: E402,F401  (registers the peer methods)

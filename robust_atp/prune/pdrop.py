@@ -5,7 +5,7 @@ Reference: Cooperx521/PyramidDrop @ 6444f304aee4b7edcb022839fb9e8cd07859704a,
 decoding positions move; `LlamaModel.pdrop_rank_drop`: the ranking and the drop),
 `llava/eval/model_vqa_loader.py` (`layer_list`, `image_token_ratio_list` with 1.0 put first),
 `scripts/v1_5/pdrop_eval/*.sh` (the inference defaults: `[8,16,24]`, `[0.5,0.25,0.125]`).
-Pure tensor code: the algorithm and its token counts; not yet wired into the adapters.
+Pure tensor code: the algorithm and its token counts.
 
 What it computes for LLaVA-1.5 (N = 576 image tokens, 32 decoder layers), per prompt:
   - stages: `layer_list` = [8, 16, 24] and ratios [1.0, 0.5, 0.25, 0.125] (lambda = 0.5): after
@@ -24,12 +24,8 @@ What it computes for LLaVA-1.5 (N = 576 image tokens, 32 decoder layers), per pr
 The reference multiplies a query of H heads with keys of H_kv heads without repeating them (it
 runs on LLaMA, H = H_kv); `last_token_attention` repeats them as the model's attention does.
 
-Wiring (an adapter capability, later): at each boundary b, layer b's input (after layer b - 1),
-its input_layernorm / q_proj / k_proj and the rotary embeddings at the current positions; per
-example the image span and the last prompt token (left pads masked as keys); then either the
-shorter sequence or, inside `generate`, the dropped tokens masked as keys from layer b on with
-every later layer given the renumbered positions (cumsum of the kept mask), decoding positions
-continuing from the shorter length.
+Wired as the suite method `pdrop` (`prune/peers.py`): `prune/staged.py`'s `PDropPolicy` on the
+LLaVA adapter's staged decoder (`models/staged_llm.py`).
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Peer methods: uniform grid, grid pooling, ToMe, VisionZip, PruMerge+, CDPruner, DivPrune, FastV.
+"""Peer methods: uniform grid, grid pooling, ToMe, VisionZip, PruMerge+, CDPruner, DivPrune, FastV,
+and PyramidDrop, DART, SparseVLM inside the LLM.
 
 Each is a registered method with a fixed budget (`keep` ratio or `k` count; no adaptive mass:
 these methods have no score to hold a share of; `prumerge_plus` without a budget is its own
@@ -8,6 +9,9 @@ vision tower (an adapter capability), VisionZip and PruMerge+ merge the projecto
 before the projector, CDPruner selects the projector's outputs by a conditional DPP. `pool`,
 `tome_posthoc` and `visionzip_mean` average post-projector tokens (`vision.tokens`, what the
 LLM reads) size-weighted, matching on the ViT features the projector reads (`vision.vit_features`).
+`fastv` masks tokens inside the LLM after one decoder layer; `pdrop`, `dart` and `sparsevlm`
+drop them between decoder layers (`prune/staged.py` policies, run by the adapter's staged
+decoder, `models/staged_llm.py`), their budget K read in each one's own terms (below).
 """
 from __future__ import annotations
 
@@ -17,12 +21,14 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from ..errors import UserError
+from . import dart, pdrop
 from .cdpruner import cdpruner
 from .merge import Kept, bipartite_merge, contextual_merge, grid_groups, merge_groups
 from .methods import Budget, SaliencyKnobs, register_method
 from .prumerge import fixed_ratio, prumerge_cls_attention, prumerge_plus_apply, prumerge_plus_plan
 from .scores import cls_attention
 from .select import budget, select_diverse, select_grid, select_topk
+from .staged import DartPolicy, PDropPolicy, SparseVLMPolicy, budget_lambda, budget_schedule, scaled_pruning_layers
 from .tome import ToMeTower
 from .visionzip import anyres_layout, visionzip_apply, visionzip_counts, visionzip_plan
 
@@ -116,6 +122,82 @@ class FastVParams(FixedBudget):
     # rest from layer + 1 on; FastV's K = 2 is layer 1
     layer: int = Field(default=1, ge=0)
     heads: Literal["mean"] = "mean"
+
+
+def _layer_list(v, lowest: int, why: str):
+    """A suite's list of decoder layers: non-empty, strictly increasing, from `lowest` on."""
+    if v is not None and (not v or any(b <= a for a, b in zip(v, v[1:]))):
+        raise ValueError(f"must be a non-empty, strictly increasing list of layers, got {list(v)}")
+    if v is not None and min(v) < lowest:
+        raise ValueError(f"layers must be >= {lowest} ({why}), got {list(v)}")
+    return v
+
+
+class PDropParams(FixedBudget):
+    """K (from `keep` / `k`): the image tokens PyramidDrop's decoder layers run on, on average;
+    `lam` unset: the lambda of 0.01 .. 1 whose stages average nearest K (`PDropPolicy.for_budget`);
+    set: that lambda (the budget then only names the row)."""
+
+    # stage boundaries: image tokens dropped before each of these decoder layers; unset: the
+    # reference's 8, 16, 24 of 32 at the model's depth (`pdrop.scaled_layers`)
+    layers: tuple[int, ...] | None = None
+    lam: float | None = None  # the ratio between stages: stage s keeps N lam^s
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v):
+        return _layer_list(v, 1, "a drop comes after a layer")
+
+    @field_validator("lam")
+    @classmethod
+    def _lam(cls, v):
+        if v is not None and not (0 < v <= 1):
+            raise ValueError(f"must be in (0, 1], got {v}")
+        return v
+
+
+class DartParams(FixedBudget):
+    """K: DART's max_num_trunction (TOKEN_TOPK = ceil(K // pivots) tokens per pivot, so the
+    reference's 128 keeps 4 + 8 x 16 = 132 image tokens; `DartPolicy.topk` caps it at N)."""
+
+    layer: int | None = Field(default=None, ge=1)  # the first decoder layer without the pruned tokens; unset: 2
+    pivot_image: int = Field(default=dart.DEFAULT_PIVOTS[0], ge=1)
+    pivot_text: int = Field(default=dart.DEFAULT_PIVOTS[1], ge=0)
+
+
+class SparseVLMParams(FixedBudget):
+    """K: SparseVLM's RETAIN_TOKN (`budget_schedule`: the reference schedule nearest K of 576,
+    scaled by K over its RETAIN_TOKN); `schedule` set: those counts (the budget then only names
+    the row)."""
+
+    schedule: tuple[int, ...] | None = None  # image tokens kept at each pruning layer (before recycling)
+    # the decoder layers (0-based) whose attention scores and after which it cuts; unset: the
+    # reference's 2, 6, 15 of 32 at the model's depth (`staged.scaled_pruning_layers`)
+    layers: tuple[int, ...] | None = None
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v):
+        if v is not None and (not v or min(v) < 1):
+            raise ValueError(f"must be a non-empty list of counts >= 1, got {list(v)}")
+        return v
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v):
+        return _layer_list(v, 0, "0-based")
+
+
+def _below(method: str, what: str, layers, top: int, n_layers: int) -> None:
+    if max(layers) > top:
+        shown = layers[0] if what == "layer" else list(layers)
+        raise ValueError(f"{method}: {what} {shown} must leave a decoder layer after each cut: the model has "
+                         f"{n_layers} decoder layers, so at most {top}")
+
+
+def _all_tokens(vision, text, keys):
+    n = vision.tokens.shape[1]
+    return [torch.arange(n, device=vision.tokens.device) for _ in keys]
 
 
 @register_method("uniform", UniformParams)
@@ -291,7 +373,52 @@ def _divprune(p: DivPruneParams):
 def _fastv(p: FastVParams):
     """FastV: every token enters the LLM; the adapter drops all but K visual tokens after
     decoder layer `layer`, ranked by the last prompt token's attention there."""
-    def select(vision, text, keys):
-        n = vision.tokens.shape[1]
-        return [torch.arange(n, device=vision.tokens.device) for _ in keys]
-    return select, False
+    return _all_tokens, False
+
+
+@register_method("pdrop", PDropParams, kind="staged")
+def _pdrop(p: PDropParams):
+    """PyramidDrop: every token enters the LLM; at each stage boundary the image tokens the last
+    prompt token attends least leave the sequence (`PDropPolicy`)."""
+    def policy(n_image: int, n_layers: int) -> PDropPolicy:
+        layers = list(p.layers) if p.layers is not None else pdrop.scaled_layers(n_layers)
+        _below("pdrop", "layers", layers, n_layers - 1, n_layers)
+        lam = p.lam if p.lam is not None else budget_lambda(n_image, n_layers, p.count(n_image), layers)
+        ratios = pdrop.stage_ratios(lam, len(layers))
+        if min(pdrop.stage_counts(n_image, ratios)) < 1:
+            raise ValueError(f"pdrop: lam {lam:g} leaves no image token of {n_image} in the last stage")
+        return PDropPolicy(layers, ratios)
+    return _all_tokens, False, policy
+
+
+@register_method("dart", DartParams, kind="staged")
+def _dart(p: DartParams):
+    """DART: every token enters the LLM; before decoder layer `layer` the image tokens least
+    similar to its pivots stay, the rest leave (positions kept; `DartPolicy`)."""
+    def policy(n_image: int, n_layers: int) -> DartPolicy:
+        layer = p.layer if p.layer is not None else min(dart.DEFAULT_LAYER, n_layers - 1)
+        _below("dart", "layer", [layer], n_layers - 1, n_layers)
+        if p.pivot_image >= n_image:
+            raise ValueError(f"dart: pivot_image {p.pivot_image} needs more than that many of the {n_image} image tokens")
+        return DartPolicy(layer, p.count(n_image), p.pivot_image, p.pivot_text)
+    return _all_tokens, False, policy
+
+
+@register_method("sparsevlm", SparseVLMParams, kind="staged")
+def _sparsevlm(p: SparseVLMParams):
+    """SparseVLM: every token enters the LLM; at each pruning layer its text raters' attention
+    keeps the schedule's image tokens and recycles the best deleted ones as merged tokens
+    (`SparseVLMPolicy`). A model with fewer pruning layers than the schedule has counts takes
+    the schedule's first ones."""
+    def policy(n_image: int, n_layers: int) -> SparseVLMPolicy:
+        layers = tuple(p.layers) if p.layers is not None else scaled_pruning_layers(n_layers)
+        _below("sparsevlm", "layers", layers, n_layers - 2, n_layers)
+        if p.schedule is not None:
+            schedule = tuple(p.schedule)
+            if len(schedule) != len(layers):
+                raise ValueError(f"sparsevlm: schedule {list(schedule)} has {len(schedule)} counts for the "
+                                 f"{len(layers)} pruning layers {list(layers)}")
+        else:
+            schedule = budget_schedule(n_image, p.count(n_image))[:len(layers)]
+        return SparseVLMPolicy(schedule, layers)
+    return _all_tokens, False, policy

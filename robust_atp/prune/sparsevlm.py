@@ -7,7 +7,7 @@ pruning layers, recycling, positions; `LlamaDynamicvitSdpaAttention.forward` wit
 `scaled_dot_product_attention` from `utils.py`: the attention it scores with),
 `llava/model/language_model/score.py` (`attn_postprocess_topk`, the schedules `sparse_token_dict`,
 `layer_dict`), `llava/model/language_model/utils.py` (`cluster_and_merge`, `index_points`).
-Pure tensor code; not yet wired into the adapters.
+Pure tensor code.
 
 What it computes for LLaVA-1.5 (image tokens at [v0, v0 + 576), 32 decoder layers), per prompt:
   - raters (once, on the input embeddings): m = softmax over the T text tokens after the image
@@ -32,12 +32,8 @@ What it computes for LLaVA-1.5 (image tokens at [v0, v0 + 576), 32 decoder layer
 The jitter comes from the global RNG there (`torch.rand`); here from a generator the caller
 seeds (None: the global RNG, as there).
 
-Wiring (later): the LLM's input embeddings of the image span and the text after it (raters); at
-each pruning layer its input (after input_layernorm), q_proj / k_proj and rotary embeddings at
-the current positions for the raters' rows, and its output (a forward hook) to prune and recycle;
-the recycled tokens are new values, so the next layers need them in the sequence (or written
-into deleted slots) with the renumbered positions and a causal mask in the new order; per
-example spans under left padding; a seeded generator per example.
+Wired as the suite method `sparsevlm` (`prune/peers.py`): `prune/staged.py`'s `SparseVLMPolicy` on the
+LLaVA adapter's staged decoder (`models/staged_llm.py`).
 """
 from __future__ import annotations
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from robust_atp import cost
 from robust_atp.prune import dart, pdrop, sparsevlm
 
 
@@ -75,7 +76,13 @@ class PDropPolicy:
 
     def start(self, embeds, valid, image_start, image_count, seeds=None) -> None:
         self.n_image = image_count
+        self.batch = embeds.shape[0]
         self.tokens_at_ranks = []
+
+    def scoring_flops(self, s: cost.LayerShape, i: int) -> int:
+        """FLOPs of the last prompt batch's rankings for its example i (`cost.pdrop_rank_flops`
+        over the tokens it had at each stage boundary)."""
+        return cost.pdrop_rank_flops(s, self.tokens_at_ranks[i::self.batch])
 
     def after_layer(self, state) -> Cut | None:
         if state.layer + 1 not in self.layers:
@@ -144,6 +151,10 @@ class DartPolicy:
     def start(self, embeds, valid, image_start, image_count, seeds=None) -> None:
         self.n_image = image_count
 
+    def scoring_flops(self, s: cost.LayerShape, i: int) -> int:
+        """None: its keys come from the cache, its L1 norms and cosines are elementwise."""
+        return 0
+
     def after_layer(self, state) -> Cut | None:
         if state.layer != self.layer - 1:
             return None
@@ -197,7 +208,15 @@ class SparseVLMPolicy:
         for i in range(b):
             start = int(image_start[i])
             self.raters.append(sparsevlm.raters(embeds[i, start:start + image_count], embeds[i, start + image_count:]))
+        self.n_image, self.batch = image_count, b
+        self.n_text = [embeds.shape[1] - int(image_start[i]) - image_count for i in range(b)]
         self.tokens_at_pruning: list[int] = []
+
+    def scoring_flops(self, s: cost.LayerShape, i: int) -> int:
+        """FLOPs of the last prompt batch's scoring for its example i (`cost.sparsevlm_score_flops`:
+        its raters over its text after the image, and the tokens at each pruning layer)."""
+        return cost.sparsevlm_score_flops(s, self.n_image, self.n_text[i], len(self.raters[i]),
+                                          self.tokens_at_pruning[i::self.batch])
 
     def after_layer(self, state) -> Cut | None:
         if state.layer not in self.layers or state.image_count <= 1:
