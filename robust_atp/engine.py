@@ -319,14 +319,17 @@ def _method_rows(m, adapter, vision, text, questions, batch, cname, seed, metric
         # e.g. the kept indices for adapters that place tokens by grid (Qwen2-VL, LLaVA-NeXT)
         answers = adapter.generate(tokens, questions, **adapter.generation_inputs(vision, indices))
     tm["generate"] += time.perf_counter() - t
+    cut = getattr(adapter, "last_truncated", None) or [None] * len(batch)  # stopped at max_new_tokens
     stats.generations += len(batch)
     n_llm = [len(i) if i is not None else len(k) for i, k in zip(indices, kept)]
     extras = row_measurements(m, adapter, vision, indices, questions, batch, n_llm, m.fastv_layer, resolution,
                               source_sizes)
     rows = []
-    for ex, ans, idx, n, extra, q in zip(batch, answers, indices, n_llm, extras, questions):
+    for ex, ans, idx, n, extra, q, c in zip(batch, answers, indices, n_llm, extras, questions, cut):
         if (ex.id, cname, m.label) in done:
             continue
+        if c is not None:
+            extra = {**extra, "truncated": bool(c)}
         if q != ex.question:  # a text condition: keep the question the model was asked
             extra = {**extra, "question_asked": q}
         scores = score_all(metrics, ans, ex.answers)

@@ -46,8 +46,9 @@ def summarize(by_key: dict, examples, conditions: list[str], labels: list[str], 
     Cost columns are means over the rows' `extra` (see `measure`): `prefill_tflops`,
     `vision_tflops`, `scorer_tflops`, and `flops_ratio` = mean prefill / mean prefill of the
     method labelled `full` under the same condition (None without one). `object_recall` is the
-    mean over rows that have one (selection methods on examples with boxes)."""
-    from .conditions import split_condition
+    mean over rows that have one (selection methods on examples with boxes). `truncated` counts
+    the answers that stopped at max_new_tokens without an EOS (None when the adapter did not say)."""
+    from .conditions import parse_condition, split_condition
     from .metrics import aggregate
 
     rows, prefill = [], {}
@@ -57,7 +58,8 @@ def summarize(by_key: dict, examples, conditions: list[str], labels: list[str], 
         for label in labels:
             preds = [p for ex in examples if (p := by_key.get((ex.id, cond, label))) is not None]
             n = len(preds)
-            row = {"condition": cond, "corruption": corruption, "severity": severity, "text": text,
+            row = {"condition": cond, "kind": parse_condition(cond).kind, "corruption": corruption,
+                   "severity": severity, "text": text,
                    "text_severity": text_severity, "method": label,
                    "accuracy": rounded_mean([p.score for p in preds]), "n": n,
                    "kept_tokens": rounded_mean([p.kept for p in preds])}
@@ -74,6 +76,8 @@ def summarize(by_key: dict, examples, conditions: list[str], labels: list[str], 
             qformer = [p.extra["qformer_flops"] for p in preds if p.extra.get("qformer_flops") is not None]
             if qformer:  # BLIP-2: what pruning saves is in the Q-Former, not in the LLM
                 row["qformer_tflops"] = round(sum(qformer) / len(qformer) / 1e12, 9)
+            cut = [bool(p.extra["truncated"]) for p in preds if "truncated" in p.extra]
+            row["truncated"] = sum(cut) if cut else None  # answers stopped at max_new_tokens without an EOS
             row["flops_ratio"] = None  # filled below from the same condition's `full`
             row["object_recall"] = rounded_mean([p.extra["object_recall"] for p in preds
                                           if p.extra.get("object_recall") is not None])

@@ -18,7 +18,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import UserError
-from .base import greedy_generation, load_pretrained
+from .base import cut_at_limit, decode_answers, greedy_generation, load_pretrained
 
 
 def pick_device(name: str) -> torch.device:
@@ -64,6 +64,8 @@ class HFAdapter:
 
     num_visual_tokens: int | None = None  # None: known per image, after its vision pass
     scorer = None
+    # per answer of the last `generate`: it stopped at max_new_tokens without an EOS (None before any)
+    last_truncated: list[bool] | None = None
 
     def __init__(self, cfg):
         import transformers
@@ -88,6 +90,12 @@ class HFAdapter:
     def generation_source(self):
         """The module whose `generate` the adapter calls (its generation config is read)."""
         return self.model
+
+    def decode(self, new_tokens: torch.Tensor) -> list[str]:
+        """The generated ids [B, n] (prompt dropped) -> answers; records `last_truncated`."""
+        eos = self.generation_config.eos_token_id
+        self.last_truncated = cut_at_limit(new_tokens, eos)
+        return decode_answers(self.tokenizer, new_tokens, eos)
 
     # ------------------------------------------------------------------ declared capabilities
 
