@@ -27,8 +27,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm import tqdm
-
 from .conditions import CLEAN, condition_name, condition_plan
 from .data.base import Example, batch_key, iter_batches
 from .errors import UserError
@@ -39,6 +37,7 @@ from .perturb.cache import CorruptionCache
 from .perturb.image import ImageCondition, canonicalize, condition_seed
 from .perturb.text import TextCondition, perturb_text
 from .preflight import check_loaded
+from .progress import Progress
 from .store import Prediction, RunStore
 
 @dataclass
@@ -94,11 +93,15 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
         stats.seconds = time.perf_counter() - t0
         return stats
 
-    adapter = adapter_factory()
-    check_loaded(methods, adapter, measuring)
+    bar = Progress(len(plan), enabled=progress)  # shown from the start: loading the model comes first
+    try:
+        adapter = adapter_factory()
+        check_loaded(methods, adapter, measuring)
+    except BaseException:
+        bar.close()
+        raise
     cache = cache if cache is not None else CorruptionCache()
     text_kinds = sorted({m.settings.get("text", "question") for m in methods if m.needs_text})
-    bar = tqdm(total=len(plan), desc="evaluating", unit="unit", disable=not progress, dynamic_ncols=True)
     by_batch: dict[int, list] = {}
     for b, c in plan:
         by_batch.setdefault(b, []).append(c)
@@ -144,6 +147,7 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
                         text_cache[text_cond, kind] = adapter.encode_texts(clip_texts(adapter, questions, kind))
                 tm["text"] += time.perf_counter() - t
                 for m in todo_methods:
+                    bar.working_on(cname, m.label)
                     text = text_cache[text_cond, m.settings.get("text", "question")] if m.needs_text else None
                     if m.tower is not None and m.label not in merged:  # once per image condition
                         t = time.perf_counter()
@@ -166,7 +170,7 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
                 stats.cost_measured += len(cost_rows)
             done.update((r.example_id, r.condition, r.method) for r in rows)
             stats.units_run += 1
-            bar.update(1)
+            bar.advance()
     bar.close()
     stats.seconds = time.perf_counter() - t0
     return stats

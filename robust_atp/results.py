@@ -142,6 +142,8 @@ def this_runs_cost(records: list, examples, suite) -> list:
 def build_manifest(suite, suite_path: Path, examples, conditions, methods, stats, cache=None) -> dict:
     from importlib import metadata
 
+    import torch
+
     from .metrics import sources as metric_sources
 
     versions = {"python": sys.version.split()[0]}
@@ -170,6 +172,7 @@ def build_manifest(suite, suite_path: Path, examples, conditions, methods, stats
                    "vision_passes": stats.vision_passes, "merged_tower_passes": stats.merged_tower_passes,
                    "generations": stats.generations,
                    "seconds": round(stats.seconds, 2), "timings": {k: round(v, 2) for k, v in stats.timings.items()},
+                   "threads": torch.get_num_threads(),
                    "cost_measured": stats.cost_measured,
                    "corruption_cache": {"hits": stats.corruption_hits, "computed": stats.corruption_computed,
                                         "root": str(cache.root) if cache is not None and cache.enabled else None}},
