@@ -210,7 +210,7 @@ def evaluate(suite, run_dir: Path, suite_path: Path, fresh: bool = False, progre
     from .perturb.text import resolve_text_conditions
     from .preflight import checked_adapter
     from .prune.methods import validate_method
-    from .results import (STORE, build_manifest, rescored, samples, summarize, this_runs_cost,
+    from .results import (STORE, build_manifest, rescored, samples, slice_note, summarize, this_runs_cost,
                           write_results)
     from .rundir import open_run
     from .store import read_cost_done, read_done
@@ -282,6 +282,9 @@ def evaluate(suite, run_dir: Path, suite_path: Path, fresh: bool = False, progre
         distributed.merge_shards(store, run_dir)
         labels = [m.label for m in methods]
         by_key = {(p.example_id, p.condition, p.method): p for p in store.rows()}  # read the store once
+        sliced = slice_note({k[0] for k in by_key}, examples, suite.dataset.limit)
+        if sliced is not None:
+            log(f"{run_dir}: {sliced['note']}")
         by_key = rescored(by_key, examples, suite.metrics)
         cost_records = this_runs_cost(store.cost_rows(), examples, suite)
         store.close()
@@ -290,6 +293,8 @@ def evaluate(suite, run_dir: Path, suite_path: Path, fresh: bool = False, progre
         add_measured_cost(rows, cost_records)
         manifest = build_manifest(suite, suite_path, examples, conditions, methods, stats, cache)
         manifest["processes"] = ranks.world
+        if sliced is not None:
+            manifest["slice"] = sliced
         write_results(run_dir, manifest, rows, samples(by_key, examples, conditions, labels))
         outcome = RunOutcome(rows, labels, method_budgets(methods), stats, cache)
         if finish is not None:

@@ -122,6 +122,19 @@ def samples(by_key: dict, examples, conditions: list[str], labels: list[str]):
                        "kept_indices": None if p.kept_indices is None else list(p.kept_indices), **p.extra}
 
 
+def slice_note(stored_ids: set, examples, limit: int | None) -> dict | None:
+    """When the store holds predictions for examples this run leaves out (a smaller --limit into
+    a larger run): which slice results.json, samples.jsonl and the report cover. None otherwise."""
+    outside = stored_ids - {ex.id for ex in examples}
+    if not outside:
+        return None
+    n, stored = len(examples), len(stored_ids | {ex.id for ex in examples})
+    which = f"the first {n} examples (dataset.limit {limit})" if limit is not None else f"the dataset's {n} examples"
+    return {"examples": n, "stored_examples": stored, "limit": limit,
+            "note": f"these outputs cover {which}; the store holds predictions for {stored} examples "
+                    "(kept; a run with a larger --limit reports them)"}
+
+
 def rounded_mean(xs):
     """The mean rounded to 6 digits; None for no values."""
     return round(sum(xs) / len(xs), 6) if xs else None
@@ -162,6 +175,7 @@ def build_manifest(suite, suite_path: Path, examples, conditions, methods, stats
         "git_commit": _git_commit(),
         "versions": versions,
         "n_examples": len(examples),
+        "limit": suite.dataset.limit,
         "conditions": conditions,
         "methods": [{"label": m.label, "name": m.name, "settings": m.settings} for m in methods],
         # every number's convention: rows' `accuracy` and samples' `score` are the first metric's
