@@ -206,6 +206,7 @@ def evaluate(suite, run_dir: Path, suite_path: Path, fresh: bool = False, progre
     from .data.validate import with_image_checks
     from .measure import add_measured_cost
     from .models.base import load_adapter
+    from .models.hf_base import device_problem
     from .perturb.image import MIN_SIDE, resolve_image_conditions
     from .perturb.text import resolve_text_conditions
     from .preflight import checked_adapter
@@ -221,6 +222,8 @@ def evaluate(suite, run_dir: Path, suite_path: Path, fresh: bool = False, progre
     device = distributed.rank_device(suite.model.device, ranks)
     if device != suite.model.device:
         suite = suite.model_copy(update={"model": suite.model.model_copy(update={"device": device})})
+    if (problem := device_problem(device)) is not None:  # before the run directory is touched
+        raise UserError(f"{suite_path}: model.device: {problem}")
     torch.manual_seed(suite.seed)
     methods = [validate_method(m) for m in suite.methods]
     image_conditions = resolve_image_conditions(suite.perturbations.image)

@@ -75,6 +75,11 @@ def _run(args) -> int:
     if args.check:
         from .check import check_suite
         return check_suite(suite, Path(args.suite))
+    if args.device:  # the suite's own model.device is checked by `evaluate`, before the run directory
+        from .models.hf_base import device_problem
+
+        if (problem := device_problem(suite.model.device)) is not None:
+            raise UserError(f"{args.suite}: --device (model.device): {problem}")
     from .engine import evaluate
     from .threads import machine_default, torch_threads
 

@@ -21,15 +21,23 @@ from ..errors import UserError
 from .base import cut_at_limit, decode_answers, greedy_generation, load_pretrained
 
 
-def pick_device(name: str) -> torch.device:
+def device_problem(name: str) -> str | None:
+    """Why this machine cannot run on device `name` (one phrase), or None."""
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"model.device: {name!r} requested but no CUDA device is available (use --device cpu)")
+        return f"{name!r} requested but no CUDA device is available (use --device cpu)"
     if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
         # a data-parallel rank maps `cuda` to cuda:LOCAL_RANK: more processes than GPUs land here
-        raise UserError(f"model.device: {name!r} requested but this machine has {torch.cuda.device_count()} "
-                        "CUDA device(s) (start at most that many processes per node)")
+        return (f"{name!r} requested but this machine has {torch.cuda.device_count()} CUDA device(s) "
+                "(start at most that many processes per node)")
     if name == "mps" and not torch.backends.mps.is_available():
-        raise UserError("model.device: 'mps' requested but MPS is not available (use --device cpu)")
+        return "'mps' requested but MPS is not available (use --device cpu)"
+    return None
+
+
+def pick_device(name: str) -> torch.device:
+    problem = device_problem(name)
+    if problem is not None:
+        raise UserError(f"model.device: {problem}")
     return torch.device(name)
 
 
