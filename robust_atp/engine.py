@@ -93,7 +93,8 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
         stats.seconds = time.perf_counter() - t0
         return stats
 
-    bar = Progress(len(plan), enabled=progress)  # shown from the start: loading the model comes first
+    steps = sum(len(missing(batches[b], condition_name(c[0], tc))) for b, c in plan for tc in c[1])
+    bar = Progress(steps, enabled=progress)  # shown from the start: loading the model comes first
     try:
         adapter = adapter_factory()
         check_loaded(methods, adapter, measuring)
@@ -156,6 +157,7 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
                         stats.merged_tower_passes += 1
                     rows += _method_rows(m, adapter, vision, text, questions, batch, cname, seed, metrics, done, stats,
                                          resolution, [im.size for im in images], merged.get(m.label))
+                    bar.step()
                 if to_measure:  # after the answers: measuring never changes them
                     t = time.perf_counter()
                     texts = {kind: clip_texts(adapter, questions, kind) for kind in text_kinds}
@@ -170,7 +172,7 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
                 stats.cost_measured += len(cost_rows)
             done.update((r.example_id, r.condition, r.method) for r in rows)
             stats.units_run += 1
-            bar.advance()
+            bar.unit_done()
     bar.close()
     stats.seconds = time.perf_counter() - t0
     return stats
