@@ -11,6 +11,12 @@ if TYPE_CHECKING:
 
 CLEAN = "clean"
 REFERENCE = "full"  # the method every pruned one is compared with
+# One vocabulary for the three kinds of non-clean condition, in the terminal summary, results.json
+# (rows' `kind`) and the report (a "crossed" condition applies an image corruption and a question
+# perturbation together).
+KINDS = ("image", "text", "image+text")
+KIND_NAMES = {"clean": "clean", "image": "image corruptions", "text": "question perturbations",
+              "image+text": "crossed conditions"}
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm import tqdm
-
 from .conditions import CLEAN, condition_name, condition_plan
 from .data.base import Example, batch_key, iter_batches
 from .errors import UserError
@@ -40,6 +38,7 @@ from .perturb.cache import CorruptionCache
 from .perturb.image import ImageCondition, canonicalize, condition_seed
 from .perturb.text import TextCondition, perturb_text
 from .preflight import check_loaded
+from .progress import Progress
 from .seeding import stable_seed
 from .store import Prediction, RunStore
 
@@ -96,11 +95,16 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
         stats.seconds = time.perf_counter() - t0
         return stats
 
-    adapter = adapter_factory()
-    check_loaded(methods, adapter, measuring)
+    steps = sum(len(missing(batches[b], condition_name(c[0], tc))) for b, c in plan for tc in c[1])
+    bar = Progress(steps, enabled=progress)  # shown from the start: loading the model comes first
+    try:
+        adapter = adapter_factory()
+        check_loaded(methods, adapter, measuring)
+    except BaseException:
+        bar.close()
+        raise
     cache = cache if cache is not None else CorruptionCache()
     text_kinds = sorted({m.settings.get("text", "question") for m in methods if m.needs_text})
-    bar = tqdm(total=len(plan), desc="evaluating", unit="unit", disable=not progress, dynamic_ncols=True)
     by_batch: dict[int, list] = {}
     for b, c in plan:
         by_batch.setdefault(b, []).append(c)
@@ -146,6 +150,7 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
                         text_cache[text_cond, kind] = adapter.encode_texts(clip_texts(adapter, questions, kind))
                 tm["text"] += time.perf_counter() - t
                 for m in todo_methods:
+                    bar.working_on(cname, m.label)
                     text = text_cache[text_cond, m.settings.get("text", "question")] if m.needs_text else None
                     if m.tower is not None and m.label not in merged:  # once per image condition
                         t = time.perf_counter()
@@ -154,6 +159,7 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
                         stats.merged_tower_passes += 1
                     rows += _method_rows(m, adapter, vision, text, questions, batch, cname, seed, metrics, done, stats,
                                          resolution, [im.size for im in images], merged.get(m.label))
+                    bar.step()
                 if to_measure:  # after the answers: measuring never changes them
                     t = time.perf_counter()
                     texts = {kind: clip_texts(adapter, questions, kind) for kind in text_kinds}
@@ -168,7 +174,7 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
                 stats.cost_measured += len(cost_rows)
             done.update((r.example_id, r.condition, r.method) for r in rows)
             stats.units_run += 1
-            bar.update(1)
+            bar.unit_done()
     bar.close()
     stats.seconds = time.perf_counter() - t0
     return stats
@@ -204,11 +210,12 @@ def evaluate(suite, run_dir: Path, suite_path: Path, fresh: bool = False, progre
     from .data.validate import with_image_checks
     from .measure import add_measured_cost
     from .models.base import load_adapter
+    from .models.hf_base import device_problem
     from .perturb.image import MIN_SIDE, resolve_image_conditions
     from .perturb.text import resolve_text_conditions
     from .preflight import checked_adapter
     from .prune.methods import validate_method
-    from .results import (STORE, build_manifest, rescored, samples, summarize, this_runs_cost,
+    from .results import (STORE, build_manifest, rescored, samples, slice_note, summarize, this_runs_cost,
                           write_results)
     from .rundir import open_run
     from .store import read_cost_done, read_done
@@ -219,6 +226,8 @@ def evaluate(suite, run_dir: Path, suite_path: Path, fresh: bool = False, progre
     device = distributed.rank_device(suite.model.device, ranks)
     if device != suite.model.device:
         suite = suite.model_copy(update={"model": suite.model.model_copy(update={"device": device})})
+    if (problem := device_problem(device)) is not None:  # before the run directory is touched
+        raise UserError(f"{suite_path}: model.device: {problem}")
     torch.manual_seed(suite.seed)
     methods = [validate_method(m) for m in suite.methods]
     image_conditions = resolve_image_conditions(suite.perturbations.image)
@@ -280,6 +289,9 @@ def evaluate(suite, run_dir: Path, suite_path: Path, fresh: bool = False, progre
         distributed.merge_shards(store, run_dir)
         labels = [m.label for m in methods]
         by_key = {(p.example_id, p.condition, p.method): p for p in store.rows()}  # read the store once
+        sliced = slice_note({k[0] for k in by_key}, examples, suite.dataset.limit)
+        if sliced is not None:
+            log(f"{run_dir}: {sliced['note']}")
         by_key = rescored(by_key, examples, suite.metrics)
         cost_records = this_runs_cost(store.cost_rows(), examples, suite)
         store.close()
@@ -288,6 +300,8 @@ def evaluate(suite, run_dir: Path, suite_path: Path, fresh: bool = False, progre
         add_measured_cost(rows, cost_records)
         manifest = build_manifest(suite, suite_path, examples, conditions, methods, stats, cache)
         manifest["processes"] = ranks.world
+        if sliced is not None:
+            manifest["slice"] = sliced
         write_results(run_dir, manifest, rows, samples(by_key, examples, conditions, labels))
         outcome = RunOutcome(rows, labels, method_budgets(methods), stats, cache)
         if finish is not None:
@@ -312,6 +326,7 @@ def _method_rows(m, adapter, vision, text, questions, batch, cname, seed, metric
     tm["select"] += time.perf_counter() - t
     t = time.perf_counter()
     tokens = [k.tokens for k in kept]
+    adapter.last_truncated = None  # filled in by this call's generate (a generation path without it: unknown)
     staged = None
     if m.fastv_layer is not None:  # pruned inside the LLM: the adapter reports what it kept
         spec = FastVSpec(m.fastv_layer, m.fastv_k(vision.tokens.shape[1]))
@@ -326,6 +341,7 @@ def _method_rows(m, adapter, vision, text, questions, batch, cname, seed, metric
         # e.g. the kept indices for adapters that place tokens by grid (Qwen2-VL, LLaVA-NeXT)
         answers = adapter.generate(tokens, questions, **adapter.generation_inputs(vision, indices))
     tm["generate"] += time.perf_counter() - t
+    cut = getattr(adapter, "last_truncated", None) or [None] * len(batch)  # stopped at max_new_tokens
     stats.generations += len(batch)
     n_llm = [len(i) if i is not None else len(k) for i, k in zip(indices, kept)]
     if staged is not None:  # the last decoder layer's image tokens (SparseVLM's recycled ones too)
@@ -333,9 +349,11 @@ def _method_rows(m, adapter, vision, text, questions, batch, cname, seed, metric
     extras = row_measurements(m, adapter, vision, indices, questions, batch, n_llm, m.fastv_layer, resolution,
                               source_sizes, staged=staged)
     rows = []
-    for ex, ans, idx, n, extra, q in zip(batch, answers, indices, n_llm, extras, questions):
+    for ex, ans, idx, n, extra, q, c in zip(batch, answers, indices, n_llm, extras, questions, cut):
         if (ex.id, cname, m.label) in done:
             continue
+        if c is not None:
+            extra = {**extra, "truncated": bool(c)}
         if q != ex.question:  # a text condition: keep the question the model was asked
             extra = {**extra, "question_asked": q}
         scores = score_all(metrics, ans, ex.answers)

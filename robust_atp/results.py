@@ -46,8 +46,9 @@ def summarize(by_key: dict, examples, conditions: list[str], labels: list[str], 
     Cost columns are means over the rows' `extra` (see `measure`): `prefill_tflops`,
     `vision_tflops`, `scorer_tflops`, and `flops_ratio` = mean prefill / mean prefill of the
     method labelled `full` under the same condition (None without one). `object_recall` is the
-    mean over rows that have one (selection methods on examples with boxes)."""
-    from .conditions import split_condition
+    mean over rows that have one (selection methods on examples with boxes). `truncated` counts
+    the answers that stopped at max_new_tokens without an EOS (None when the adapter did not say)."""
+    from .conditions import parse_condition, split_condition
     from .metrics import aggregate
 
     rows, prefill = [], {}
@@ -57,7 +58,8 @@ def summarize(by_key: dict, examples, conditions: list[str], labels: list[str], 
         for label in labels:
             preds = [p for ex in examples if (p := by_key.get((ex.id, cond, label))) is not None]
             n = len(preds)
-            row = {"condition": cond, "corruption": corruption, "severity": severity, "text": text,
+            row = {"condition": cond, "kind": parse_condition(cond).kind, "corruption": corruption,
+                   "severity": severity, "text": text,
                    "text_severity": text_severity, "method": label,
                    "accuracy": rounded_mean([p.score for p in preds]), "n": n,
                    "kept_tokens": rounded_mean([p.kept for p in preds])}
@@ -74,6 +76,8 @@ def summarize(by_key: dict, examples, conditions: list[str], labels: list[str], 
             qformer = [p.extra["qformer_flops"] for p in preds if p.extra.get("qformer_flops") is not None]
             if qformer:  # BLIP-2: what pruning saves is in the Q-Former, not in the LLM
                 row["qformer_tflops"] = round(sum(qformer) / len(qformer) / 1e12, 9)
+            cut = [bool(p.extra["truncated"]) for p in preds if "truncated" in p.extra]
+            row["truncated"] = sum(cut) if cut else None  # answers stopped at max_new_tokens without an EOS
             row["flops_ratio"] = None  # filled below from the same condition's `full`
             row["object_recall"] = rounded_mean([p.extra["object_recall"] for p in preds
                                           if p.extra.get("object_recall") is not None])
@@ -118,6 +122,19 @@ def samples(by_key: dict, examples, conditions: list[str], labels: list[str]):
                        "kept_indices": None if p.kept_indices is None else list(p.kept_indices), **p.extra}
 
 
+def slice_note(stored_ids: set, examples, limit: int | None) -> dict | None:
+    """When the store holds predictions for examples this run leaves out (a smaller --limit into
+    a larger run): which slice results.json, samples.jsonl and the report cover. None otherwise."""
+    outside = stored_ids - {ex.id for ex in examples}
+    if not outside:
+        return None
+    n, stored = len(examples), len(stored_ids | {ex.id for ex in examples})
+    which = f"the first {n} examples (dataset.limit {limit})" if limit is not None else f"the dataset's {n} examples"
+    return {"examples": n, "stored_examples": stored, "limit": limit,
+            "note": f"these outputs cover {which}; the store holds predictions for {stored} examples "
+                    "(kept; a run with a larger --limit reports them)"}
+
+
 def rounded_mean(xs):
     """The mean rounded to 6 digits; None for no values."""
     return round(sum(xs) / len(xs), 6) if xs else None
@@ -138,6 +155,8 @@ def this_runs_cost(records: list, examples, suite) -> list:
 def build_manifest(suite, suite_path: Path, examples, conditions, methods, stats, cache=None) -> dict:
     from importlib import metadata
 
+    import torch
+
     from .metrics import sources as metric_sources
 
     versions = {"python": sys.version.split()[0]}
@@ -156,6 +175,7 @@ def build_manifest(suite, suite_path: Path, examples, conditions, methods, stats
         "git_commit": _git_commit(),
         "versions": versions,
         "n_examples": len(examples),
+        "limit": suite.dataset.limit,
         "conditions": conditions,
         "methods": [{"label": m.label, "name": m.name, "settings": m.settings} for m in methods],
         # every number's convention: rows' `accuracy` and samples' `score` are the first metric's
@@ -166,6 +186,7 @@ def build_manifest(suite, suite_path: Path, examples, conditions, methods, stats
                    "vision_passes": stats.vision_passes, "merged_tower_passes": stats.merged_tower_passes,
                    "generations": stats.generations,
                    "seconds": round(stats.seconds, 2), "timings": {k: round(v, 2) for k, v in stats.timings.items()},
+                   "threads": torch.get_num_threads(),
                    "cost_measured": stats.cost_measured,
                    "corruption_cache": {"hits": stats.corruption_hits, "computed": stats.corruption_computed,
                                         "root": str(cache.root) if cache is not None and cache.enabled else None}},

@@ -1,5 +1,5 @@
 """Run a suite: `python -m robust_atp.run SUITE [--out DIR] [--limit N] [--batch-size B]
-[--device cpu|cuda] [--fresh] [--no-report]`.
+[--device cpu|cuda] [--threads N] [--fresh] [--no-report]`.
 
 Writes into the run directory (default reports/<suite name>/):
   predictions.sqlite  every prediction, the resume point (rerunning continues where a run stopped)
@@ -27,6 +27,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--limit", type=int, help="evaluate only the first N examples")
     ap.add_argument("--batch-size", type=int, help="examples per batch (answers do not depend on it)")
     ap.add_argument("--device", help="cpu, cuda, cuda:N or mps (overrides model.device)")
+    ap.add_argument("--threads", type=int,
+                    help="CPU threads for torch (default: OMP_NUM_THREADS if set, else the idle cores, at most 4)")
     ap.add_argument("--fresh", action="store_true", help="discard an existing run in the run directory")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     ap.add_argument("--no-report", action="store_true", help="skip report.html / report.pdf / plots/")
@@ -59,6 +61,8 @@ def _run(args) -> int:
     from .suite import load_suite
 
     overrides = {}
+    if args.threads is not None and args.threads <= 0:
+        raise UserError(f"--threads: must be a positive integer, got {args.threads}")
     for flag, key, check in (("limit", "dataset.limit", lambda v: v > 0), ("batch_size", "batch_size", lambda v: v > 0)):
         value = getattr(args, flag)
         if value is not None:
@@ -71,7 +75,13 @@ def _run(args) -> int:
     if args.check:
         from .check import check_suite
         return check_suite(suite, Path(args.suite))
+    if args.device:  # the suite's own model.device is checked by `evaluate`, before the run directory
+        from .models.hf_base import device_problem
+
+        if (problem := device_problem(suite.model.device)) is not None:
+            raise UserError(f"{args.suite}: --device (model.device): {problem}")
     from .engine import evaluate
+    from .threads import machine_default, torch_threads
 
     run_dir = args.out or Path("reports") / suite.name
     use_cache = not args.no_cache
@@ -91,8 +101,10 @@ def _run(args) -> int:
 
             build_report(run_dir, suite.report.formats, log=log)
 
-    evaluate(suite, run_dir, Path(args.suite), fresh=args.fresh, progress=not args.no_progress,
-             use_cache=use_cache, log=log, finish=finish)
+    threads = args.threads or machine_default()
+    with torch_threads(threads):  # before the model loads
+        evaluate(suite, run_dir, Path(args.suite), fresh=args.fresh, progress=not args.no_progress,
+                 use_cache=use_cache, log=log, finish=finish)
     return 0
 
 

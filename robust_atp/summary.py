@@ -1,67 +1,133 @@
-"""The summary table a run prints: per method its budget, kept tokens, clean and corrupted
-accuracy, the gaps to the first method, FLOPs ratio, object recall and (when measured) latency."""
+"""The summary a run prints, in the vocabulary of results.json (rows' `kind`) and the report:
+an overview per method (budget, kept tokens, clean accuracy, the mean under image corruptions,
+question perturbations and crossed conditions, the gaps to the first method, FLOPs ratio, object
+recall and, when measured, latency), then one table per kind the run has (its severities), one
+line per family, and the count of answers cut at the token limit."""
 from __future__ import annotations
 
 from collections import defaultdict
 
+from .conditions import KIND_NAMES, KINDS, parse_condition
 from .results import rounded_mean
+
+# the overview's short column names for each kind, and what the note says they are
+COLUMNS = {"image": "image", "text": "text", "image+text": "crossed"}
+MEANING = {"image": "mean over image corruptions (clean question)",
+           "text": "mean over question perturbations (clean image)",
+           "image+text": "mean over crossed conditions (corrupted image and perturbed question)"}
 
 
 def format_summary(rows: list[dict], labels: list[str], keeps: dict[str, str] | None = None) -> str:
-    """Per method: its budget, kept tokens, clean accuracy, the mean over corruptions at each
-    severity and over all, the mean over question perturbations, the gaps to the first method
-    (`full` in every shipped suite), the prefill FLOPs ratio and the object recall.
+    """The overview table, a table per kind (image corruptions, question perturbations, crossed
+    conditions) by severity, a table of every family (mean over its severities) and, when the
+    adapter reported it, the answers cut at max_new_tokens. Gaps are to the first method
+    (`full` in every shipped suite).
 
     `keeps`: label -> the budget as written in the suite (keep ratio, k=N, mass=x)."""
-    by = defaultdict(list)  # (method, image severity or "text") -> rows
+    rows = [r for r in rows if r["accuracy"] is not None]
+    parsed = {r["condition"]: parse_condition(r["condition"]) for r in rows}
+    kinds = [k for k in KINDS if any(p.kind == k for p in parsed.values())]
+    sections = [_overview(rows, labels, keeps, parsed, kinds)]
+    for kind in kinds:
+        sections.append(_kind_table(rows, labels, parsed, kind))
+    if kinds:
+        sections.append(_family_table(rows, labels, parsed))
+    cut = truncation_line(rows, labels)
+    if cut:
+        sections.append(cut)
+    return "\n\n".join(sections)
+
+
+def _overview(rows, labels, keeps, parsed, kinds) -> str:
+    by = defaultdict(list)  # (method, kind) -> rows
     for r in rows:
-        if r["accuracy"] is None or (r.get("text") and r["severity"]):
-            continue  # crossed image x text conditions are in results.json, not in this table
-        by[(r["method"], "text" if r.get("text") else r["severity"])].append(r)
-    severities = sorted({r["severity"] for r in rows if r["severity"] and not r.get("text")})
-    has_text = any(key[1] == "text" for key in by)
+        by[r["method"], parsed[r["condition"]].kind].append(r)
     ref = labels[0]
-    head = ["method", "keep", "tokens", "clean"] + [f"sev{s}" for s in severities]
-    head += (["corrupted"] if severities else []) + (["text"] if has_text else []) + ["d_clean"]
-    head += (["d_corrupt"] if severities else []) + (["d_text"] if has_text else []) + ["flops", "recall"]
+    head = ["method", "keep", "tokens", "clean"] + [COLUMNS[k] for k in kinds]
+    head += ["d_clean"] + [f"d_{COLUMNS[k]}" for k in kinds] + ["flops", "recall"]
     timed = any(r.get("latency_ms") for r in rows)
     head += ["e2e_ms", "latency", "overhead"] if timed else []
     lines = []
     for label in labels:
-        clean = by.get((label, 0), [])
+        clean = by.get((label, "clean"), [])
         kept = rounded_mean([r["kept_tokens"] for r in clean]) if clean else None
-        cells = [label, (keeps or {}).get(label, "-"), f"{kept:.1f}" if kept is not None else "-",
-                 _pct(rounded_mean([r["accuracy"] for r in clean]))]
-        cells += [_pct(rounded_mean([r["accuracy"] for r in by.get((label, s), [])])) for s in severities]
-        if severities:
-            cells.append(_pct(rounded_mean([r["accuracy"] for s in severities for r in by.get((label, s), [])])))
-        if has_text:
-            cells.append(_pct(rounded_mean([r["accuracy"] for r in by.get((label, "text"), [])])))
-        cells.append(_delta(by, label, ref, [0]))
-        if severities:
-            cells.append(_delta(by, label, ref, severities))
-        if has_text:
-            cells.append(_delta(by, label, ref, ["text"]))
+        cells = [label, (keeps or {}).get(label, "-"), f"{kept:.1f}" if kept is not None else "-", _mean(clean)]
+        cells += [_mean(by.get((label, k), [])) for k in kinds]
+        cells += [_delta(by.get((label, k), []), by.get((ref, k), [])) for k in ("clean", *kinds)]
         ratio = rounded_mean([r["flops_ratio"] for r in clean if r.get("flops_ratio") is not None])
         recall = rounded_mean([r["object_recall"] for r in clean if r.get("object_recall") is not None])
         cells += ["-" if ratio is None else f"{ratio:.3f}", _pct(recall)]
         if timed:
             cells += _latency_cells(clean)
         lines.append(cells)
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
-    fmt = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-    note = "accuracy in %"
-    if severities:
-        note += "; sevN = mean over corruptions at severity N"
-    if has_text:
-        note += "; text = mean over question perturbations (clean image)"
-    note += f"; d_* = method - {ref} in points"
+    note = "accuracy in %; " + "; ".join([f"{COLUMNS[k]} = {MEANING[k]}" for k in kinds] +
+                                         [f"d_* = method - {ref} in points"])
     note += ("\nflops = LLM prefill FLOPs / full's (clean); recall = % of the patches covering the objects a "
              "question names that the method kept (clean; selection methods only)")
     if any("qformer_tflops" in r for r in rows):
         note += ("\nthe LLM reads the Q-Former's query tokens whatever is pruned: its prefill is unchanged (flops "
                  "1.000); pruning saves only Q-Former cross-attention (qformer_tflops in results.json)")
-    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(c) for c in lines] + [note])
+    return _table(head, lines) + "\n" + note
+
+
+def _kind_table(rows, labels, parsed, kind) -> str:
+    """One kind by severity: per method the mean over the kind's conditions at each severity, the
+    mean over all of them, and its gap to the first method."""
+    by = defaultdict(list)  # (method, severity) -> rows
+    families = set()
+    for r in rows:
+        p = parsed[r["condition"]]
+        if p.kind == kind:
+            by[r["method"], p.severity].append(r)
+            families.add(p.family)
+    severities = sorted({s for _, s in by})
+    ref = labels[0]
+    head = ["method"] + [f"sev{s}" for s in severities] + ["mean", f"d_{ref}"]
+    lines = []
+    for label in labels:
+        every = [r for s in severities for r in by.get((label, s), [])]
+        lines.append([label] + [_mean(by.get((label, s), [])) for s in severities] + [_mean(every),
+                     _delta(every, [r for s in severities for r in by.get((ref, s), [])])])
+    what = {"image": "corruptions", "text": "perturbations", "image+text": "image x text pairs"}[kind]
+    axis = " (severity of the question perturbation)" if kind == "image+text" else ""
+    title = f"{KIND_NAMES[kind]}: {len(families)} {what}, accuracy in %{axis}; sevN = mean at severity N"
+    return title + "\n" + _table(head, lines)
+
+
+def _family_table(rows, labels, parsed) -> str:
+    """Every family (`image:fog`, `text:typo`, `image:fog@3+text:typo`): per method the mean over its severities."""
+    by = defaultdict(list)  # (family, method) -> rows
+    for r in rows:
+        fam = parsed[r["condition"]].family
+        if fam is not None:
+            by[fam, r["method"]].append(r)
+    families = sorted({f for f, _ in by}, key=lambda f: (KINDS.index(_kind_of(f)), f))
+    lines = [[fam] + [_mean(by.get((fam, label), [])) for label in labels] for fam in families]
+    return "by family (mean over its severities), accuracy in %\n" + _table(["family"] + list(labels), lines)
+
+
+def truncation_line(rows: list[dict], labels: list[str]) -> str | None:
+    """How many answers stopped at max_new_tokens without an EOS (rows' `truncated`), overall and
+    per method; None when no row says."""
+    counted = [r for r in rows if r.get("truncated") is not None]
+    if not counted:
+        return None
+    total, n = sum(r["truncated"] for r in counted), sum(r["n"] for r in counted)
+    per = {label: sum(r["truncated"] for r in counted if r["method"] == label) for label in labels}
+    share = f" ({100 * total / n:.1f}%)" if n else ""
+    return (f"answers cut at the token limit (max_new_tokens, no end of sequence): {total} of {n}{share}; "
+            + ", ".join(f"{label} {c}" for label, c in per.items()))
+
+
+def _kind_of(family: str) -> str:
+    return "image+text" if "+" in family else family.split(":")[0]
+
+
+def _table(head: list[str], lines: list[list]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
+    fmt = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w)  # noqa: E731
+                                  for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(c) for c in lines])
 
 
 def _latency_cells(clean: list[dict]) -> list[str]:
@@ -86,9 +152,13 @@ def _pct(x):
     return "-" if x is None else f"{100 * x:.1f}"
 
 
-def _delta(by, label, ref, severities):
-    a = rounded_mean([r["accuracy"] for s in severities for r in by.get((label, s), [])])
-    b = rounded_mean([r["accuracy"] for s in severities for r in by.get((ref, s), [])])
+def _mean(rows: list[dict]) -> str:
+    return _pct(rounded_mean([r["accuracy"] for r in rows]))
+
+
+def _delta(mine: list[dict], ref: list[dict]) -> str:
+    a = rounded_mean([r["accuracy"] for r in mine])
+    b = rounded_mean([r["accuracy"] for r in ref])
     if a is None or b is None:
         return "-"
     return f"{100 * (a - b):+.1f}"

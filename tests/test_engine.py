@@ -124,6 +124,30 @@ def test_batch_size_and_limit_do_not_change_predictions(first_run, tmp_path):
     assert read_samples(other) == read_samples(run)
 
 
+def test_a_smaller_limit_into_a_larger_run_says_which_slice(first_run, tmp_path, capsys):
+    tmp, run = first_run
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "predictions.sqlite").write_bytes(store_bytes(run))
+    assert main([str(suite_file(tmp)), "--out", str(copy), "--no-progress", "--no-report", "--limit", "2"]) == 0
+    note = ("these outputs cover the first 2 examples (dataset.limit 2); the store holds predictions for 6 "
+            "examples (kept; a run with a larger --limit reports them)")
+    assert f"{copy}: {note}\n" in capsys.readouterr().err
+    res = json.loads((copy / "results.json").read_text())
+    m = res["manifest"]
+    assert m["n_examples"] == 2 and m["limit"] == 2
+    assert m["slice"] == {"examples": 2, "stored_examples": 6, "limit": 2, "note": note}
+    assert {r["n"] for r in res["rows"]} == {2}
+    assert read_samples(copy) == [s for s in read_samples(run) if s["example_id"] in {s["example_id"] for s in
+                                                                                      read_samples(copy)}]
+    # nothing was dropped: the suite's own limit reports every example again, with no slice
+    assert main([str(suite_file(tmp)), "--out", str(copy), "--no-progress", "--no-report"]) == 0
+    assert read_samples(copy) == read_samples(run)
+    m = json.loads((copy / "results.json").read_text())["manifest"]
+    assert "slice" not in m and m["limit"] == 6 and m["engine"]["units_run"] == 0
+    assert "these outputs cover" not in capsys.readouterr().err
+
+
 def test_missing_rows_are_recomputed_identically(first_run, tmp_path):
     tmp, run = first_run
     copy = tmp_path / "partial"

@@ -159,6 +159,8 @@ def test_default_generation_is_hf_generate_greedy_without_penalty(variant, batch
     assert texts == _texts(adapter, ref, eos)
     stops = set(eos) if isinstance(eos, list) else {eos}
     assert any(t in stops for t in ref[:, :-1].flatten().tolist())  # the saved EOS ended an answer early
+    # an answer without any EOS among its N_NEW tokens stopped at the limit: the adapter says which
+    assert adapter.last_truncated == [not any(t in stops for t in row) for row in ref.tolist()]
     if variant[0] != "blip2":  # the saved penalty, inherited, would have given other answers
         inherited = _hf_new_tokens(adapter, *batch, do_sample=False)
         assert not torch.equal(inherited, ref)

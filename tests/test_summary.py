@@ -1,26 +1,75 @@
-"""The printed summary: budgets, image severities, question perturbations and gaps to `full`."""
-from robust_atp.summary import format_summary
+"""The printed summary: budgets, one overview in the report's words, a table per kind (image
+corruptions, question perturbations, crossed conditions), every family, answers cut at the limit."""
+from robust_atp.summary import format_summary, truncation_line
 
 
-def _row(cond, method, acc, severity=0, text=None, kept=144):
+def _row(cond, method, acc, severity=0, text=None, kept=144, truncated=None, n=10):
     return {"condition": cond, "method": method, "accuracy": acc, "severity": severity, "text": text,
-            "kept_tokens": kept, "flops_ratio": None, "object_recall": None}
+            "kept_tokens": kept, "flops_ratio": None, "object_recall": None, "truncated": truncated, "n": n}
 
 
-def test_summary_has_text_and_image_columns_and_skips_crossed_conditions():
+def _rows():
     rows = []
     for m, base, kept in (("full", 0.9, 144), ("atp@0.25", 0.8, 36)):
         rows += [_row("clean", m, base, kept=kept), _row("image:fog@3", m, base - 0.2, 3, kept=kept),
+                 _row("image:fog@1", m, base - 0.1, 1, kept=kept),
+                 _row("image:snow@1", m, base - 0.3, 1, kept=kept),
                  _row("text:keyboard@1", m, base - 0.4, text="keyboard", kept=kept),
-                 _row("image:fog@3+text:keyboard@1", m, 0.0, 3, text="keyboard", kept=kept)]
-    out = format_summary(rows, ["full", "atp@0.25"], {"full": "1", "atp@0.25": "0.25"}).splitlines()
-    assert out[0].split() == ["method", "keep", "tokens", "clean", "sev3", "corrupted", "text", "d_clean",
-                              "d_corrupt", "d_text", "flops", "recall"]
-    assert out[3].split() == ["atp@0.25", "0.25", "36.0", "80.0", "60.0", "60.0", "40.0", "-10.0", "-10.0",
-                              "-10.0", "-", "-"]  # the crossed condition (0.0) enters no column
+                 _row("image:fog@3+text:keyboard@1", m, base - 0.5, 3, text="keyboard", kept=kept)]
+    return rows
+
+
+def _section(out: str, title: str) -> list[str]:
+    return next(s for s in out.split("\n\n") if s.startswith(title)).splitlines()
+
+
+def test_overview_names_each_kind_apart():
+    out = format_summary(_rows(), ["full", "atp@0.25"], {"full": "1", "atp@0.25": "0.25"})
+    lines = out.splitlines()
+    assert lines[0].split() == ["method", "keep", "tokens", "clean", "image", "text", "crossed", "d_clean",
+                                "d_image", "d_text", "d_crossed", "flops", "recall"]
+    # image: mean of fog@1, fog@3, snow@1 = 0.8 - 0.2 = 60.0; text 40.0; crossed 30.0
+    assert lines[3].split() == ["atp@0.25", "0.25", "36.0", "80.0", "60.0", "40.0", "30.0", "-10.0", "-10.0",
+                                "-10.0", "-10.0", "-", "-"]
+    assert "image = mean over image corruptions" in out and "text = mean over question perturbations" in out
+    assert "crossed = mean over crossed conditions" in out
+
+
+def test_a_table_per_kind_by_severity():
+    out = format_summary(_rows(), ["full", "atp@0.25"])
+    image = _section(out, "image corruptions")
+    assert image[0].startswith("image corruptions: 2 corruptions")
+    assert image[1].split() == ["method", "sev1", "sev3", "mean", "d_full"]
+    # sev1: (0.8 - 0.1 + 0.8 - 0.3) / 2 = 60.0, sev3: 60.0
+    assert image[4].split() == ["atp@0.25", "60.0", "60.0", "60.0", "-10.0"]
+    text = _section(out, "question perturbations")
+    assert text[1].split() == ["method", "sev1", "mean", "d_full"]
+    assert text[3].split() == ["full", "50.0", "50.0", "+0.0"]
+    crossed = _section(out, "crossed conditions")
+    assert "severity of the question perturbation" in crossed[0]
+    assert crossed[4].split() == ["atp@0.25", "30.0", "30.0", "-10.0"]
+
+
+def test_every_family_is_listed():
+    fams = _section(format_summary(_rows(), ["full", "atp@0.25"]), "by family")
+    assert fams[1].split() == ["family", "full", "atp@0.25"]
+    assert [line.split() for line in fams[3:]] == [
+        ["image:fog", "75.0", "65.0"], ["image:snow", "60.0", "50.0"], ["text:keyboard", "50.0", "40.0"],
+        ["image:fog@3+text:keyboard", "40.0", "30.0"]]
 
 
 def test_summary_without_perturbations():
     out = format_summary([_row("clean", "full", 0.5)], ["full"]).splitlines()
     assert out[0].split() == ["method", "keep", "tokens", "clean", "d_clean", "flops", "recall"]
     assert out[2].split() == ["full", "-", "144.0", "50.0", "+0.0", "-", "-"]
+    assert not any(line.startswith(("by family", "image corruptions", "answers cut")) for line in out)
+
+
+def test_truncation_count_line():
+    rows = [_row("clean", "full", 0.5, truncated=3, n=10), _row("clean", "atp", 0.4, truncated=0, n=10),
+            _row("image:fog@1", "full", 0.5, 1, truncated=1, n=10)]
+    line = truncation_line(rows, ["full", "atp"])
+    assert line == ("answers cut at the token limit (max_new_tokens, no end of sequence): 4 of 30 (13.3%); "
+                    "full 4, atp 0")
+    assert format_summary(rows, ["full", "atp"]).endswith(line)
+    assert truncation_line([_row("clean", "full", 0.5)], ["full"]) is None  # the adapter did not say

@@ -101,7 +101,8 @@ class Adapter(Protocol):
         """Greedy answers; example i's LLM sees exactly visual_tokens[i] ([K_i, D]) in place of the image.
         in_llm: a spec (`FastVSpec`, or a `staged_llm.StagedSpec` for the methods that drop tokens
         between decoder layers) to drop visual tokens inside the LLM (fills in its `kept`);
-        inputs: `generation_inputs(vision, kept_indices)`."""
+        inputs: `generation_inputs(vision, kept_indices)`. Afterwards `last_truncated` (when the
+        adapter has it) says per answer whether it stopped at max_new_tokens without an EOS."""
 
     def prompt_length(self, question: str) -> int:
         """Text tokens of the prompt around the image (the LLM sees these plus the visual tokens)."""
@@ -221,6 +222,13 @@ def prompt_ids_for_penalties(rows: list[torch.Tensor]) -> torch.Tensor:
     HF's `generate(input_ids)` on that example by itself, at every batch size."""
     length = max(len(r) for r in rows)
     return torch.stack([torch.cat([r[:1].expand(length - len(r)), r]) for r in rows])
+
+
+def cut_at_limit(new_tokens: torch.Tensor, eos) -> list[bool]:
+    """new_tokens [B, n] -> per row: no EOS id among them, i.e. the answer stopped at the token
+    limit (max_new_tokens) rather than ending (a finished row is filled with pad ids after its EOS)."""
+    stops = set(eos) if isinstance(eos, (list, tuple)) else {eos}
+    return [not any(t in stops for t in row) for row in new_tokens.tolist()]
 
 
 def decode_answers(tokenizer, new_tokens: torch.Tensor, eos) -> list[str]:

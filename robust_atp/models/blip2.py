@@ -22,7 +22,7 @@ from PIL import Image
 
 from ..data.images import to_rgb
 from ..errors import UserError
-from .base import FeatureLayer, VisionOutput, decode_answers, generate_greedy, prompt_ids_for_penalties, register_adapter
+from .base import FeatureLayer, VisionOutput, generate_greedy, prompt_ids_for_penalties, register_adapter
 from .hf_base import HFAdapter, left_pad
 from .probes import HookProbe
 from .scorer import load_scorer
@@ -197,7 +197,7 @@ class Blip2Adapter(HFAdapter):
                                         for q in questions])
         out = generate_greedy(self.model.language_model, self.generation_config, inputs_embeds=inputs,
                               input_ids=ids.to(self.device), attention_mask=mask)
-        return decode_answers(self.tokenizer, out[:, ids.shape[1]:], self.generation_config.eos_token_id)
+        return self.decode(out[:, ids.shape[1]:])
 
     def reference_inputs(self, images: list[Image.Image], questions: list[str]) -> dict:
         """The inputs of the model's own `generate`, laid out as `Blip2Processor` lays them out:

@@ -19,20 +19,28 @@ from typing import ClassVar
 import torch
 
 from ..errors import UserError
-from .base import greedy_generation, load_pretrained
+from .base import cut_at_limit, decode_answers, greedy_generation, load_pretrained
 from .placement import input_device
 from .prompts import resolve_prompt
 
 
-def pick_device(name: str) -> torch.device:
+def device_problem(name: str) -> str | None:
+    """Why this machine cannot run on device `name` (one phrase), or None."""
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"model.device: {name!r} requested but no CUDA device is available (use --device cpu)")
+        return f"{name!r} requested but no CUDA device is available (use --device cpu)"
     if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
         # a data-parallel rank maps `cuda` to cuda:LOCAL_RANK: more processes than GPUs land here
-        raise UserError(f"model.device: {name!r} requested but this machine has {torch.cuda.device_count()} "
-                        "CUDA device(s) (start at most that many processes per node)")
+        return (f"{name!r} requested but this machine has {torch.cuda.device_count()} CUDA device(s) "
+                "(start at most that many processes per node)")
     if name == "mps" and not torch.backends.mps.is_available():
-        raise UserError("model.device: 'mps' requested but MPS is not available (use --device cpu)")
+        return "'mps' requested but MPS is not available (use --device cpu)"
+    return None
+
+
+def pick_device(name: str) -> torch.device:
+    problem = device_problem(name)
+    if problem is not None:
+        raise UserError(f"model.device: {problem}")
     return torch.device(name)
 
 
@@ -71,6 +79,8 @@ class HFAdapter:
 
     num_visual_tokens: int | None = None  # None: known per image, after its vision pass
     scorer = None
+    # per answer of the last `generate`: it stopped at max_new_tokens without an EOS (None before any)
+    last_truncated: list[bool] | None = None
 
     def __init__(self, cfg):
         import transformers
@@ -102,6 +112,12 @@ class HFAdapter:
     def generation_source(self):
         """The module whose `generate` the adapter calls (its generation config is read)."""
         return self.model
+
+    def decode(self, new_tokens: torch.Tensor) -> list[str]:
+        """The generated ids [B, n] (prompt dropped) -> answers; records `last_truncated`."""
+        eos = self.generation_config.eos_token_id
+        self.last_truncated = cut_at_limit(new_tokens, eos)
+        return decode_answers(self.tokenizer, new_tokens, eos)
 
     # ------------------------------------------------------------------ declared capabilities
 

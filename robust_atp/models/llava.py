@@ -13,7 +13,7 @@ from PIL import Image
 from ..cost import kv_cache_bytes
 from ..data.images import to_rgb
 from ..errors import UserError
-from .base import (FeatureLayer, VisionOutput, decode_answers, generate_greedy, prompt_ids_for_penalties,
+from .base import (FeatureLayer, VisionOutput, generate_greedy, prompt_ids_for_penalties,
                    register_adapter, resolve_checkpoint)
 from .fastv import FastVHooks, FastVSpec
 from .hf_base import HFAdapter, left_pad
@@ -257,7 +257,7 @@ class LlavaAdapter(HFAdapter):
         else:
             with self.in_llm_hooks(in_llm, visual_tokens, questions, pads):
                 out = generate_greedy(self.model, self.generation_config, **run)
-        return decode_answers(self.tokenizer, out[:, ids.shape[1]:], self.generation_config.eos_token_id)
+        return self.decode(out[:, ids.shape[1]:])
 
     @torch.inference_mode()
     def generate_staged(self, spec: StagedSpec, visual_tokens: list[torch.Tensor], questions: list[str]) -> list[str]:
@@ -281,7 +281,7 @@ class LlavaAdapter(HFAdapter):
                               seeds=spec.seeds)
         spec.kept = surviving_image_tokens(out.seen[-1], starts, n)
         spec.image_tokens = list(out.image_tokens)
-        return decode_answers(self.tokenizer, out.tokens, g.eos_token_id)
+        return self.decode(out.tokens)
 
     @torch.inference_mode()
     def run_llm(self, visual_tokens: list[torch.Tensor], questions: list[str], steps: int = 0, in_llm=None,

@@ -28,7 +28,7 @@ from PIL import Image
 
 from ..data.images import to_rgb
 from ..errors import UserError
-from .base import VisionOutput, decode_answers, generate_greedy, prompt_ids_for_penalties, register_adapter
+from .base import VisionOutput, generate_greedy, prompt_ids_for_penalties, register_adapter
 from .hf_base import HFAdapter
 from .llava import prompt_embeddings
 from .probes import HookProbe
@@ -244,7 +244,7 @@ class Qwen2VLAdapter(HFAdapter):
                                         for t, (b, a) in zip(visual_tokens, map(self.prompt_ids, questions))])
         out = generate_greedy(self.model, self.generation_config, inputs_embeds=inputs, input_ids=ids.to(self.device),
                               attention_mask=mask, position_ids=position_ids)
-        return decode_answers(self.tokenizer, out[:, ids.shape[1]:], self.generation_config.eos_token_id)
+        return self.decode(out[:, ids.shape[1]:])
 
     def reference_inputs(self, images: list[Image.Image], questions: list[str]) -> dict:
         """What the HF processor gives for these images and prompts (left-padded), for the

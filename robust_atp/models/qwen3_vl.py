@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
-from .base import VisionOutput, decode_answers, generate_greedy, prompt_ids_for_penalties, register_adapter
+from .base import VisionOutput, generate_greedy, prompt_ids_for_penalties, register_adapter
 from .qwen2_vl import Qwen2VLAdapter
 
 
@@ -112,7 +112,7 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
             deepstack_features=[tuple(d[layer] for d in deep) for layer in range(deep[0].shape[0])])
         out = generate_greedy(self.model, self.generation_config, input_ids=ids, attention_mask=mask,
                               position_ids=position_ids, mm_encoder_outputs={"image": image})
-        return decode_answers(self.tokenizer, out[:, ids.shape[1]:], self.generation_config.eos_token_id)
+        return self.decode(out[:, ids.shape[1]:])
 
     def cost_configs(self) -> dict:
         mc = self.model.config

@@ -9,17 +9,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..conditions import CLEAN, parse_condition
+from ..conditions import CLEAN, KIND_NAMES, KINDS, parse_condition
 from ..metrics.robustness import corruption_errors, jaccard
 from ..stats import FEW_CLUSTERS, MIN_CLUSTERS, bootstrap_ci, paired_tests
 from .rundata import RunData
 
 CORRECTION_NAMES = {"maxt": "Westfall-Young max-T step-down", "holm": "Holm"}
-# The report's one vocabulary for the three kinds of non-clean condition (a "crossed" condition
-# applies an image corruption and a question perturbation together).
-KINDS = ("image", "text", "image+text")
-KIND_NAMES = {"clean": "clean", "image": "image corruptions", "text": "question perturbations",
-              "image+text": "crossed conditions"}
 
 
 @dataclass
