@@ -43,6 +43,8 @@ class WindowedReceivedAttentionProbe(ReceivedAttentionProbe):
     head, the attention each patch receives, summed over its segment's queries: [L, H, total
     patches], in the tower's window order."""
 
+    layer_dim = 0  # result(): [L, H, total patches]
+
     @staticmethod
     def reduce(probs: torch.Tensor) -> torch.Tensor:
         return probs.sum(1)  # [H, keys]: received, summed over the segment's queries

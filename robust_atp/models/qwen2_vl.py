@@ -73,6 +73,8 @@ class ReceivedAttentionProbe(HookProbe):
             parts.append(self.reduce(logits.softmax(-1)))
         self.rows[i] = self.join(parts)
 
+    layer_dim = 1  # result(): [images, L, H, n]
+
     @staticmethod
     def reduce(probs: torch.Tensor) -> torch.Tensor:
         """[H, queries, keys] of one segment (here an image) -> [H, keys]: received, mean over queries."""
@@ -83,7 +85,7 @@ class ReceivedAttentionProbe(HookProbe):
         return torch.stack(parts)  # [images, H, n]
 
     def result(self) -> torch.Tensor:
-        out = torch.stack([self.rows[i] for i in range(len(self.blocks))], 1)
+        out = torch.stack([self.rows[i] for i in range(len(self.blocks))], self.layer_dim)
         self.rows.clear()
         return out
 
