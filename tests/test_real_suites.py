@@ -61,7 +61,7 @@ def test_check_rejects_an_invalid_config(tmp_path, capsys, edit, message):
 
 def test_a_real_run_without_data_is_one_line(tmp_path, capsys):
     suite = variant(tmp_path, "gqa_ood", lambda r: r["dataset"].update(source=str(tmp_path / "gqa_ood")))
-    assert main([str(suite), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    assert main([str(suite), "--out", str(tmp_path / "run"), "--no-progress", "--device", "cpu"]) == 2  # the device is checked first
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert err.startswith(f"error: {suite}: dataset.source: '{tmp_path / 'gqa_ood'}': missing dataset root "
