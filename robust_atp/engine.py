@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
 from .conditions import CLEAN, condition_name, condition_plan
 from .data.base import Example, batch_key, iter_batches
 from .errors import UserError

@@ -159,9 +159,11 @@ def measure_cost(methods: list, adapter, images: list, questions: list[str], tex
         spec = (lambda: None) if m.fastv_layer is None else (lambda: FastVSpec(m.fastv_layer, m.fastv_k(n)))
         inputs = adapter.generation_inputs(vision, None if m.fastv_layer is not None else [k.indices for k in kept])
         rec = {"batch": len(questions), "device": str(adapter.device)}
-        # tokens the LLM reads before the kept ones (LLaVA's 'full' selection: the CLS token), all or example i's
-        lead = lambda i: {} if "prefix" not in inputs else {  # noqa: E731
-            "prefix": inputs["prefix"] if i is None else inputs["prefix"][i:i + 1]}
+        # tokens the LLM reads before the kept ones (LLaVA's 'full' selection: the CLS token): the
+        # batch's, or example i's
+        prefix = inputs.get("prefix")
+        lead = lambda i: {} if prefix is None else {"prefix": prefix if i is None else prefix[i:i + 1]}  # noqa: E731
+        n_lead = 0 if prefix is None else prefix.shape[1]
         if cfg.latency:
             text_s = shared["text", m.settings.get("text", "question")] if m.needs_text else 0.0
             select_s = cost.median_seconds(own, **runs)
@@ -186,7 +188,7 @@ def measure_cost(methods: list, adapter, images: list, questions: list[str], tex
                 counted.append(cost.counted_flops(one))
                 # what runs: FastV masks its dropped tokens, so every layer sees the whole prompt,
                 # and ranks them once
-                seq = adapter.prompt_length(q) + len(tok) + sum(len(p[0]) for p in lead(i).values())
+                seq = adapter.prompt_length(q) + len(tok) + n_lead
                 analytic.append(cost.prefill_flops(llm, seq) + (0 if m.fastv_layer is None else
                                                                  cost.fastv_rank_flops(llm, seq)))
         rec["kv_cache_mb"] = round(statistics.mean(kv) / 2**20, 6)

@@ -6,7 +6,6 @@ for the CLS row only, so it works under sdpa / flash attention (no `output_atten
 """
 from __future__ import annotations
 
-
 import torch
 from PIL import Image
 

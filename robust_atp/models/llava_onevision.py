@@ -32,7 +32,6 @@ LLaVA-NeXT.
 """
 from __future__ import annotations
 
-
 import math
 
 import torch

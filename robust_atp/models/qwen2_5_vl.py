@@ -27,13 +27,11 @@ at start + max(rows, cols), merging methods and FastV are refused.
 """
 from __future__ import annotations
 
-
 import torch
 from PIL import Image
 
 from ..errors import UserError
 from .base import VisionOutput, register_adapter
-
 from .qwen2_vl import Qwen2VLAdapter, ReceivedAttentionProbe
 
 
