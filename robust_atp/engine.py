@@ -41,6 +41,7 @@ from .perturb.text import TextCondition, perturb_text
 from .preflight import check_loaded
 from .progress import Progress
 from .seeding import stable_seed
+from .speedups import Selection, Speedups, fused_inputs, generation_groups
 from .store import Prediction, RunStore
 
 @dataclass
@@ -49,7 +50,10 @@ class EngineStats:
     units_run: int = 0
     vision_passes: int = 0
     merged_tower_passes: int = 0  # extra tower passes of methods that merge inside it (ToMe)
-    generations: int = 0
+    generations: int = 0  # answers generated (examples x methods)
+    generate_calls: int = 0  # `adapter.generate` calls (fewer than methods x units when fused)
+    prefixes_computed: int = 0  # prompt-prefix KV caches computed (`Speedups.reuse_prefix`)
+    prefixes_reused: int = 0  # generations that continued a prefix computed for another text condition
     corruption_hits: int = 0  # corrupted images read from the cache
     corruption_computed: int = 0  # corrupted images computed now
     seconds: float = 0.0
@@ -63,8 +67,11 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
                batch_size: int, include_clean: bool = True, progress: bool = True,
                text_conditions: list[TextCondition] = (), cross: bool = False, resolution: int | None = None,
                cache: CorruptionCache | None = None, shard: tuple[int, int] = (0, 1),
-               done: set | None = None, cost=None, cost_done: set | None = None) -> EngineStats:
-    """`shard` (rank, world): evaluate only the batches b with b % world == rank (a data-parallel
+               done: set | None = None, cost=None, cost_done: set | None = None,
+               speedups: Speedups | None = None) -> EngineStats:
+    """`speedups`: the optimisations used where the adapter allows them (`speedups.Speedups`;
+    default all), which change the number of model calls and never an answer.
+    `shard` (rank, world): evaluate only the batches b with b % world == rank (a data-parallel
     rank; batches are the single process's); `done` / `cost_done`: prediction / cost keys already
     computed (default: the store's).
     cost: the suite's `cost` section; when enabled, the first `cost.batches` batches of every
@@ -72,6 +79,7 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
     their predictions (a finished run whose cost is missing gets only the measurements)."""
     t0 = time.perf_counter()
     stats = EngineStats()
+    speedups = Speedups() if speedups is None else speedups
     conds = condition_plan(image_conditions, text_conditions, include_clean, cross)
     done = store.done() if done is None else set(done)
     batches = list(iter_batches(examples, batch_size))
@@ -133,6 +141,8 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
             tm["vision"] += time.perf_counter() - t
             stats.vision_passes += 1
             merged: dict[str, object] = {}  # method label -> its merged tower pass on these images
+            prefixes: dict[str, object] = {}  # method label -> its prompt prefix's KV cache on these images
+            reusing = speedups.reuse_prefix and adapter.reuses_prefix and len(text_conds) > 1
             rows, cost_rows = [], []
             for text_cond in text_conds:
                 cname = condition_name(image_cond, text_cond)
@@ -150,6 +160,7 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
                     if (text_cond, kind) not in text_cache:
                         text_cache[text_cond, kind] = adapter.encode_texts(clip_texts(adapter, questions, kind))
                 tm["text"] += time.perf_counter() - t
+                selections = []
                 for m in todo_methods:
                     bar.working_on(cname, m.label)
                     text = text_cache[text_cond, m.settings.get("text", "question")] if m.needs_text else None
@@ -158,8 +169,14 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
                         merged[m.label] = adapter.encode_images_merged(imgs, m.tower)
                         tm["vision"] += time.perf_counter() - t
                         stats.merged_tower_passes += 1
-                    rows += _method_rows(m, adapter, vision, text, questions, batch, cname, seed, metrics, done, stats,
-                                         resolution, [im.size for im in images], merged.get(m.label))
+                    selections.append(_select(m, adapter, vision, text, batch, seed, stats, merged.get(m.label)))
+                if reusing:
+                    _attach_prefixes(selections, adapter, questions, prefixes, stats)
+                for group in generation_groups(selections, adapter, speedups):
+                    _generate(group, adapter, questions, stats)
+                for sel in selections:
+                    rows += _rows(sel, adapter, vision, questions, batch, cname, metrics, done, resolution,
+                                  [im.size for im in images])
                     bar.step()
                 if to_measure:  # after the answers: measuring never changes them
                     t = time.perf_counter()
@@ -316,41 +333,84 @@ def evaluate(suite, run_dir: Path, suite_path: Path, fresh: bool = False, progre
         distributed.stop()
 
 
-def _method_rows(m, adapter, vision, text, questions, batch, cname, seed, metrics, done, stats,
-                 resolution: int | None = None, source_sizes: list | None = None,
-                 merged_vision=None) -> list[Prediction]:
-    """One method on one batch under one condition: select (or merge), generate, score, measure.
-    merged_vision: the method's own merged tower pass (ToMe), which it reads instead of `vision`."""
-    tm = stats.timings
+def _select(m, adapter, vision, text, batch, seed, stats, merged_vision=None) -> Selection:
+    """One method on one batch under one condition, up to what the LLM is handed: its kept (or
+    merged) tokens and any in-LLM request. merged_vision: the method's own merged tower pass
+    (ToMe), which it reads instead of `vision`."""
     t = time.perf_counter()
-    kept = m.apply(vision if merged_vision is None else merged_vision, text, seed_keys(seed, batch, m))
-    tm["select"] += time.perf_counter() - t
-    t = time.perf_counter()
-    tokens = [k.tokens for k in kept]
-    adapter.last_truncated = None  # filled in by this call's generate (a generation path without it: unknown)
-    staged = None
+    keys = seed_keys(seed, batch, m)
+    kept = m.apply(vision if merged_vision is None else merged_vision, text, keys)
+    stats.timings["select"] += time.perf_counter() - t
     if m.fastv_layer is not None:  # pruned inside the LLM: the adapter reports what it kept
-        spec = FastVSpec(m.fastv_layer, m.fastv_k(vision.tokens.shape[1]))
-        answers = adapter.generate(tokens, questions, in_llm=spec, **adapter.generation_inputs(vision, None))
-        indices = spec.kept
-    elif m.staged is not None:  # dropped between decoder layers: the adapter reports what each layer saw
-        staged = staged_spec(m, adapter, vision.tokens.shape[1], seed_keys(seed, batch, m))
-        answers = adapter.generate(tokens, questions, in_llm=staged, **adapter.generation_inputs(vision, None))
-        indices = staged.kept
+        return Selection(m, kept, FastVSpec(m.fastv_layer, m.fastv_k(vision.tokens.shape[1])),
+                         adapter.generation_inputs(vision, None))
+    if m.staged is not None:  # dropped between decoder layers: the adapter reports what each layer saw
+        return Selection(m, kept, staged_spec(m, adapter, vision.tokens.shape[1], keys),
+                         adapter.generation_inputs(vision, None))
+    # e.g. the kept indices for adapters that place tokens by grid (Qwen2-VL, LLaVA-NeXT)
+    return Selection(m, kept, None, adapter.generation_inputs(vision, [k.indices for k in kept]))
+
+
+def _attach_prefixes(selections: list[Selection], adapter, questions, prefixes: dict, stats) -> None:
+    """Give each question-independent selection the KV cache of its prompt prefix: the one an
+    earlier text condition of this image computed when it still fits, else a new one."""
+    t = time.perf_counter()
+    for sel in selections:
+        if not sel.question_independent:
+            continue
+        label = sel.method.label
+        before = prefixes.get(label)
+        sel.kv_prefix = adapter.kv_prefix(sel.tokens, questions, sel.inputs.get("prefix"), reuse=before)
+        if sel.kv_prefix is None:
+            continue
+        if sel.kv_prefix is before:
+            stats.prefixes_reused += 1
+        else:
+            prefixes[label] = sel.kv_prefix
+            stats.prefixes_computed += 1
+    stats.timings["generate"] += time.perf_counter() - t
+
+
+def _generate(group: list[Selection], adapter, questions: list[str], stats) -> None:
+    """One `generate` call for a group of selections (one, or several fused along the batch:
+    `speedups.generation_groups`); fills in each one's answers and truncation flags."""
+    t = time.perf_counter()
+    n = len(questions)
+    extra = {}
+    if group[0].kv_prefix is not None:
+        extra["kv_prefix"] = group[0].kv_prefix if len(group) == 1 else type(group[0].kv_prefix).cat(
+            [s.kv_prefix for s in group])
+    adapter.last_truncated = None  # filled in by this call's generate (a generation path without it: unknown)
+    if len(group) == 1:
+        answers = adapter.generate(group[0].tokens, questions, in_llm=group[0].in_llm, **group[0].inputs, **extra)
+    else:
+        answers = adapter.generate([t for s in group for t in s.tokens], questions * len(group),
+                                   **fused_inputs([s.inputs for s in group]), **extra)
+    cut = getattr(adapter, "last_truncated", None) or [None] * len(answers)  # stopped at max_new_tokens
+    for i, s in enumerate(group):
+        s.answers, s.truncated = answers[i * n:(i + 1) * n], cut[i * n:(i + 1) * n]
+    stats.timings["generate"] += time.perf_counter() - t
+    stats.generate_calls += 1
+    stats.generations += len(answers)
+
+
+def _rows(sel: Selection, adapter, vision, questions, batch, cname, metrics, done,
+          resolution: int | None = None, source_sizes: list | None = None) -> list[Prediction]:
+    """A generated selection as prediction rows: scored, measured (tokens the LLM saw, FLOPs)."""
+    m, kept, staged = sel.method, sel.kept, None
+    if isinstance(sel.in_llm, StagedSpec):
+        staged, indices = sel.in_llm, sel.in_llm.kept
+    elif sel.in_llm is not None:
+        indices = sel.in_llm.kept
     else:
         indices = [k.indices for k in kept]
-        # e.g. the kept indices for adapters that place tokens by grid (Qwen2-VL, LLaVA-NeXT)
-        answers = adapter.generate(tokens, questions, **adapter.generation_inputs(vision, indices))
-    tm["generate"] += time.perf_counter() - t
-    cut = getattr(adapter, "last_truncated", None) or [None] * len(batch)  # stopped at max_new_tokens
-    stats.generations += len(batch)
     n_llm = [len(i) if i is not None else len(k) for i, k in zip(indices, kept)]
     if staged is not None:  # the last decoder layer's image tokens (SparseVLM's recycled ones too)
         n_llm = [staged.image_tokens[-1]] * len(batch)
     extras = row_measurements(m, adapter, vision, indices, questions, batch, n_llm, m.fastv_layer, resolution,
                               source_sizes, staged=staged)
     rows = []
-    for ex, ans, idx, n, extra, q, c in zip(batch, answers, indices, n_llm, extras, questions, cut):
+    for ex, ans, idx, n, extra, q, c in zip(batch, sel.answers, indices, n_llm, extras, questions, sel.truncated):
         if (ex.id, cname, m.label) in done:
             continue
         if c is not None:

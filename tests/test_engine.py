@@ -78,6 +78,9 @@ def test_vision_pass_runs_once_per_batch_and_condition(first_run):
     assert eng["units_run"] == eng["units_total"] == 2 * 3  # ceil(6 / 4) batches x 3 conditions
     assert eng["vision_passes"] == 6
     assert eng["generations"] == 6 * 3 * 3
+    # full (144 tokens) alone, atp@0.25 and random@0.25 (36 each) in one fused call; no text conditions to reuse a prefix for
+    assert eng["generate_calls"] == 6 * 2
+    assert eng["prefixes"] == {"computed": 0, "reused": 0}
 
 
 def test_second_run_resumes_without_recomputing(first_run, capsys):

@@ -102,3 +102,20 @@ def test_fastv_equals_an_explicit_eager_reference(tiny_eager_adapter, tiny_adapt
         assert not torch.allclose(logits[0], full_logits[0], atol=1e-3)
     else:  # a cut after the last layer drops nothing the LM head reads
         assert all(torch.equal(a, b) for a, b in zip(logits, full_logits)) and texts == full_texts
+
+
+def test_fastv_one_example_alone_is_its_answer_in_a_batch(tiny_adapter, shapes_examples):
+    """Batch size 1 has no padding, so sdpa takes its causal shortcut (no mask) and the hooks build
+    the mask from the KV cache's length: they read the cache under transformers 5's name (`cache`),
+    which a decoding step of a lone example crashed on when only `past_key_values` was read."""
+    exs = shapes_examples[:3]
+    questions = [e.question for e in exs]
+    vision = tiny_adapter.encode_images([e.image() for e in exs])
+    tokens = [vision.tokens[i] for i in range(3)]
+    spec = FastVSpec(0, 5)
+    batched = tiny_adapter.generate(tokens, questions, in_llm=spec)
+    kept = [t.tolist() for t in spec.kept]
+    for i in range(3):
+        alone = FastVSpec(0, 5)
+        assert tiny_adapter.generate(tokens[i:i + 1], questions[i:i + 1], in_llm=alone) == batched[i:i + 1]
+        assert alone.kept[0].tolist() == kept[i]

@@ -89,8 +89,9 @@ class FastVHooks:
         mask = kwargs.get("attention_mask")
         kv = q if mask is None else mask.shape[-1]
         if mask is None:  # sdpa's is_causal shortcut: build the causal mask it stands for
-            kv = q + (kwargs["past_key_values"].get_seq_length(attn.layer_idx)
-                      if kwargs.get("past_key_values") is not None else 0)
+            # the KV cache argument: `cache` in transformers 5, `past_key_values` before
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))
+            kv = q + (cache.get_seq_length(attn.layer_idx) if cache is not None else 0)
             qpos = torch.arange(kv - q, kv, device=h.device)
             mask = (torch.arange(kv, device=h.device)[None, :] <= qpos[:, None])[None, None].expand(b, 1, q, kv)
         drop = torch.zeros(b, kv, dtype=torch.bool, device=h.device)

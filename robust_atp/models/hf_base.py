@@ -8,6 +8,10 @@ of probing for methods.
     in_llm_pruning         prunes visual tokens inside the LLM (`in_llm_hooks` for a spec such as
                            `FastVSpec`; the llava adapter also runs a `StagedSpec` through its
                            staged decoder; `generate(..., in_llm=spec)` fills in `spec.kept`)
+    fuses_generation       several methods' batches with equal visual-token counts may share one
+                           `generate` call: answers are those of separate calls
+    reuses_prefix          `kv_prefix` computes the KV cache of [prompt head + visual tokens] once;
+                           `generate(..., kv_prefix=...)` runs only the question tail from it
     patch_geometry()       how an image reaches the patch grid (object recall), or None
     llm_visual_tokens()    the visual tokens the LLM reads for k kept ones
     vision_flops(), extra_flops()   what the tower and any stage beside the LLM cost
@@ -69,6 +73,8 @@ class HFAdapter:
     places_tokens_by_grid: ClassVar[bool] = False
     timed_llm_passes: ClassVar[bool] = False
     in_llm_pruning: ClassVar[bool] = False
+    fuses_generation: ClassVar[bool] = False
+    reuses_prefix: ClassVar[bool] = False
     in_llm_refusal: ClassVar[str] = ""  # why not, when the adapter cannot (appended to the error)
     # the error when a method needs text relevance and the adapter has no scorer
     no_text_relevance: ClassVar[str] = "model.scorer: a method needs text relevance: name an external scorer"

@@ -63,6 +63,8 @@ class InternVLAdapter(LlavaAdapter):
     merges_in_tower = False  # the pixel shuffle needs whole 2x2 patch groups after the tower
     in_llm_pruning = False  # FastV is refused; `run_llm` (LLaVA's) times the LLM as on LLaVA
     in_llm_refusal = " (not wired for its LLM: LLaVA-1.5 only)"
+    fuses_generation = False  # the fused and prefix paths are proven on LLaVA-1.5 only
+    reuses_prefix = False
     no_text_relevance = ("methods: a method needs text relevance, but internvl's InternViT is not in a CLIP space "
                          "(and the schema admits no model.scorer for this adapter)")
 

@@ -16,6 +16,7 @@ from .base import (FeatureLayer, VisionOutput, generate_greedy, prompt_ids_for_p
                    register_adapter, resolve_checkpoint)
 from .fastv import FastVHooks, FastVSpec
 from .hf_base import HFAdapter, left_pad
+from .kv_prefix import PrefixCache
 from .probes import QKProbe
 from .staged_llm import StagedSpec, staged_generate, surviving_image_tokens
 from .tome_tower import blocks_read, merged_tower
@@ -63,6 +64,8 @@ class LlavaAdapter(HFAdapter):
     merges_in_tower = True  # ToMe inside the CLIP tower: `encode_images_merged`
     timed_llm_passes = True  # `run_llm`
     in_llm_pruning = True  # FastV: `in_llm_hooks`; PyramidDrop, DART, SparseVLM: `generate_staged`
+    fuses_generation = True  # equal visual-token counts: one `generate` over several methods' batches
+    reuses_prefix = True  # `kv_prefix`: the prompt head + image KV computed once, every question continues it
     feature_layers: list | None = None  # the ViT layers the projector reads (None: the config's one layer)
     cls_first = False  # 'full' feature selection: the CLS token leads the visual tokens
 
@@ -241,7 +244,12 @@ class LlavaAdapter(HFAdapter):
 
     @torch.inference_mode()
     def generate(self, visual_tokens: list[torch.Tensor], questions: list[str], in_llm=None,
-                 prefix=None) -> list[str]:
+                 prefix=None, kv_prefix: PrefixCache | None = None) -> list[str]:
+        """kv_prefix: a `kv_prefix` of these visual tokens (and CLS prefix): only the questions run."""
+        if kv_prefix is not None:
+            if in_llm is not None or not kv_prefix.fits(visual_tokens, prefix, self.prompt_heads(questions)):
+                raise ValueError("generate: the KV prefix is not these examples' (or an in-LLM method was given one)")
+            return self.generate_from_prefix(kv_prefix, questions)
         visual_tokens = self.with_prefix(visual_tokens, prefix, in_llm)
         if isinstance(in_llm, StagedSpec):  # tokens leave the sequence between decoder layers
             return self.generate_staged(in_llm, visual_tokens, questions)
@@ -256,6 +264,55 @@ class LlavaAdapter(HFAdapter):
         else:
             with self.in_llm_hooks(in_llm, visual_tokens, questions, pads):
                 out = generate_greedy(self.model, self.generation_config, **run)
+        return self.decode(out[:, ids.shape[1]:])
+
+    def prompt_heads(self, questions: list[str]) -> list[torch.Tensor]:
+        return [self.prompt_ids(q)[0] for q in questions]
+
+    @torch.inference_mode()
+    def kv_prefix(self, visual_tokens: list[torch.Tensor], questions: list[str], prefix=None,
+                  reuse: PrefixCache | None = None) -> PrefixCache | None:
+        """The KV cache of [prompt head + visual tokens] for these examples: `reuse` when it is
+        theirs, else computed now (one decoder pass over the prefixes, no padding: they are all
+        as long). None when their prefixes differ in length or head (nothing to share), or when
+        the generation config reads the padded prompt's n-grams (`no_repeat_ngram_size`)."""
+        heads = self.prompt_heads(questions)
+        if reuse is not None and reuse.fits(visual_tokens, prefix, heads):
+            return reuse
+        if self.generation_config.no_repeat_ngram_size or any(not torch.equal(h, heads[0]) for h in heads):
+            return None
+        full = self.with_prefix(visual_tokens, prefix)
+        if len({len(t) for t in full}) != 1:
+            return None
+        embed = self.model.get_input_embeddings()
+        head = embed(heads[0].to(self.device))
+        embeds = torch.stack([torch.cat([head, t.to(self.dtype)]) for t in full])
+        n, length = embeds.shape[:2]
+        mask = torch.ones(n, length, dtype=torch.long, device=self.device)
+        positions = torch.arange(length, device=self.device).expand(n, -1)
+        out = self.model.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                                              use_cache=True)
+        layers = [(layer.keys, layer.values) for layer in out.cache.layers]
+        return PrefixCache(head=heads[0], visual=list(visual_tokens), extra=prefix, embeds=embeds, layers=layers)
+
+    def generate_from_prefix(self, kv: PrefixCache, questions: list[str]) -> list[str]:
+        """Greedy answers continuing `kv` with each question's tail (the layout in `models.kv_prefix`)."""
+        embed = self.model.get_input_embeddings()
+        tails = [self.prompt_ids(q)[1] for q in questions]
+        width = max(len(t) for t in tails)
+        pad = embed(torch.tensor([self.pad_token_id], device=self.device))[0]
+        tail_embeds = torch.stack([torch.cat([pad.expand(width - len(t), -1), embed(t.to(self.device))])
+                                   for t in tails])
+        n = len(questions)
+        mask = torch.cat([torch.ones(n, kv.length, dtype=torch.long),
+                          torch.stack([torch.cat([torch.zeros(width - len(t), dtype=torch.long),
+                                                  torch.ones(len(t), dtype=torch.long)]) for t in tails])], 1)
+        # the ids a penalty sees: the example's own, with its first id at the pads (as `generate` has them)
+        image = torch.full((kv.length - len(kv.head),), self.image_token_id)
+        ids = torch.stack([torch.cat([kv.head, image, kv.head[:1].expand(width - len(t)), t]) for t in tails])
+        out = generate_greedy(self.model, self.generation_config, inputs_embeds=torch.cat([kv.embeds, tail_embeds], 1),
+                              input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                              cache=kv.dynamic_cache())
         return self.decode(out[:, ids.shape[1]:])
 
     @torch.inference_mode()

@@ -47,6 +47,8 @@ class LlavaNextAdapter(LlavaAdapter):
     timed_llm_passes = False
     in_llm_pruning = False
     in_llm_refusal = " (its visual tokens carry row newlines the in-LLM passes do not lay out)"
+    fuses_generation = False  # not shown safe on its any-resolution layout (kept indices per example)
+    reuses_prefix = False
 
     def setup(self, cfg) -> None:
         mc = self.model.config
