@@ -381,8 +381,10 @@ def _generate(group: list[Selection], adapter, questions: list[str], stats) -> N
         extra["kv_prefix"] = group[0].kv_prefix if len(group) == 1 else type(group[0].kv_prefix).cat(
             [s.kv_prefix for s in group])
     adapter.last_truncated = None  # filled in by this call's generate (a generation path without it: unknown)
+    if group[0].in_llm is not None:  # passed only when set: an adapter without in-LLM pruning need not take it
+        extra["in_llm"] = group[0].in_llm
     if len(group) == 1:
-        answers = adapter.generate(group[0].tokens, questions, in_llm=group[0].in_llm, **group[0].inputs, **extra)
+        answers = adapter.generate(group[0].tokens, questions, **group[0].inputs, **extra)
     else:
         answers = adapter.generate([t for s in group for t in s.tokens], questions * len(group),
                                    **fused_inputs([s.inputs for s in group]), **extra)

@@ -112,9 +112,9 @@ class Spy:
         self.log["images"].update(hashlib.sha256(im.tobytes()).hexdigest() for im in images)
         return self.inner.encode_images(images)
 
-    def generate(self, tokens, questions):
+    def generate(self, tokens, questions, **kwargs):
         self.log["questions"].update(questions)
-        return self.inner.generate(tokens, questions)
+        return self.inner.generate(tokens, questions, **kwargs)
 
 
 def spied_runs(tmp, monkeypatch, runs):
