@@ -114,12 +114,13 @@ def published_table(section: dict | None) -> list[str]:
     sources' papers and what was not compared; [] when the suite names no published figures."""
     if not section:
         return []
-    title = (f"beside published ({section['model']}, {section['benchmark']}; clean; run - published in the "
-             "figure's units: points, MME score points)")
+    units = "MME score points" if section["benchmark"] == "mme" else "percentage points"
+    title = (f"beside published: {section['model']} {section['benchmark']}, clean condition; "
+             f"diff = run - published in {units}")
     if not section["rows"]:
         return [title + "\nno method of this run has a published value at its budget"
                 + "".join(f"\n  {x}" for x in section["not_compared"])]
-    lines = [[r["method"], r["tokens"], r["metric"], _figure(r["run"]), f"{r['published']:g}",
+    lines = [[r["method"], r["tokens"], r["metric"], _figure(r["run"]), _printed(r["published"]),
               "-" if r["difference"] is None else f"{r['difference']:+.1f}", f"arXiv {r['arxiv']} {_short(r['table'])}"]
              for r in section["rows"]]
     table = _table(["method", "tokens", "figure", "run", "published", "diff", "source"], lines)
@@ -132,6 +133,11 @@ def published_table(section: dict | None) -> list[str]:
 
 def _figure(x) -> str:
     return "-" if x is None else f"{x:.1f}"
+
+
+def _printed(x: float) -> str:
+    """A published value with one decimal, or two when the source printed two (59.97)."""
+    return f"{x:.1f}" if round(x, 1) == x else f"{x:.2f}"
 
 
 def _short(table: str) -> str:
