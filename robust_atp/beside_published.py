@@ -237,10 +237,14 @@ def differs(config: dict, figures, metric_sources: dict | None = None) -> str:
     src = "; ".join(f"{m}: {(metric_sources or {}).get(m) or 'see README'}" for m in used)
     limit = f", first {data['limit']} examples" if data.get("limit") else ""
     prompt = repr(model["prompt"]) if model.get("prompt") else "the checkpoint's chat template"
-    extra = SPLIT_NOTES.get(config["published"]["benchmark"])
+    bench = config["published"]["benchmark"]
+    extra = SPLIT_NOTES.get(bench)
+    if bench == "textvqa" and not (data.get("options") or {}).get("ocr"):
+        extra = "the published TextVQA figures use LLaVA's OCR-token prompt; this run does not"
     return (f"The run uses {model.get('checkpoint')} in {model.get('dtype')}, the prompt {prompt}, answers scored by "
             f"{src}, on {data.get('loader')} {data.get('split')}{limit}; each published figure comes from its "
-            "source's own checkpoint (LLaVA-1.5's liuhaotian/llava-v1.5-7b, not the llava-hf conversion), prompt, "
+            "source's own checkpoint (LLaVA-1.5's is liuhaotian/llava-v1.5-7b, of which llava-hf's is a conversion), "
+            "prompt, "
             "answer parsing and the whole split it names" + (f"; {extra}" if extra else "") +
             ". A difference mixes those choices with the pruning's own effect; differences between this run's methods "
             "(one checkpoint, prompt and parsing) are what compare them.")

@@ -63,3 +63,15 @@ def test_planned_tokens_round_half_up(settings, tokens):
 
 def test_no_section_without_the_field():
     assert beside_published({"metrics": ["pope_f1"]}, pope_rows(), POPE_METHODS) is None
+
+
+def test_textvqa_without_ocr_tokens_says_so():
+    config = {**POPE_CONFIG, "published": {"model": "llava-1.5-7b", "benchmark": "textvqa"},
+              "metrics": ["textvqa_accuracy"], "dataset": {"loader": "textvqa", "split": "validation",
+                                                           "options": {"ocr": False}}}
+    rows = [{"condition": "clean", "method": "full", "kept_tokens": 576.0, "metrics": {"textvqa_accuracy": 0.5}}]
+    s = beside_published(config, rows, POPE_METHODS[:1])
+    assert [(r["run"], r["published"], r["difference"]) for r in s["rows"]] == [(50.0, 58.2, -8.2)] * 2
+    assert "use LLaVA's OCR-token prompt; this run does not" in s["differs"]
+    with_ocr = {**config, "dataset": {**config["dataset"], "options": {"ocr": True}}}
+    assert "OCR-token" not in beside_published(with_ocr, rows, POPE_METHODS[:1])["differs"]
