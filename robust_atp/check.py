@@ -14,6 +14,7 @@ from pathlib import Path
 
 
 def check_suite(suite, suite_path: Path, out=None) -> int:
+    from .beside_published import plan_lines
     from .conditions import condition_names
     from .perturb.image import resolve_image_conditions
     from .perturb.text import resolve_text_conditions
@@ -49,6 +50,8 @@ def check_suite(suite, suite_path: Path, out=None) -> int:
     shown = ", ".join(conditions[:6]) + (f", ... ({len(conditions) - 6} more)" if len(conditions) > 6 else "")
     say(f"  conditions ({len(conditions)}): {shown}")
     say(f"  metrics: {', '.join(suite.metrics)}")
+    for line in plan_lines(suite):  # what the run's figures will be put beside
+        say(line)
     per_example = len(conditions) * len(methods)
     if n is None:
         bound = f" (at most {d.limit * per_example})" if d.limit else ""

@@ -208,6 +208,7 @@ class RunOutcome:
     budgets: dict[str, str]
     stats: EngineStats
     cache: CorruptionCache
+    published: dict | None = None  # results.json's `published` section, when the suite names one
 
 
 def evaluate(suite, run_dir: Path, suite_path: Path, fresh: bool = False, progress: bool = True,
@@ -223,6 +224,7 @@ def evaluate(suite, run_dir: Path, suite_path: Path, fresh: bool = False, progre
     hf_logging.disable_progress_bar()  # one progress bar: the run's
 
     from . import distributed
+    from .beside_published import beside_published
     from .conditions import condition_names
     from .data.dataset import load_dataset
     from .data.validate import with_image_checks
@@ -320,8 +322,9 @@ def evaluate(suite, run_dir: Path, suite_path: Path, fresh: bool = False, progre
         manifest["processes"] = ranks.world
         if sliced is not None:
             manifest["slice"] = sliced
-        write_results(run_dir, manifest, rows, samples(by_key, examples, conditions, labels))
-        outcome = RunOutcome(rows, labels, method_budgets(methods), stats, cache)
+        published = beside_published(manifest["config"], rows, manifest["methods"], manifest["metric_sources"])
+        write_results(run_dir, manifest, rows, samples(by_key, examples, conditions, labels), published)
+        outcome = RunOutcome(rows, labels, method_budgets(methods), stats, cache, published)
         if finish is not None:
             finish(outcome)
         return outcome

@@ -57,6 +57,11 @@ def _load(directory: str) -> tuple[PublishedValue, ...]:
     return tuple(out)
 
 
+def published_values(directory: Path | str | None = None) -> tuple[PublishedValue, ...]:
+    """Every published value of every model in the directory (default: `published/`)."""
+    return _load(str(directory or PUBLISHED_DIR))
+
+
 def published(model: str, benchmark: str, method: str | None = None, tokens: int | None = None,
               directory: Path | str | None = None) -> list[PublishedValue]:
     """The published values for a model and benchmark, optionally one method and one token budget.

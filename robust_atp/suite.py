@@ -224,6 +224,13 @@ class CostCfg(Strict):
         return self.latency or self.flops
 
 
+class PublishedCfg(Strict):
+    """Published figures to put beside the run's (`published/<model>.yaml`; see beside_published)."""
+
+    model: str  # e.g. llava-1.5-7b
+    benchmark: str  # e.g. pope, mme, textvqa, scienceqa_img, mmbench_en, vqav2, gqa
+
+
 class Suite(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
@@ -237,6 +244,7 @@ class Suite(Strict):
     stats: StatsCfg = Field(default_factory=StatsCfg)
     report: ReportCfg = Field(default_factory=ReportCfg)
     cost: CostCfg = Field(default_factory=CostCfg)
+    published: PublishedCfg | None = None
 
     @model_validator(mode="after")
     def _per_crop_methods(self):
@@ -255,6 +263,7 @@ class Suite(Strict):
         d.pop("batch_size")
         d.pop("stats")  # statistics and report formats are computed from predictions, never change them
         d.pop("report")
+        d.pop("published", None)  # what the report compares with, not what is predicted
         d.pop("cost")  # measured cost is kept apart from the predictions (store table `cost`)
         d["dataset"].pop("limit")
         d["model"].pop("device")
@@ -355,6 +364,8 @@ def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Sui
     for i, name in enumerate(suite.metrics):
         if name not in METRICS:
             raise SuiteError(f"{path}: metrics[{i}]: unknown metric {name!r}; known: {', '.join(sorted(METRICS))}")
+    from .beside_published import check_published
+    check_published(suite, path)
     return suite
 
 

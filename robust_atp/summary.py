@@ -17,13 +17,15 @@ MEANING = {"image": "mean over image corruptions (clean question)",
            "image+text": "mean over crossed conditions (corrupted image and perturbed question)"}
 
 
-def format_summary(rows: list[dict], labels: list[str], keeps: dict[str, str] | None = None) -> str:
+def format_summary(rows: list[dict], labels: list[str], keeps: dict[str, str] | None = None,
+                   published: dict | None = None) -> str:
     """The overview table, a table per kind (image corruptions, question perturbations, crossed
     conditions) by severity, a table of every family (mean over its severities) and, when the
     adapter reported it, the answers cut at max_new_tokens. Gaps are to the first method
     (`full` in every shipped suite).
 
-    `keeps`: label -> the budget as written in the suite (keep ratio, k=N, mass=x)."""
+    `keeps`: label -> the budget as written in the suite (keep ratio, k=N, mass=x); `published`:
+    results.json's section of the run beside the published figures (`beside_published`)."""
     rows = [r for r in rows if r["accuracy"] is not None]
     parsed = {r["condition"]: parse_condition(r["condition"]) for r in rows}
     kinds = [k for k in KINDS if any(p.kind == k for p in parsed.values())]
@@ -35,6 +37,7 @@ def format_summary(rows: list[dict], labels: list[str], keeps: dict[str, str] | 
     cut = truncation_line(rows, labels)
     if cut:
         sections.append(cut)
+    sections += published_table(published)
     return "\n\n".join(sections)
 
 
@@ -104,6 +107,42 @@ def _family_table(rows, labels, parsed) -> str:
     families = sorted({f for f, _ in by}, key=lambda f: (KINDS.index(_kind_of(f)), f))
     lines = [[fam] + [_mean(by.get((fam, label), [])) for label in labels] for fam in families]
     return "by family (mean over its severities), accuracy in %\n" + _table(["family"] + list(labels), lines)
+
+
+def published_table(section: dict | None) -> list[str]:
+    """The run's clean figures beside the published ones (one line per published value), with the
+    sources' papers and what was not compared; [] when the suite names no published figures."""
+    if not section:
+        return []
+    units = "MME score points" if section["benchmark"] == "mme" else "percentage points"
+    title = (f"beside published: {section['model']} {section['benchmark']}, clean condition; "
+             f"diff = run - published in {units}")
+    if not section["rows"]:
+        return [title + "\nno method of this run has a published value at its budget"
+                + "".join(f"\n  {x}" for x in section["not_compared"])]
+    lines = [[r["method"], r["tokens"], r["metric"], _figure(r["run"]), _printed(r["published"]),
+              "-" if r["difference"] is None else f"{r['difference']:+.1f}", f"arXiv {r['arxiv']} {_short(r['table'])}"]
+             for r in section["rows"]]
+    table = _table(["method", "tokens", "figure", "run", "published", "diff", "source"], lines)
+    papers = dict.fromkeys(f"arXiv {r['arxiv']}: {r['paper']}" for r in section["rows"])
+    tail = list(papers) + [f"note: {n}" for n in section["notes"]]
+    if section["not_compared"]:
+        tail.append("not compared: " + ", ".join(section["not_compared"]))
+    return [title + "\n" + table + "\n" + "\n".join(tail)]
+
+
+def _figure(x) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+def _printed(x: float) -> str:
+    """A published value with one decimal, or two when the source printed two (59.97)."""
+    return f"{x:.1f}" if round(x, 1) == x else f"{x:.2f}"
+
+
+def _short(table: str) -> str:
+    """'Table 1 (LLaVA-1.5-7B; ...)' -> 'Table 1'; 'docs/MODEL_ZOO.md, table ...' -> 'docs/MODEL_ZOO.md'."""
+    return table.split(" (")[0].split(",")[0]
 
 
 def truncation_line(rows: list[dict], labels: list[str]) -> str | None:

@@ -15,7 +15,13 @@ from robust_atp.run import main
 
 SUITES = Path(__file__).resolve().parents[1] / "suites"
 HUB = {"pope": "lmms-lab/POPE", "textvqa": "lmms-lab/textvqa", "textvqa_no_ocr": "lmms-lab/textvqa",
-       "mme": "lmms-lab/MME", "scienceqa_img": "lmms-lab/ScienceQA", "mmbench_en": "lmms-lab/MMBench"}
+       "mme": "lmms-lab/MME", "scienceqa_img": "lmms-lab/ScienceQA", "mmbench_en": "lmms-lab/MMBench",
+       "gqa": "lmms-lab/GQA"}
+# the published LLaVA-1.5-7B figure each suite is put beside (textvqa_no_ocr: none, the papers use OCR tokens)
+PUBLISHED = {"pope": "f1 from pope_f1", "textvqa": "accuracy from textvqa_accuracy",
+             "mme": "perception+cognition from mme_accuracy, perception from mme_accuracy",
+             "scienceqa_img": "accuracy from scienceqa_accuracy_llava", "mmbench_en": "accuracy from mmbench_circular",
+             "gqa": "accuracy from gqa_accuracy_llava"}
 
 
 def variant(tmp_path, name, edit) -> Path:
@@ -35,6 +41,18 @@ def test_benchmark_suites_check(name, capsys, monkeypatch, tmp_path):
     assert f"hub dataset '{HUB[name]}'" in out and "llava-hf/llava-1.5-7b-hf (hub id" in out
     assert "methods (13): full, atp@k192, atp@k128, atp@k64, visionzip@k192" in out
     assert "conditions (16): clean, image:gaussian_noise@3" in out and "plan: ? examples x 16 conditions" in out
+    lines = out.splitlines()
+    if name not in PUBLISHED:
+        assert not any(line.startswith("  published:") for line in lines)
+        return
+    bench = {"textvqa": "textvqa"}.get(name, name)
+    at = lines.index(f"  published: llava-1.5-7b {bench} ({PUBLISHED[name]}; clean condition; tokens out of 576)")
+    compared = [line.split(" (")[0].strip() for line in lines[at + 1:] if line.startswith("    ") and "tokens): " in line]
+    peers = [f"{m}@k{k}" for m in ("visionzip", "divprune", "fastv") for k in (192, 128, 64)]
+    # VisionZip at 128 tokens on MME is left out of published/ (its copies disagree)
+    assert compared == ["full"] + [p for p in peers if not (name == "mme" and p == "visionzip@k128")]
+    assert f"    no published value: atp@k192, atp@k128, atp@k64{', visionzip@k128' if name == 'mme' else ''}" in lines
+    assert any(line.startswith("    visionzip@k64 (64 tokens): ") and "(arXiv 2412.04467)" in line for line in lines)
 
 
 @pytest.mark.parametrize("name, write, options, n", [
@@ -138,10 +156,27 @@ def _demo_model(r):
     r["report"] = {"formats": ["html"]}
 
 
+FAKE_PUBLISHED = """
+model: llava-1.5-7b
+benchmarks: {mmbench_en: accuracy, mme: perception+cognition, mme_perception: perception}
+sources:
+  fake: {paper: "A fake table", arxiv: "0000.00000", table: "Table 9", read_in: "this test"}
+rows:
+  - {source: fake, method: full, tokens: 144, values: {mmbench_en: 50.0, mme: 100.0, mme_perception: 80.0}}
+  - {source: fake, method: atp, tokens: 36, values: {mmbench_en: 40.0}}
+"""
+
+
 @pytest.mark.slow
-def test_mme_and_mmbench_through_a_run(tmp_path):
+def test_mme_and_mmbench_through_a_run(tmp_path, monkeypatch, capsys):
     """The demo model on the MME and MMBench fixtures through the real code path: group ids in the
-    samples, accuracy+ / perception / circular accuracy in results.json, a report clustered by group."""
+    samples, accuracy+ / perception / circular accuracy in results.json, a report clustered by group,
+    and the clean figures beside published ones (a published/ file at the demo model's 144 tokens)."""
+    from robust_atp import published
+
+    (tmp_path / "published").mkdir()
+    (tmp_path / "published" / "fake.yaml").write_text(FAKE_PUBLISHED)
+    monkeypatch.setattr(published, "PUBLISHED_DIR", tmp_path / "published")
     for name, root, options in (("mme", write_mme(tmp_path / "mme"), {"subtasks": ["existence", "artwork",
                                                                                    "code_reasoning"]}),
                                 ("mmbench_en", write_mmbench_tsv(tmp_path / "mmb"), {})):
@@ -174,6 +209,23 @@ def test_mme_and_mmbench_through_a_run(tmp_path):
                 assert row["metrics"]["mmbench_circular"] == round(
                     sum(all(v == 1.0 for v in g) for g in groups.values()) / len(groups), 6)
         assert (run / "report.html").is_file()
+        clean = {r["method"]: r for r in res["rows"] if r["condition"] == "clean"}
+        pub = res["published"]
+        assert pub["benchmark"] == name
+        assert pub["not_compared"] == (["atp@0.25 (36 tokens: no published value)"] if name == "mme" else [])
+        cells = [(r["method"], r["tokens"], r["metric"], r["run"], r["published"], r["difference"]) for r in pub["rows"]]
+        if name == "mme":  # 2 of 10 perception and 1 of 4 cognition subtasks: no sum to compare
+            assert cells == [("full", 144, "perception+cognition", None, 100.0, None),
+                             ("full", 144, "perception", None, 80.0, None)]
+            assert "full, perception: the run holds 2 of 10 perception subtasks: no perception score to compare" \
+                in pub["notes"]
+        else:
+            mine = {m: round(100 * clean[m]["metrics"]["mmbench_circular"], 4) for m in ("full", "atp@0.25")}
+            assert cells == [("full", 144, "accuracy", mine["full"], 50.0, round(mine["full"] - 50.0, 4)),
+                             ("atp@0.25", 36, "accuracy", mine["atp@0.25"], 40.0, round(mine["atp@0.25"] - 40.0, 4))]
+        out = capsys.readouterr().out
+        assert f"beside published: llava-1.5-7b {name}, clean condition" in out
+        assert 'id="published-table"' in (run / "report.html").read_text()
 
 
 def test_demo_pope_through_a_run(tmp_path):

@@ -32,7 +32,12 @@ def test_real_suite_checks(name, capsys, monkeypatch, tmp_path):
     assert "plan: " in out and "conditions" in out and "methods" in out
     if name == "vqa_c":
         assert "hub dataset 'lmms-lab/VQAv2'" in out and "conditions (64)" in out and "methods (9)" in out
+        # only the full model's budget is in the published tables (its pruned methods keep 0.5 and 0.25)
+        assert ("  published: llava-1.5-7b vqav2 (accuracy from vqa_accuracy; clean condition; tokens out of 576)\n"
+                "    full (576 tokens): accuracy 78.5 (arXiv 2310.03744), accuracy 78.5 (arXiv 2412.04467)\n"
+                "    no published value: atp@0.5, atp@0.25, random@0.25") in out
     else:
+        assert "  published:" not in out  # GQA-OOD, VQA-CP, ...: no published LLaVA-1.5 figure of theirs
         assert "not found here: dataset.source:" in out and "download from http" in out
         assert "The configuration is valid" in out
 

@@ -1,12 +1,14 @@
 """The report: analysis tables, plots, a self-contained report.html (checked in headless Chromium),
 report.pdf (pages counted), graceful degradation, the CLI, and a real run that builds both."""
 import json
+import re
 import shutil
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
+from markupsafe import escape
 
 from tests.helpers.fake_runs import SCRIPT_QUESTION, write_fake_run
 from robust_atp.report.__main__ import main as report_main
@@ -276,3 +278,32 @@ def test_a_large_drop_is_a_regression_at_100_resamples(tmp_path):
     assert {c["test"] for c in a.comparisons} == {"sign_flip"}
     assert ("clean", "atp@0.25") in [(c["condition"], c["method"]) for c in a.regressions]
     assert all(c["resolvable"] for c in a.comparisons)
+
+
+def test_the_published_section_in_html_and_pdf(tmp_path):
+    """results.json's `published` section: the same rows as the summary's, the sources, the sentence on
+    what differs, and the notes, in the HTML and (the same HTML) in the PDF; no section without one."""
+    from tests.helpers.fake_published import add_published
+
+    run = write_fake_run(tmp_path / "run", n=12, kept_indices=False)
+    plain = build_report(run, ("html",), n_boot=200)["html"].read_text()
+    assert 'id="published"' not in plain
+    section = add_published(run)
+    paths = build_report(run, ("html", "pdf"), n_boot=200)
+    html = paths["html"].read_text()
+    table = html[html.index('<table id="published-table">'):]
+    table = table[:table.index("</table>")]
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in table.split("<tr>")[2:]]
+    assert [c[:2] + c[3:6] for c in cells] == [
+        ["full", "576", "84.1", "85.9", "-1.8"], ["full", "576", "84.1", "85.9", "-1.8"],
+        ["visionzip@k64", "64", "75.0", "77.0", "-2.0"], ["divprune@k128", "128", "-", "86.72", "-"],
+        ["fastv@0.3333", "192", "50.0", "64.8", "-14.8"]]
+    assert "f1 <small>(pope_f1)</small>" in cells[0][2] and "arXiv 2412.04467" in cells[2][6]
+    assert str(escape(section["differs"])) in html and "llava-hf/llava-1.5-7b-hf in float16" in html
+    assert "the mean F1 of random (the published mean is over all three)" in html
+    assert "Not compared: atp@k64 (64 tokens: no published value)" in html
+    assert "MMTok: Multimodal Coverage Maximization" in html
+    from pypdf import PdfReader
+
+    text = " ".join(" ".join(page.extract_text().split()) for page in PdfReader(paths["pdf"]).pages)
+    assert "Beside the published figures" in text and "86.72" in text

@@ -64,6 +64,22 @@ CASES = [
     (GOOD.replace("model: {", "model: {generation: {temperature: 0.2}, "), "model.generation.temperature: unknown key"),
     (GOOD.replace("name: t", "name: 'a b'"), "name: String should match pattern"),
     (GOOD.replace("model: {", "model: {device: tpu, "), "model.device: must be cpu, cuda, cuda:N or mps, got 'tpu'"),
+    (GOOD + "published: {model: llava-9b, benchmark: pope}\n",
+     "published.model: no published numbers for 'llava-9b'; known: llava-1.5-7b"),
+    (GOOD + "published: {model: llava-1.5-7b, benchmark: popee}\n",
+     "published.benchmark: 'popee' is not published for llava-1.5-7b; comparable: gqa, mmbench_en, mme, pope, "
+     "scienceqa_img, textvqa, vqav2"),
+    (GOOD + "published: {model: llava-1.5-7b, benchmark: mmmu}\n",
+     "published.benchmark: 'mmmu' has no loader here to compare a run with for llava-1.5-7b"),
+    (GOOD + "published: {model: llava-1.5-7b, benchmark: pope}\n",
+     "published.benchmark: 'pope' needs dataset.loader pope, got 'shapes'"),
+    (GOOD.replace("loader: shapes, split: test", "loader: pope, source: hf:lmms-lab/POPE") + "published: {model: llava-1.5-7b, benchmark: pope}\nmetrics: [pope_accuracy]\n",
+     "published.benchmark: pope is published as f1 from pope_f1; metrics pope_accuracy give none of it"),
+    (GOOD.replace("loader: shapes, split: test", "loader: mmbench_en")
+     + "published: {model: llava-1.5-7b, benchmark: mmbench_en}\nmetrics: [mmbench_accuracy]\n",
+     "published.benchmark: mmbench_en is published as accuracy from mmbench_circular; metrics mmbench_accuracy"),
+    (GOOD + "published: {model: llava-1.5-7b}\n", "published.benchmark: required field is missing"),
+    (GOOD + "published: {model: llava-1.5-7b, benchmark: pope, table: 1}\n", "published.table: unknown key"),
     ("name: t\n  bad: [\n", "malformed YAML"),
     ("- just\n- a list\n", "<root>: must be a mapping of suite fields"),
 ]
@@ -78,6 +94,14 @@ def test_bad_suite_is_one_line_naming_file_and_field(tmp_path, capsys, text, mes
     assert err.startswith(f"error: {path}: "), err
     assert message in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_published_leaves_the_config_hash_alone(tmp_path):
+    """What the run is compared with changes no prediction: a run resumes across adding it."""
+    pope = GOOD.replace("loader: shapes, split: test", "loader: pope, source: hf:lmms-lab/POPE") + "metrics: [pope_f1]\n"
+    a = load_suite(write(tmp_path, pope))
+    b = load_suite(write(tmp_path, pope + "published: {model: LLaVA-1.5-7B, benchmark: pope}\n", "b.yaml"))
+    assert b.published.benchmark == "pope" and a.config_hash() == b.config_hash()
 
 
 def test_missing_suite_file(tmp_path, capsys):

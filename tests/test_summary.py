@@ -73,3 +73,26 @@ def test_truncation_count_line():
                     "full 4, atp 0")
     assert format_summary(rows, ["full", "atp"]).endswith(line)
     assert truncation_line([_row("clean", "full", 0.5)], ["full"]) is None  # the adapter did not say
+
+
+def test_beside_published_table():
+    from tests.helpers.fake_published import POPE_CONFIG, POPE_METHODS, pope_rows
+    from robust_atp.beside_published import beside_published
+
+    rows, labels = pope_rows(), [m["label"] for m in POPE_METHODS]
+    section = beside_published(POPE_CONFIG, rows, POPE_METHODS)
+    lines = _section(format_summary(rows, labels, published=section), "beside published")
+    assert lines[0] == ("beside published: llava-1.5-7b pope, clean condition; diff = run - published in "
+                        "percentage points")
+    assert lines[1].split() == ["method", "tokens", "figure", "run", "published", "diff", "source"]
+    assert [ln.split() for ln in lines[3:8]] == [
+        ["full", "576", "f1", "84.1", "85.9", "-1.8", "arXiv", "2310.03744", "docs/MODEL_ZOO.md"],
+        ["full", "576", "f1", "84.1", "85.9", "-1.8", "arXiv", "2412.04467", "Table", "1"],
+        ["visionzip@k64", "64", "f1", "75.0", "77.0", "-2.0", "arXiv", "2412.04467", "Table", "1"],
+        ["divprune@k128", "128", "f1", "-", "86.72", "-", "arXiv", "2508.18264", "Table", "1"],
+        ["fastv@0.3333", "192", "f1", "50.0", "64.8", "-14.8", "arXiv", "2412.04467", "Table", "1"]]
+    assert lines[8] == "arXiv 2310.03744: Improved Baselines with Visual Instruction Tuning (LLaVA-1.5)"
+    assert lines[-1] == ("not compared: atp@k64 (64 tokens: no published value), random@0.25 (144 tokens: no "
+                         "published value), atp@mass0.9 (adaptive budget)")
+    assert "note: fastv@0.3333, f1: the mean F1 of random (the published mean is over all three)" in lines
+    assert "beside published" not in format_summary(rows, labels)

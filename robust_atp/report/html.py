@@ -90,6 +90,7 @@ def context(run: RunData, analysis: Analysis, plots) -> dict:
         "mce": mce, "mce_families": list(dict.fromkeys(k[0] for k in mce)),
         "mce_methods": list(dict.fromkeys(k[1] for k in mce)), "mce_names": MCE_NAMES,
         "truncation": _truncation_table(analysis, run),
+        "published": _published_table(run),
         "examples": _lost_answers(run, ref),
         "manifest_json": json.dumps(m, indent=2, default=str), "plot_dpi": DPI,
     }
@@ -107,6 +108,16 @@ def _truncation_table(analysis: Analysis, run: RunData) -> dict | None:
     return {"kinds": kinds, "names": [KIND_NAMES[k] for k in kinds], "cells": cells, "total": total, "n": n,
             "methods": [m for m in analysis.methods if any(mm == m for mm, _ in cells)],
             "max_new_tokens": gen.get("max_new_tokens")}
+
+
+def _published_table(run: RunData) -> dict | None:
+    """results.json's `published` section as the report shows it: the rows, the papers they come
+    from and what was not compared; None when the suite names no published figures."""
+    section = run.published
+    if not section or not isinstance(section.get("rows"), list):
+        return None
+    papers = dict.fromkeys((r["arxiv"], r["paper"]) for r in section["rows"])
+    return {**section, "papers": [{"arxiv": a, "paper": p} for a, p in papers]}
 
 
 def _embed(plot) -> dict:

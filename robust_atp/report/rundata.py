@@ -24,6 +24,7 @@ class RunData:
     samples: list[dict]
     conditions: list[str] = field(default_factory=list)  # suite order
     methods: list[str] = field(default_factory=list)  # suite order; the reference first when present
+    published: dict | None = None  # results.json's run beside the published figures (beside_published)
 
     @property
     def reference(self) -> str | None:
@@ -101,7 +102,8 @@ def load_run(path: str | Path) -> RunData:
     if REFERENCE in methods:
         methods.remove(REFERENCE)
         methods.insert(0, REFERENCE)
-    return RunData(results.parent, manifest, data["rows"], samples, conditions, methods)
+    published = data.get("published") if isinstance(data.get("published"), dict) else None
+    return RunData(results.parent, manifest, data["rows"], samples, conditions, methods, published)
 
 
 def _ordered(declared, seen) -> list[str]:
