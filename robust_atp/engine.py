@@ -9,6 +9,8 @@
           questions_t = perturb(questions, t)         seeded by (suite seed, example id, t)
           for each method m with rows still missing:
             keep = m.select(vision, text)  ->  answers = adapter.generate(kept tokens, questions_t)
+                                                      (`downsample` reads its own pass over the images
+                                                      resized to its budget, once per budget)
           with a suite's `cost:` on, for the first `cost.batches` batches:
             measure_cost(methods, ...)                latency, memory, KV cache, counted FLOPs (after
                                                       the answers, which it never changes)
@@ -50,6 +52,7 @@ class EngineStats:
     units_run: int = 0
     vision_passes: int = 0
     merged_tower_passes: int = 0  # extra tower passes of methods that merge inside it (ToMe)
+    downsampled_passes: int = 0  # extra tower passes over images resized to a `downsample` budget
     generations: int = 0  # answers generated (examples x methods)
     generate_calls: int = 0  # `adapter.generate` calls (fewer than methods x units when fused)
     prefixes_computed: int = 0  # prompt-prefix KV caches computed (`Speedups.reuse_prefix`)
@@ -140,7 +143,8 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
             vision = adapter.encode_images(imgs)
             tm["vision"] += time.perf_counter() - t
             stats.vision_passes += 1
-            merged: dict[str, object] = {}  # method label -> its merged tower pass on these images
+            merged: dict[str, object] = {}  # method label -> its own tower pass on these images (merged, resized)
+            resized: dict[int, object] = {}  # token budget -> the pass over these images resized to it
             prefixes: dict[str, object] = {}  # method label -> its prompt prefix's KV cache on these images
             reusing = speedups.reuse_prefix and adapter.reuses_prefix and len(text_conds) > 1
             rows, cost_rows = [], []
@@ -169,13 +173,22 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
                         merged[m.label] = adapter.encode_images_merged(imgs, m.tower)
                         tm["vision"] += time.perf_counter() - t
                         stats.merged_tower_passes += 1
+                    if m.resize is not None and m.label not in merged:  # once per image condition and budget
+                        target = m.resize.target(vision.tokens.shape[1])
+                        if target not in resized:
+                            t = time.perf_counter()
+                            resized[target] = adapter.encode_images_downsampled(imgs, target)
+                            tm["vision"] += time.perf_counter() - t
+                            stats.downsampled_passes += 1
+                        merged[m.label] = resized[target]
                     selections.append(_select(m, adapter, vision, text, batch, seed, stats, merged.get(m.label)))
                 if reusing:
                     _attach_prefixes(selections, adapter, questions, prefixes, stats)
                 for group in generation_groups(selections, adapter, speedups):
                     _generate(group, adapter, questions, stats)
                 for sel in selections:
-                    rows += _rows(sel, adapter, vision, questions, batch, cname, metrics, done, resolution,
+                    seen = merged[sel.method.label] if sel.method.resize is not None else vision  # its tokens' pass
+                    rows += _rows(sel, adapter, seen, questions, batch, cname, metrics, done, resolution,
                                   [im.size for im in images])
                     bar.step()
                 if to_measure:  # after the answers: measuring never changes them
@@ -339,7 +352,8 @@ def evaluate(suite, run_dir: Path, suite_path: Path, fresh: bool = False, progre
 def _select(m, adapter, vision, text, batch, seed, stats, merged_vision=None) -> Selection:
     """One method on one batch under one condition, up to what the LLM is handed: its kept (or
     merged) tokens and any in-LLM request. merged_vision: the method's own merged tower pass
-    (ToMe), which it reads instead of `vision`."""
+    (ToMe), or its pass over the resized images (downsample), which it reads instead of `vision`
+    (a resized pass also gives the generation inputs: its own grid)."""
     t = time.perf_counter()
     keys = seed_keys(seed, batch, m)
     kept = m.apply(vision if merged_vision is None else merged_vision, text, keys)
@@ -351,7 +365,8 @@ def _select(m, adapter, vision, text, batch, seed, stats, merged_vision=None) ->
         return Selection(m, kept, staged_spec(m, adapter, vision.tokens.shape[1], keys),
                          adapter.generation_inputs(vision, None))
     # e.g. the kept indices for adapters that place tokens by grid (Qwen2-VL, LLaVA-NeXT)
-    return Selection(m, kept, None, adapter.generation_inputs(vision, [k.indices for k in kept]))
+    source = merged_vision if m.resize is not None else vision
+    return Selection(m, kept, None, adapter.generation_inputs(source, [k.indices for k in kept]))
 
 
 def _attach_prefixes(selections: list[Selection], adapter, questions, prefixes: dict, stats) -> None:

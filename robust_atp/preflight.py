@@ -1,5 +1,6 @@
 """Checks that need the loaded model, run once it is loaded and before any unit of work (so a
-failure writes nothing): every budget fits the visual tokens the model gives an image, every
+failure writes nothing): a `downsample` method has an adapter whose token count follows the
+image size, every budget fits the visual tokens the model gives an image, every
 question fits the language model's context beside them, every method's `layer` exists, and the
 adapter can do what the methods and the suite's `cost:` ask of it.
 """
@@ -36,10 +37,21 @@ def check_questions(adapter, examples, n_visual: int, max_new_tokens: int, suite
                             f"language model's {limit} positions")
 
 
+def check_downsample(methods, adapter, suite_path: Path) -> None:
+    """Resizing the image changes the token count only on adapters declaring
+    `token_count_follows_image`; elsewhere `downsample` would run the full model under a pruned
+    label: refused, naming the method's field and its nearest equivalent."""
+    for i, m in enumerate(methods):
+        if m.resize is not None and not adapter.token_count_follows_image:
+            raise UserError(f"{suite_path}: methods[{i}].name: {m.name} needs an adapter whose token count follows "
+                            f"the image size ({adapter.token_count_refusal()}); use pool, its nearest equivalent")
+
+
 def checked_adapter(load, methods, examples, suite, suite_path: Path):
     """An adapter factory that runs the checks on the adapter it loads."""
     def factory():
         adapter = load()
+        check_downsample(methods, adapter, suite_path)
         if adapter.num_visual_tokens is None:
             # any-resolution adapters (LLaVA-NeXT, Qwen2-VL): the count depends on the image and
             # is known only after its vision pass; a larger `k` keeps every token (`select.budget`)

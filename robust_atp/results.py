@@ -186,6 +186,7 @@ def build_manifest(suite, suite_path: Path, examples, conditions, methods, stats
         "config": suite.model_dump(mode="json"),
         "engine": {"units_total": stats.units_total, "units_run": stats.units_run,
                    "vision_passes": stats.vision_passes, "merged_tower_passes": stats.merged_tower_passes,
+                   "downsampled_passes": stats.downsampled_passes,
                    "generations": stats.generations, "generate_calls": stats.generate_calls,
                    "prefixes": {"computed": stats.prefixes_computed, "reused": stats.prefixes_reused},
                    "seconds": round(stats.seconds, 2), "timings": {k: round(v, 2) for k, v in stats.timings.items()},

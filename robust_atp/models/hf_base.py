@@ -12,6 +12,10 @@ of probing for methods.
                            `generate` call: answers are those of separate calls
     reuses_prefix          `kv_prefix` computes the KV cache of [prompt head + visual tokens] once;
                            `generate(..., kv_prefix=...)` runs only the question tail from it
+    token_count_follows_image  the visual-token count follows the image size: `image_size_for_tokens`
+                           picks a size for a token budget and `encode_images_downsampled` encodes
+                           the images resized to it (the `downsample` method); else
+                           `token_count_refusal` says why not
     patch_geometry()       how an image reaches the patch grid (object recall), or None
     llm_visual_tokens()    the visual tokens the LLM reads for k kept ones
     vision_flops(), extra_flops()   what the tower and any stage beside the LLM cost
@@ -75,6 +79,10 @@ class HFAdapter:
     in_llm_pruning: ClassVar[bool] = False
     fuses_generation: ClassVar[bool] = False
     reuses_prefix: ClassVar[bool] = False
+    token_count_follows_image: ClassVar[bool] = False
+    # what a vision pass records on the adapter (the last batch's grid and count): a pass over
+    # resized images leaves it as the shared pass set it
+    pass_state: ClassVar[tuple[str, ...]] = ("grid", "num_visual_tokens")
     in_llm_refusal: ClassVar[str] = ""  # why not, when the adapter cannot (appended to the error)
     # the error when a method needs text relevance and the adapter has no scorer
     no_text_relevance: ClassVar[str] = "model.scorer: a method needs text relevance: name an external scorer"
@@ -146,6 +154,32 @@ class HFAdapter:
 
         cfgs = self.cost_configs()
         return vision_flops(cfgs["vision"], n_tokens, cfgs.get("projector"))
+
+    def token_count_refusal(self) -> str:
+        """Why resizing the image does not change this adapter's token count (one phrase)."""
+        return f"{self.name} reads every image at one fixed size"
+
+    def image_size_for_tokens(self, image_size: tuple[int, int], target_tokens: int) -> tuple[int, int]:
+        """The (width, height) to resize an image of `image_size` to so the tower yields about
+        `target_tokens` tokens. Only when token_count_follows_image."""
+        raise NotImplementedError
+
+    def resized_image(self, image, size: tuple[int, int]):
+        """`image` at (width, height) `size`, resampled as the processor resizes."""
+        raise NotImplementedError
+
+    def encode_images_downsampled(self, images: list, target_tokens: int):
+        """The vision pass over the images resized to about `target_tokens` tokens each
+        (`image_size_for_tokens`; an image already at its size passes unchanged), leaving the
+        adapter's `pass_state` as the shared pass set it. -> VisionOutput"""
+        sizes = [self.image_size_for_tokens(im.size, target_tokens) for im in images]
+        resized = [im if s == im.size else self.resized_image(im, s) for im, s in zip(images, sizes)]
+        saved = {a: getattr(self, a) for a in self.pass_state}
+        try:
+            return self.encode_images(resized)
+        finally:
+            for a, v in saved.items():
+                setattr(self, a, v)
 
     def extra_flops(self, n: int, k: int) -> dict:
         """Cost columns of a stage beside the LLM that k of n kept tokens change (BLIP-2's Q-Former)."""

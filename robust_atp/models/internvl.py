@@ -160,6 +160,9 @@ class InternVLAdapter(LlavaAdapter):
         raise UserError("methods: tome merges ViT tokens inside internvl's tower, but its pixel shuffle needs whole "
                         "2x2 patch groups after it (use tome_posthoc)")
 
+    def token_count_refusal(self) -> str:
+        return f"{self.name} cuts every image into fixed-size tiles"
+
     def patch_geometry(self) -> None:
         """None: tiles have no single patch grid, so object recall is not measured."""
         return None

@@ -165,6 +165,11 @@ class LlavaAdapter(HFAdapter):
         return merged_output(hidden[:, 1:], size[:, 1:], self.model.model.multi_modal_projector,
                              [im.size for im in images])
 
+    def token_count_refusal(self) -> str:
+        h, w = self.patch_geometry()["crop"]
+        side = f"{h}" if h == w else f"{w}x{h}"
+        return f"{self.name} has a fixed {side} px tower"
+
     def patch_geometry(self) -> dict:
         """CLIPImageProcessor: resize the shortest edge to S, centre-crop (h, w), cut into the grid."""
         ip = self.processor.image_processor

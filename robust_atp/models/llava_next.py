@@ -177,6 +177,11 @@ class LlavaNextAdapter(LlavaAdapter):
             return self.scorer.encode_texts(texts)
         return super().encode_texts(texts)
 
+    def token_count_refusal(self) -> str:
+        # a smaller image still gets the base crop and at least the smallest pinpoint's crops, so
+        # most budgets are out of reach by resizing; not implemented for the any-resolution layout
+        return f"{self.name}'s any-resolution crops are not resized to a token budget"
+
     def patch_geometry(self) -> None:
         """None: crops have no single patch grid, so object recall is not measured."""
         return None

@@ -111,8 +111,10 @@ class Qwen2_5VLAdapter(Qwen2VLAdapter):
                             grid=self.grid, image_sizes=[im.size for im in images])
 
     def generate(self, visual_tokens: list[torch.Tensor], questions: list[str], in_llm=None,
-                 kept_indices: list[torch.Tensor | None] | None = None) -> list[str]:
-        """kept_indices: per example the grid indices of visual_tokens (None: all, in order)."""
+                 kept_indices: list[torch.Tensor | None] | None = None,
+                 grid: tuple[int, int] | None = None) -> list[str]:
+        """kept_indices: per example the grid indices of visual_tokens (None: all, in order);
+        grid: the merged grid they index (None: the last vision pass's)."""
         self.refuse_in_llm(in_llm)
         if kept_indices is None:
             kept_indices = [None] * len(visual_tokens)
@@ -120,7 +122,7 @@ class Qwen2_5VLAdapter(Qwen2VLAdapter):
             raise UserError("methods: a merging method (pool, tome, visionzip) gives tokens without a grid "
                             "position; qwen2_5_vl places every visual token by its 3-D position: use a selection "
                             "method")
-        return super().generate(visual_tokens, questions, kept_indices=kept_indices)
+        return super().generate(visual_tokens, questions, kept_indices=kept_indices, grid=grid)
 
     def cost_configs(self) -> dict:
         mc = self.model.config

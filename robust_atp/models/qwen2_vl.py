@@ -18,10 +18,17 @@ starts where it would after the full image (start + max(rows, cols)), so the que
 decoded token sit exactly where they sit for `full`. The rope delta (position minus sequence
 index, applied while decoding) grows by the number of dropped tokens. Merged tokens have no
 grid position: merging methods are refused here.
+
+Downsampling: the token count follows the image size (the processor's `smart_resize` brings
+the image to multiples of patch_size x merge_size within its min / max pixels), so
+`image_size_for_tokens` picks the size whose merged-token count is closest to a budget, and
+`generate` places a resized image's tokens on its own grid (`generation_inputs` hands the
+grid of the pass the tokens come from).
 """
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 from PIL import Image
@@ -120,6 +127,7 @@ class Qwen2VLAdapter(HFAdapter):
     hf_class = "Qwen2VLForConditionalGeneration"
     merges_in_tower = False  # no CLS token to protect, and merged tokens have no 3-D position
     places_tokens_by_grid = True  # positions of kept tokens come from their grid indices
+    token_count_follows_image = True  # `smart_resize`: the merged grid follows the image size
     in_llm_refusal = " (its LLM's 3-D rotary positions are not carried through in-LLM pruning)"
     no_text_relevance = ("model.scorer: a method needs text relevance, but Qwen2-VL's tower is not in a CLIP "
                          "space: name an external scorer (model.scorer: {kind: open_clip, ...})")
@@ -152,6 +160,18 @@ class Qwen2VLAdapter(HFAdapter):
                             f"token grids (sizes {sizes[:3]} in one batch); set a canonical resolution so every "
                             "image has the same number of visual tokens")
         return out["pixel_values"].to(self.device, self.dtype), grids.to(self.device)
+
+    def image_size_for_tokens(self, image_size: tuple[int, int], target_tokens: int) -> tuple[int, int]:
+        """(width, height) whose merged-token count under the processor's own `smart_resize` is
+        closest to target_tokens, never above the full image's (`size_for_tokens`)."""
+        ip = self.processor.image_processor
+        return size_for_tokens(image_size, target_tokens, ip.patch_size * ip.merge_size,
+                               ip.size.shortest_edge, ip.size.longest_edge)
+
+    def resized_image(self, image: Image.Image, size: tuple[int, int]) -> Image.Image:
+        """The image at `size` by the processor's resampling filter (bicubic for Qwen2-VL); a size
+        `smart_resize` keeps, so the processor resizes it no further."""
+        return to_rgb(image).resize(size, Image.Resampling(int(self.processor.image_processor.resample)))
 
     @torch.inference_mode()
     def encode_images(self, images: list[Image.Image]) -> VisionOutput:
@@ -201,13 +221,19 @@ class Qwen2VLAdapter(HFAdapter):
         """The suite's `<image>` as the processor's image token, e.g. `<|image_pad|>`."""
         return self.prompt(question).replace("<image>", self.image_token)
 
-    def positions(self, kept: list[torch.Tensor], questions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def generation_inputs(self, vision, kept_indices: list) -> dict:
+        """The kept indices and the merged grid they index (a downsampled pass has its own)."""
+        return {"kept_indices": kept_indices, "grid": vision.grid}
+
+    def positions(self, kept: list[torch.Tensor], questions: list[str],
+                  grid: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """M-RoPE positions of left-padded [text, kept visual tokens, text] rows.
 
-        kept: per example the kept merged-token indices (ascending) into the grid.
-        Returns (position_ids [4, B, T]: the sequence index row that `generate` prepends, then
-        temporal / row / column; pads at 0 as the model puts them), and rope_deltas [B, 1]."""
-        rows_, cols = self.grid
+        kept: per example the kept merged-token indices (ascending) into the grid (rows, cols)
+        (None: the last vision pass's). Returns (position_ids [4, B, T]: the sequence index row
+        that `generate` prepends, then temporal / row / column; pads at 0 as the model puts
+        them), and rope_deltas [B, 1]."""
+        rows_, cols = self.grid if grid is None else grid
         seqs, deltas = [], []
         for idx, q in zip(kept, questions):
             before, after = self.prompt_ids(q)
@@ -230,8 +256,10 @@ class Qwen2VLAdapter(HFAdapter):
 
     @torch.inference_mode()
     def generate(self, visual_tokens: list[torch.Tensor], questions: list[str], in_llm=None,
-                 kept_indices: list[torch.Tensor | None] | None = None) -> list[str]:
-        """kept_indices: per example the grid indices of visual_tokens (None: all, in order)."""
+                 kept_indices: list[torch.Tensor | None] | None = None,
+                 grid: tuple[int, int] | None = None) -> list[str]:
+        """kept_indices: per example the grid indices of visual_tokens (None: all, in order);
+        grid: the merged grid they index (None: the last vision pass's)."""
         self.refuse_in_llm(in_llm)
         if kept_indices is None:
             kept_indices = [None] * len(visual_tokens)
@@ -240,7 +268,7 @@ class Qwen2VLAdapter(HFAdapter):
                             "position; qwen2_vl places every visual token by its 3-D position: use a selection method")
         kept_indices = [torch.arange(len(t)) if i is None else i for i, t in zip(kept_indices, visual_tokens)]
         inputs, mask, _ = prompt_embeddings(self, visual_tokens, questions)
-        position_ids, deltas = self.positions(kept_indices, questions)
+        position_ids, deltas = self.positions(kept_indices, questions, grid)
         self.model.model.rope_deltas = deltas  # what the model adds to sequence indices while decoding
         ids = prompt_ids_for_penalties([torch.cat([b, torch.full((len(t),), self.image_token_id), a])
                                         for t, (b, a) in zip(visual_tokens, map(self.prompt_ids, questions))])
@@ -255,6 +283,45 @@ class Qwen2VLAdapter(HFAdapter):
         self.tokenizer.padding_side = "left"
         enc = self.processor(text=texts, images=[to_rgb(im) for im in images], return_tensors="pt", padding=True)
         return {k: v.to(self.device) for k, v in enc.items()}
+
+
+def size_for_tokens(image_size: tuple[int, int], target: int, factor: int, min_pixels: int,
+                    max_pixels: int) -> tuple[int, int]:
+    """The (width, height) to resize an image of `image_size` to so that the processor's
+    `smart_resize` (multiples of `factor` = patch x merge, within [min_pixels, max_pixels])
+    gives the merged-token count closest to `target` and at most the full image's: the image
+    scaled by s, for s in (0, 1], through `smart_resize` (ties: the fewer tokens, then the
+    aspect ratio nearer the image's). A count equal to the full image's keeps the image as it is.
+
+    `smart_resize` of the scaled image changes only where round(h s / factor) or
+    round(w s / factor) does (its clamps to the pixel bounds give sizes independent of s), so
+    one s inside each interval between those breakpoints meets every size it can give."""
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    w, h = image_size
+
+    def tokens(hw):
+        rh, rw = smart_resize(hw[0], hw[1], factor, min_pixels, max_pixels)
+        return (rh // factor) * (rw // factor)
+
+    full = tokens((h, w))
+    if target >= full:
+        return image_size
+    cuts = sorted({(j + 0.5) * factor / side for side in (h, w)
+                   for j in range(math.ceil(side / factor) + 1) if (j + 0.5) * factor / side < 1} | {1.0})
+    scales = [c / 2 for c in cuts[:1]] + [(a + b) / 2 for a, b in zip(cuts, cuts[1:])] + [1.0]
+    best = None
+    for s in scales:
+        size = smart_resize(h * s, w * s, factor, min_pixels, max_pixels)  # (height, width)
+        n = tokens(size)
+        if n > full:
+            continue
+        key = (abs(n - target), n, abs(math.log(size[1] * h / (size[0] * w))))
+        if best is None or key < best[0]:
+            best = (key, n, size)
+    if best is None or best[1] == full:
+        return image_size
+    return best[2][1], best[2][0]
 
 
 def _vision_shape(vc):

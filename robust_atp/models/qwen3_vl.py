@@ -14,13 +14,16 @@ tokens: the vision pass keeps the deepstack features of its batch ([B, n_deep, N
 `generate` hands the model, through its own `mm_encoder_outputs` input, the kept tokens and
 the same rows of each deepstack feature, with one image token per kept token in `input_ids`;
 the model itself scatters them and adds the deepstack rows at exactly those positions.
-`generate` checks that its tokens are the rows `kept_indices` names of the last vision pass
-(the engine's order: one vision pass per batch, then its methods).
+`generate` checks that its tokens are the rows `kept_indices` names of the vision pass they
+come from (`generation_inputs` hands it over: the shared pass, or a downsampled one), else of
+the last shared pass.
 
 Refused, one line each: merging methods (no grid position), FastV, text relevance without a
 scorer (`model.scorer`, as for Qwen2-VL).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
@@ -30,6 +33,13 @@ from .base import VisionOutput, generate_greedy, prompt_ids_for_penalties, regis
 from .qwen2_vl import Qwen2VLAdapter
 
 
+@dataclass
+class DeepstackVision(VisionOutput):
+    """A Qwen3-VL vision pass with its deepstack features [B, n_deep, N, D]."""
+
+    deepstack: torch.Tensor | None = None
+
+
 @register_adapter("qwen3_vl")
 class Qwen3VLAdapter(Qwen2VLAdapter):
     # Qwen3-VL-Instruct's chat template (no default system turn)
@@ -37,6 +47,7 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
     hf_class = "Qwen3VLForConditionalGeneration"
     no_text_relevance = ("model.scorer: a method needs text relevance, but Qwen3-VL's tower is not in a CLIP "
                          "space: name an external scorer (model.scorer: {kind: open_clip, ...})")
+    pass_state = ("grid", "num_visual_tokens", "last")
 
     def setup(self, cfg) -> None:
         super().setup(cfg)  # received attention (no `model.saliency` choice here)
@@ -62,16 +73,23 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
             clip_patches = self.scorer.patches(images, self.grid)
         else:
             clip_patches = torch.empty(b, n, 0, device=self.device)
-        return VisionOutput(tokens=tokens, cls_attn=sal, clip_patches=clip_patches, vit_features=feats,
-                            grid=self.grid, image_sizes=[im.size for im in images])
+        return DeepstackVision(tokens=tokens, cls_attn=sal, clip_patches=clip_patches, vit_features=feats,
+                               grid=self.grid, image_sizes=[im.size for im in images], deepstack=deep)
 
-    def kept_deepstack(self, visual_tokens: list[torch.Tensor], kept: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Per example the rows `kept` of each deepstack feature of the last vision pass
-        [n_deep, K_i, D], after checking that visual_tokens are those rows of its tokens."""
-        if self.last is None or len(visual_tokens) != self.last[0].shape[0]:
+    def generation_inputs(self, vision, kept_indices: list) -> dict:
+        """Qwen2-VL's, and the pass the tokens come from (its deepstack features)."""
+        return {**super().generation_inputs(vision, kept_indices), "encoded": (vision.tokens, vision.deepstack)}
+
+    def kept_deepstack(self, visual_tokens: list[torch.Tensor], kept: list[torch.Tensor],
+                       encoded: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Per example the rows `kept` of each deepstack feature of the pass `encoded` (tokens,
+        deepstack; None: the last shared pass) [n_deep, K_i, D], after checking that
+        visual_tokens are those rows of its tokens."""
+        encoded = self.last if encoded is None else encoded
+        if encoded is None or len(visual_tokens) != encoded[0].shape[0]:
             raise UserError("methods: qwen3_vl's generate follows the vision pass of its own batch (its deepstack "
                             "features), and this batch is not the last one encoded")
-        tokens, deep = self.last
+        tokens, deep = encoded
         out = []
         for i, (t, idx) in enumerate(zip(visual_tokens, kept)):
             idx = idx.to(tokens.device).long()
@@ -83,8 +101,11 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
 
     @torch.inference_mode()
     def generate(self, visual_tokens: list[torch.Tensor], questions: list[str], in_llm=None,
-                 kept_indices: list[torch.Tensor | None] | None = None) -> list[str]:
-        """kept_indices: per example the grid indices of visual_tokens (None: all, in order)."""
+                 kept_indices: list[torch.Tensor | None] | None = None, grid: tuple[int, int] | None = None,
+                 encoded: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[str]:
+        """kept_indices: per example the grid indices of visual_tokens (None: all, in order);
+        grid and encoded: the merged grid they index and the pass they come from (None: the last
+        shared pass's)."""
         from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 
         self.refuse_in_llm(in_llm)
@@ -95,7 +116,7 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
                             "position; qwen3_vl places every visual token by its 3-D position and adds deepstack "
                             "features to it: use a selection method")
         kept_indices = [torch.arange(len(t)) if i is None else i for i, t in zip(kept_indices, visual_tokens)]
-        deep = self.kept_deepstack(visual_tokens, kept_indices)
+        deep = self.kept_deepstack(visual_tokens, kept_indices, encoded)
         rows = []
         for t, q in zip(visual_tokens, questions):
             before, after = self.prompt_ids(q)
@@ -105,7 +126,7 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
         ids = prompt_ids_for_penalties(rows).to(self.device)
         lengths = torch.tensor([len(r) for r in rows])
         mask = (torch.arange(ids.shape[1]) >= ids.shape[1] - lengths[:, None]).long().to(self.device)
-        position_ids, deltas = self.positions(kept_indices, questions)
+        position_ids, deltas = self.positions(kept_indices, questions, grid)
         self.model.model.rope_deltas = deltas  # what the model adds to sequence indices while decoding
         image = BaseModelOutputWithDeepstackFeatures(
             pooler_output=tuple(t.to(self.dtype) for t in visual_tokens),

@@ -13,7 +13,8 @@ A selection method returns, per example, the kept indices into the N tokens (uni
 ascending); a merging method returns, per example, a `Kept` (new tokens + the number of
 tokens each stands for). `Method.apply` gives both as `Kept`. FastV (`fastv_layer`) and the
 staged in-LLM methods (`staged`: PyramidDrop, DART, SparseVLM) keep every token here and ask the
-adapter to drop tokens inside the LLM.
+adapter to drop tokens inside the LLM. `downsample` (`resize`) prunes nothing: it keeps every
+token of the adapter's pass over the image resized to about K tokens.
 """
 from __future__ import annotations
 
@@ -41,7 +42,9 @@ class Method:
     that merges inside the vision tower (its `merge` then reads the merged pass the engine asks
     the adapter for, not the shared one); `staged` for one that drops tokens between the LLM's
     decoder layers: (N image tokens, decoder layers) -> its `prune.staged` policy (ValueError
-    naming the setting when the model cannot run it)."""
+    naming the setting when the model cannot run it); `resize` for one that runs the model on a
+    smaller image (`Downsample`: its `select` reads the adapter's pass over the resized images,
+    which the engine asks for, not the shared one)."""
 
     name: str
     label: str
@@ -52,6 +55,7 @@ class Method:
     fastv_layer: int | None = None
     tower: object | None = None  # a `tome.ToMeTower`: the adapter merges inside its vision tower
     staged: Callable[[int, int], object] | None = None
+    resize: object | None = None  # a `Downsample`: the adapter encodes the images resized to its budget
 
     @property
     def merges(self) -> bool:
@@ -74,8 +78,9 @@ _REGISTRY: dict[str, tuple[type[BaseModel], Callable, str]] = {}
 def register_method(name: str, params: type[BaseModel], kind: str = "select"):
     """kind: 'select' (factory returns (select, needs_text)), 'merge' (returns (merge,
     needs_text)), 'llm' (returns (select, needs_text); the params carry `layer`), 'tower'
-    (returns (merge, needs_text, tower spec)) or 'staged' (returns (select, needs_text, policy
-    factory (N, decoder layers) -> a `prune.staged` policy))."""
+    (returns (merge, needs_text, tower spec)), 'staged' (returns (select, needs_text, policy
+    factory (N, decoder layers) -> a `prune.staged` policy)) or 'resize' (returns (select,
+    needs_text, a `Downsample`))."""
     def deco(factory):
         _REGISTRY[name] = (params, factory, kind)
         return factory
@@ -280,7 +285,8 @@ def validate_method(cfg) -> Method:
     return Method(name=name, label=_label(name, params), needs_text=needs_text,
                   select=None if merges else fn, settings=params.model_dump(),
                   merge=fn if merges else None, fastv_layer=params.layer if kind == "llm" else None,
-                  tower=more[0] if kind == "tower" else None, staged=more[0] if kind == "staged" else None)
+                  tower=more[0] if kind == "tower" else None, staged=more[0] if kind == "staged" else None,
+                  resize=more[0] if kind == "resize" else None)
 
 
 from . import peers  # noqa: E402,F401  (registers the peer methods)

@@ -1,5 +1,5 @@
 """Peer methods: uniform grid, grid pooling, ToMe, VisionZip, PruMerge+, CDPruner, DivPrune, FastV,
-and PyramidDrop, DART, SparseVLM inside the LLM.
+PyramidDrop, DART, SparseVLM inside the LLM, and image downsampling.
 
 Each is a registered method with a fixed budget (`keep` ratio or `k` count; no adaptive mass:
 these methods have no score to hold a share of; `prumerge_plus` without a budget is its own
@@ -12,9 +12,13 @@ LLM reads) size-weighted, matching on the ViT features the projector reads (`vis
 `fastv` masks tokens inside the LLM after one decoder layer; `pdrop`, `dart` and `sparsevlm`
 drop them between decoder layers (`prune/staged.py` policies, run by the adapter's staged
 decoder, `models/staged_llm.py`), their budget K read in each one's own terms (below).
+`downsample` (VTC-Bench, arXiv 2510.07143) prunes nothing: the adapter resizes the image so its
+tower yields about K tokens, and the LLM reads all of them (only where the token count follows
+the image size: `token_count_follows_image`; `pool` is its nearest equivalent on fixed towers).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -50,6 +54,23 @@ class UniformParams(FixedBudget):
 
 class PoolParams(FixedBudget):
     pass
+
+
+class DownsampleParams(FixedBudget):
+    pass
+
+
+@dataclass(frozen=True)
+class Downsample:
+    """What the engine hands an adapter to resize a batch's images (model code imports nothing
+    from here): the budget, K tokens out of the N the full image gives (methods whose budgets
+    give the same K share one resized pass)."""
+
+    keep: float | None = None
+    k: int | None = None
+
+    def target(self, n: int) -> int:
+        return budget(n, self.keep, self.k)
 
 
 class ToMeParams(FixedBudget):
@@ -224,6 +245,13 @@ def _pool(p: PoolParams):
             out.append(Kept(None, tokens, sizes))
         return out
     return merge, False
+
+
+@register_method("downsample", DownsampleParams, kind="resize")
+def _downsample(p: DownsampleParams):
+    """Every token of the adapter's pass over the image resized to about K tokens (the engine
+    runs that pass and hands it here in place of the shared one)."""
+    return _all_tokens, False, Downsample(keep=p.keep, k=p.k)
 
 
 @register_method("tome", ToMeParams, kind="tower")
