@@ -182,3 +182,34 @@ def test_a_fixed_tower_is_refused_in_one_line(tmp_path, capsys):
     assert len(err) == 1, err
     assert err[0] == (f"error: {path}: methods[1].name: downsample needs an adapter whose token count follows "
                       "the image size (llava has a fixed 96 px tower); use pool, its nearest equivalent")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["qwen25", "qwen3"])
+def test_the_other_qwen_families_answer_as_their_model_on_the_resized_image(family, request, shapes_examples):
+    """Qwen2.5-VL (windowed tower) and Qwen3-VL (deepstack features of the resized pass): a budget's
+    answers are the model's own generate on the resized image; keep 1 is `full`; the shared pass
+    still generates afterwards (its grid and, for Qwen3-VL, its deepstack features untouched)."""
+    adapter = request.getfixturevalue(family)
+    exs = shapes_examples[:3]
+    images, questions = [e.image() for e in exs], [e.question for e in exs]
+    vision = adapter.encode_images(images)
+    n = vision.tokens.shape[1]
+    everything = [torch.arange(n)] * 3
+    full = adapter.generate(list(vision.tokens), questions, **adapter.generation_inputs(vision, everything))
+    same = adapter.encode_images_downsampled(images, n)
+    assert torch.equal(same.tokens, vision.tokens)
+    assert adapter.generate(list(same.tokens), questions, **adapter.generation_inputs(same, everything)) == full
+    target = max(4, n // 3)
+    small = adapter.encode_images_downsampled(images, target)
+    m = small.tokens.shape[1]
+    assert m < n and small.grid != vision.grid and adapter.grid == vision.grid
+    answers = adapter.generate(list(small.tokens), questions, **adapter.generation_inputs(small, [torch.arange(m)] * 3))
+    size = adapter.image_size_for_tokens(images[0].size, target)
+    ref = adapter.reference_inputs([im.convert("RGB").resize(size, Image.Resampling.BICUBIC) for im in images],
+                                   questions)
+    assert int((ref["input_ids"][0] == adapter.image_token_id).sum()) == m
+    ids = adapter.model.generate(**ref, generation_config=adapter.generation_config)
+    assert answers == adapter.decode(ids[:, ref["input_ids"].shape[1]:])
+    # the shared pass after the resized one: full's answers again
+    assert adapter.generate(list(vision.tokens), questions, **adapter.generation_inputs(vision, everything)) == full
