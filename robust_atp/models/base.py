@@ -84,12 +84,18 @@ class Adapter(Protocol):
     device: torch.device
 
     merges_in_tower: bool  # can run its vision tower with ToMe merging (`encode_images_merged`)
+    token_count_follows_image: bool  # a resized image gives fewer tokens (`encode_images_downsampled`)
 
     def encode_images(self, images: list[Image.Image]) -> VisionOutput: ...
 
     def encode_images_merged(self, images: list[Image.Image], spec) -> VisionOutput:
         """The tower run with ToMe merging inside its blocks (`prune.tome.ToMeTower`): tokens
         [B, K, D] and `token_sizes` [B, K]; the other fields are empty. Only when merges_in_tower."""
+
+    def encode_images_downsampled(self, images: list[Image.Image], target_tokens: int) -> VisionOutput:
+        """The vision pass over the images resized so each gives about target_tokens tokens
+        (`image_size_for_tokens`), its own grid; the shared pass's state is left as it was. Only
+        when token_count_follows_image."""
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         """CLIP text embeddings [B, P]."""
