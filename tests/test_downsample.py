@@ -213,3 +213,7 @@ def test_the_other_qwen_families_answer_as_their_model_on_the_resized_image(fami
     assert answers == adapter.decode(ids[:, ref["input_ids"].shape[1]:])
     # the shared pass after the resized one: full's answers again
     assert adapter.generate(list(vision.tokens), questions, **adapter.generation_inputs(vision, everything)) == full
+    # the resized rows' tower FLOPs are those of the resized grid (Qwen2.5-VL: its own windows)
+    flops = adapter.vision_flops(m)
+    adapter.encode_images([im.convert("RGB").resize(size, Image.Resampling.BICUBIC) for im in images])
+    assert adapter.grid == small.grid and adapter.vision_flops(m) == flops

@@ -81,6 +81,9 @@ class Qwen2_5VLAdapter(Qwen2VLAdapter):
     def setup(self, cfg) -> None:
         super().setup(cfg)
         self.full_attention_blocks = tuple(self.model.config.vision_config.fullatt_block_indexes)
+        # merged tokens -> the grid of a pass that gave that many (a downsampled pass leaves
+        # `grid` as the shared pass set it; its rows' tower FLOPs need its own windows)
+        self.grids_by_count: dict[int, tuple[int, int]] = {}
 
     def saliency_probe(self, blocks: list):
         return WindowedReceivedAttentionProbe(blocks)
@@ -103,6 +106,7 @@ class Qwen2_5VLAdapter(Qwen2VLAdapter):
         feats = feats.reshape(b, tokens.shape[1], -1)  # what the merger's MLP reads, per token
         self.grid = (h // self.merge, w // self.merge)
         self.num_visual_tokens = tokens.shape[1]
+        self.grids_by_count[self.num_visual_tokens] = self.grid
         if self.scorer is not None:
             clip_patches = self.scorer.patches(images, self.grid)
         else:
@@ -129,12 +133,12 @@ class Qwen2_5VLAdapter(Qwen2VLAdapter):
         return {"llm": mc.text_config, "vision": _vision_shape(mc.vision_config), "projector": None,
                 "clip_text": None, "clip_projection": None}
 
-    def window_lengths(self) -> list[int]:
-        """Patches in each attention window of the last batch's image grid."""
+    def window_lengths(self, grid: tuple[int, int] | None = None) -> list[int]:
+        """Patches in each attention window of a merged grid (None: the last batch's)."""
         from transformers.vision_utils import get_vision_window_index
 
         vc = self.model.config.vision_config
-        rows, cols = self.grid
+        rows, cols = self.grid if grid is None else grid
         grid = torch.tensor([[1, rows * self.merge, cols * self.merge]])
         _, cu = get_vision_window_index(grid, spatial_merge_size=self.merge, window_size=vc.window_size,
                                         patch_size=vc.patch_size)
@@ -149,7 +153,8 @@ class Qwen2_5VLAdapter(Qwen2VLAdapter):
         s = LayerShape.from_config(_vision_shape(vc), gated=True)
         n = n_tokens * self.merge ** 2
         full = len(self.full_attention_blocks)
-        windows = self.window_lengths() if self.grid is not None and n_tokens == self.num_visual_tokens else [n]
+        grid = self.grid if n_tokens == self.num_visual_tokens else self.grids_by_count.get(n_tokens)
+        windows = self.window_lengths(grid) if grid is not None else [n]
         embed = n * vc.in_channels * vc.temporal_patch_size * vc.patch_size ** 2 * s.d
         wide = s.d * self.merge ** 2
         merger = n_tokens * (wide * wide + wide * vc.out_hidden_size)
