@@ -112,7 +112,7 @@ class _LLMInputs:
         self.handle.remove()
 
 
-def test_keep_1_is_full_and_a_budget_is_the_resized_images_model(tmp_path, qwen, tiny_qwen_dir, shapes_examples):
+def test_keep_1_is_full_and_a_budget_is_the_resized_images_model(tmp_path, qwen, tiny_qwen_dir):
     """keep 1: the image passes unchanged, every answer and token count is `full`'s. keep 0.5
     (9 of 16 tokens, a 3x3 grid) and 0.25 (4, the processor's minimum): the LLM reads exactly the
     tokens of the resized image's own vision pass, and answers as the model's own generate on that
