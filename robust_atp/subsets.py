@@ -25,7 +25,7 @@ from pathlib import Path
 from .conditions import CLEAN
 
 WRONG_BELOW = 1.0 - 1e-9  # a score below this is not fully right (the margin absorbs float rounding)
-RULE = "first-metric score < 1 on the clean input"
+RULE = "first-metric score < 1"  # on `condition`; a group is in when any of its questions is
 
 
 def definition(discriminator: str) -> dict:
@@ -41,7 +41,7 @@ def describe(section: dict) -> str:
     if section.get("groups") is not None:
         size += f" in {section['groups']} groups"
     return (f"questions {d['discriminator']} answers wrong on the {d['condition']} input "
-            f"(first-metric score < 1): {size}")
+            f"({RULE}): {size}")
 
 
 def members(samples: list[dict], discriminator: str) -> tuple[list[str], int | None]:

@@ -88,7 +88,7 @@ def test_the_subset_is_exactly_the_questions_the_discriminator_got_wrong_on_clea
     wrong = [i for i, ex in enumerate(_ids()) if pool[i] < 1]
     assert 0 < len(wrong) < N
     assert section["definition"] == {"discriminator": "pool@0.25", "condition": "clean",
-                                     "rule": "first-metric score < 1 on the clean input"}
+                                     "rule": "first-metric score < 1"}
     assert section["questions"] == len(wrong) and section["of"] == N and section["groups"] is None
     assert section["share"] == pytest.approx(len(wrong) / N)
     run = load_run(tmp_path / "run")
