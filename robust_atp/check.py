@@ -19,6 +19,7 @@ def check_suite(suite, suite_path: Path, out=None) -> int:
     from .perturb.image import resolve_image_conditions
     from .perturb.text import resolve_text_conditions
     from .prune.methods import validate_method
+    from .subsets import RULE
 
     out = out or sys.stdout
     say = lambda line="": print(line, file=out)
@@ -52,6 +53,9 @@ def check_suite(suite, suite_path: Path, out=None) -> int:
     say(f"  metrics: {', '.join(suite.metrics)}")
     for line in plan_lines(suite):  # what the run's figures will be put beside
         say(line)
+    for name, sub in suite.stats.subsets.items():
+        say(f"  subset {name}: every table and test also on the questions {sub.discriminator} answers wrong "
+            f"on the clean input ({RULE})")
     per_example = len(conditions) * len(methods)
     if n is None:
         bound = f" (at most {d.limit * per_example})" if d.limit else ""

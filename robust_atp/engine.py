@@ -222,6 +222,7 @@ class RunOutcome:
     stats: EngineStats
     cache: CorruptionCache
     published: dict | None = None  # results.json's `published` section, when the suite names one
+    subsets: dict = field(default_factory=dict)  # results.json's `subsets` sections (robust_atp.subsets)
 
 
 def evaluate(suite, run_dir: Path, suite_path: Path, fresh: bool = False, progress: bool = True,
@@ -252,6 +253,7 @@ def evaluate(suite, run_dir: Path, suite_path: Path, fresh: bool = False, progre
                           write_results)
     from .rundir import open_run
     from .store import read_cost_done, read_done
+    from .subsets import subset_sections
     from .summary import method_budgets
 
     log = log or (lambda line: print(line, file=sys.stderr))
@@ -336,8 +338,11 @@ def evaluate(suite, run_dir: Path, suite_path: Path, fresh: bool = False, progre
         if sliced is not None:
             manifest["slice"] = sliced
         published = beside_published(manifest["config"], rows, manifest["methods"], manifest["metric_sources"])
-        write_results(run_dir, manifest, rows, samples(by_key, examples, conditions, labels), published)
-        outcome = RunOutcome(rows, labels, method_budgets(methods), stats, cache, published)
+        sample_rows = list(samples(by_key, examples, conditions, labels))
+        subsets = subset_sections(run_dir, manifest, sample_rows, lambda ids: summarize(
+            by_key, [ex for ex in examples if ex.id in ids], conditions, labels, suite.metrics))
+        write_results(run_dir, manifest, rows, sample_rows, published, subsets)
+        outcome = RunOutcome(rows, labels, method_budgets(methods), stats, cache, published, subsets)
         if finish is not None:
             finish(outcome)
         return outcome

@@ -17,10 +17,13 @@ REPORT_HTML, REPORT_PDF, PLOTS_DIR = "report.html", "report.pdf", "plots"
 REPORT_FILES = (REPORT_HTML, REPORT_PDF)  # and the PLOTS_DIR directory
 
 
-def write_results(run_dir: Path, manifest: dict, rows: list[dict], sample_rows, published: dict | None = None) -> None:
+def write_results(run_dir: Path, manifest: dict, rows: list[dict], sample_rows, published: dict | None = None,
+                  subsets: dict | None = None) -> None:
     """results.json and samples.jsonl, each written whole or not at all. `published`: the run
-    beside the published figures (`beside_published`), a section of its own when the suite asks."""
+    beside the published figures (`beside_published`), a section of its own when the suite asks;
+    `subsets`: the tables on each subset of `stats.subsets` (`robust_atp.subsets`), when it names one."""
     data = {"manifest": manifest, "rows": rows} | ({"published": published} if published is not None else {})
+    data |= {"subsets": subsets} if subsets else {}
     write_atomic(run_dir / RESULTS, json.dumps(data, indent=2) + "\n")
     write_atomic(run_dir / SAMPLES, "".join(json.dumps(s) + "\n" for s in sample_rows))
 

@@ -92,7 +92,8 @@ def _run(args) -> int:
         from .summary import format_summary
 
         stats, cache = outcome.stats, outcome.cache
-        print(format_summary(outcome.rows, outcome.labels, outcome.budgets, published=outcome.published))
+        print(format_summary(outcome.rows, outcome.labels, outcome.budgets, published=outcome.published,
+                             subsets=outcome.subsets))
         print(f"\nwrote {run_dir / RESULTS} and {run_dir / SAMPLES} ({stats.units_run} of {stats.units_total} units "
               f"computed now, {stats.seconds:.1f}s; corrupted images: {stats.corruption_computed} computed, "
               f"{stats.corruption_hits} from the cache{f' {cache.root}' if use_cache else ' (off)'})", file=sys.stderr)

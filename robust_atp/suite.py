@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -193,6 +194,16 @@ class PerturbCfg(Strict):
     cross: bool = False
 
 
+class SubsetCfg(Strict):
+    """A subset of the questions every table and test is also reported on (see robust_atp.subsets)."""
+
+    # a method label of the suite: the subset is the questions it answers wrong on the clean input
+    discriminator: str
+
+
+SUBSET_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
 class StatsCfg(Strict):
     """How the report's statistics are computed (see robust_atp.stats)."""
 
@@ -203,6 +214,17 @@ class StatsCfg(Strict):
     # maxt: Westfall-Young max-T step-down over the shared sign flips (works at any permutation count);
     # holm: Holm over each comparison's own p-value (needs bootstrap + 1 >= comparisons / alpha)
     correction: Literal["maxt", "holm"] = "maxt"
+    # name -> subset, e.g. {difficult: {discriminator: pool@0.25}} (VTC-Bench's difficult questions)
+    subsets: dict[str, SubsetCfg] = Field(default_factory=dict)
+
+    @field_validator("subsets")
+    @classmethod
+    def _subset_names(cls, v: dict) -> dict:
+        for name in v:
+            if not re.fullmatch(SUBSET_NAME, name):
+                raise ValueError(f"subset name {name!r}: must be a simple identifier (letters, digits, _; "
+                                 "not starting with a digit)")
+        return v
 
 
 class ReportCfg(Strict):
@@ -366,7 +388,21 @@ def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Sui
             raise SuiteError(f"{path}: metrics[{i}]: unknown metric {name!r}; known: {', '.join(sorted(METRICS))}")
     from .beside_published import check_published
     check_published(suite, path)
+    _check_subsets(suite, path, list(seen))
     return suite
+
+
+def _check_subsets(suite: Suite, path: Path, labels: list[str]) -> None:
+    """Each subset's discriminator is a method label of the suite, and the run has the clean input
+    it is judged on."""
+    for name, sub in suite.stats.subsets.items():
+        where = f"{path}: stats.subsets.{name}.discriminator"
+        if sub.discriminator not in labels:
+            raise SuiteError(f"{where}: {sub.discriminator!r} is not a method label of this suite; "
+                             f"labels: {', '.join(labels)}")
+        if not suite.include_clean:
+            raise SuiteError(f"{where}: the subset is the questions it answers wrong on the clean input, "
+                             "and include_clean is false")
 
 
 def _set_dotted(d: dict, dotted: str, value: Any) -> None:

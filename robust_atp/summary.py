@@ -9,6 +9,7 @@ from collections import defaultdict
 
 from .conditions import KIND_NAMES, KINDS, parse_condition
 from .results import rounded_mean
+from .subsets import describe
 
 # the overview's short column names for each kind, and what the note says they are
 COLUMNS = {"image": "image", "text": "text", "image+text": "crossed"}
@@ -18,18 +19,20 @@ MEANING = {"image": "mean over image corruptions (clean question)",
 
 
 def format_summary(rows: list[dict], labels: list[str], keeps: dict[str, str] | None = None,
-                   published: dict | None = None) -> str:
-    """The overview table, a table per kind (image corruptions, question perturbations, crossed
-    conditions) by severity, a table of every family (mean over its severities) and, when the
-    adapter reported it, the answers cut at max_new_tokens. Gaps are to the first method
-    (`full` in every shipped suite).
+                   published: dict | None = None, subsets: dict | None = None) -> str:
+    """The overview table, the same table on each subset of `stats.subsets`, a table per kind
+    (image corruptions, question perturbations, crossed conditions) by severity, a table of every
+    family (mean over its severities) and, when the adapter reported it, the answers cut at
+    max_new_tokens. Gaps are to the first method (`full` in every shipped suite).
 
     `keeps`: label -> the budget as written in the suite (keep ratio, k=N, mass=x); `published`:
-    results.json's section of the run beside the published figures (`beside_published`)."""
+    results.json's section of the run beside the published figures (`beside_published`);
+    `subsets`: results.json's `subsets` sections (`robust_atp.subsets`)."""
     rows = [r for r in rows if r["accuracy"] is not None]
     parsed = {r["condition"]: parse_condition(r["condition"]) for r in rows}
     kinds = [k for k in KINDS if any(p.kind == k for p in parsed.values())]
     sections = [_overview(rows, labels, keeps, parsed, kinds)]
+    sections += [subset_table(name, section, labels, keeps) for name, section in (subsets or {}).items()]
     for kind in kinds:
         sections.append(_kind_table(rows, labels, parsed, kind))
     if kinds:
@@ -41,7 +44,19 @@ def format_summary(rows: list[dict], labels: list[str], keeps: dict[str, str] | 
     return "\n\n".join(sections)
 
 
-def _overview(rows, labels, keeps, parsed, kinds) -> str:
+def subset_table(name: str, section: dict, labels: list[str], keeps: dict[str, str] | None = None) -> str:
+    """The overview table on one subset, headed with its name, definition and size (columns as in
+    the whole set's); a note instead of a table when the subset is empty."""
+    title = f"subset {name}: {describe(section)}"
+    rows = [r for r in section["rows"] if r["accuracy"] is not None]
+    if not rows:
+        return title + "\n" + "\n".join(section.get("notes") or ["no question in the subset"])
+    parsed = {r["condition"]: parse_condition(r["condition"]) for r in rows}
+    kinds = [k for k in KINDS if any(p.kind == k for p in parsed.values())]
+    return title + "; columns as above\n" + _overview(rows, labels, keeps, parsed, kinds, note=False)
+
+
+def _overview(rows, labels, keeps, parsed, kinds, note: bool = True) -> str:
     by = defaultdict(list)  # (method, kind) -> rows
     for r in rows:
         by[r["method"], parsed[r["condition"]].kind].append(r)
@@ -63,6 +78,8 @@ def _overview(rows, labels, keeps, parsed, kinds) -> str:
         if timed:
             cells += _latency_cells(clean)
         lines.append(cells)
+    if not note:
+        return _table(head, lines)
     note = "accuracy in %; " + "; ".join([f"{COLUMNS[k]} = {MEANING[k]}" for k in kinds] +
                                          [f"d_* = method - {ref} in points"])
     note += ("\nflops = LLM prefill FLOPs / full's (clean); recall = % of the patches covering the objects a "

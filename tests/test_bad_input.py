@@ -128,6 +128,10 @@ SUITE_CASES = [
      "model.dtype: Input should be 'float32', 'bfloat16' or 'float16'"),
     ("bad_name", lambda t: t.replace("name: bad_input", "name: 'bad input'"), "name: String should match pattern"),
     ("missing_root", lambda t: t.replace('source: "', 'source: "/nonexistent'), "dataset.source: "),
+    ("subset_discriminator_unknown", lambda t: t + "stats: {subsets: {difficult: {discriminator: pool@0.25}}}\n",
+     "stats.subsets.difficult.discriminator: 'pool@0.25' is not a method label of this suite; labels: full, atp@0.25"),
+    ("subset_name_not_identifier", lambda t: t + "stats: {subsets: {difficult-1: {discriminator: atp@0.25}}}\n",
+     "stats.subsets: subset name 'difficult-1': must be a simple identifier"),
 ]
 
 

@@ -190,7 +190,7 @@ def test_suite_stats_and_report_defaults_leave_the_config_hash_alone(tmp_path):
     path.write_text(textwrap.dedent(SCHEMA_SUITE))
     plain = load_suite(path)
     assert plain.stats.model_dump() == {"confidence": 0.95, "bootstrap": 10_000, "cluster_by": "image_id",
-                                        "correction": "maxt"}
+                                        "correction": "maxt", "subsets": {}}
     assert plain.report.formats == ["html", "pdf"]
     path.write_text(textwrap.dedent(SCHEMA_SUITE) + "stats: {bootstrap: 500}\nreport: {formats: [html]}\n")
     assert load_suite(path).config_hash() == plain.config_hash()

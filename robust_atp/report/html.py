@@ -13,6 +13,7 @@ from markupsafe import Markup, escape
 
 from ..conditions import CLEAN, parse_condition
 from ..results import REPORT_HTML, REPORT_PDF
+from ..subsets import describe, subset_run
 from .analysis import KIND_NAMES, Analysis, analyze, relative_robustness
 from .plots import DPI, family_order, save_plots
 from .rundata import RunData, load_run
@@ -29,33 +30,37 @@ def environment() -> jinja2.Environment:
     return env
 
 
-def render_html(run: RunData, analysis: Analysis, plots) -> str:
-    return environment().get_template(TEMPLATE).render(**context(run, analysis, plots))
+def render_html(run: RunData, analysis: Analysis, plots, subsets: list[dict] | None = None) -> str:
+    return environment().get_template(TEMPLATE).render(**context(run, analysis, plots, subsets))
 
 
 MCE_NAMES = {"mean": "mean over image corruptions (mCE)", "mean (text)": "mean over question perturbations",
              "mean (image+text)": "mean over crossed conditions"}
 
 
-def context(run: RunData, analysis: Analysis, plots) -> dict:
-    ref = analysis.reference
-    m = run.manifest
-    kinds = analysis.kinds
+def summary_rows(analysis: Analysis) -> list[dict]:
+    """The first table: per method its cost ratio and accuracy (with CI) clean and per kind."""
     kind_acc = {(r["kind"], r["method"]): r for r in analysis.kind_accuracy}
+    cost = {c["method"]: c for c in analysis.cost}
+    return [{"method": meth, "reference": meth == analysis.reference,
+             "cost_ratio": cost.get(meth, {}).get("cost_ratio"), "latency_ratio": cost.get(meth, {}).get("latency_ratio"),
+             "clean": kind_acc.get(("clean", meth)), "kinds": [kind_acc.get((k, meth)) for k in analysis.kinds]}
+            for meth in analysis.methods]
+
+
+def robustness_rows(analysis: Analysis) -> list[dict]:
+    """The robustness table: per method its difference to the reference, DiD and relative
+    robustness per kind; [] without a reference."""
+    ref = analysis.reference
+    if ref is None:
+        return []
     rel = relative_robustness(analysis.kind_accuracy)
     did_kind = {(d["name"], d["method"]): d for d in analysis.did if d["scope"] == "kind"}
     diffs = {(h["scope"], h["method"]): h for h in analysis.headline}
-    cost = {c["method"]: c for c in analysis.cost}
-    summary = [{"method": meth, "reference": meth == ref, "cost_ratio": cost.get(meth, {}).get("cost_ratio"),
-                "latency_ratio": cost.get(meth, {}).get("latency_ratio"),
-                "clean": kind_acc.get(("clean", meth)), "kinds": [kind_acc.get((k, meth)) for k in kinds]}
-               for meth in analysis.methods]
     robustness = []
     for meth in analysis.methods:
-        if ref is None:
-            break
         cells = []
-        for k in kinds:
+        for k in analysis.kinds:
             d, mine, theirs = did_kind.get((KIND_NAMES[k], meth)), rel.get((k, meth)), rel.get((k, ref))
             cells.append({"diff": diffs.get((k, meth)), "did": d, "rel": mine, "rel_ref": theirs,
                           # fewer points lost, yet a smaller share of its own clean accuracy kept: the DiD's
@@ -64,6 +69,32 @@ def context(run: RunData, analysis: Analysis, plots) -> dict:
                                                    and theirs is not None and mine < theirs)})
         robustness.append({"method": meth, "reference": meth == ref, "clean": diffs.get(("clean", meth)),
                            "cells": cells})
+    return robustness
+
+
+def subset_context(name: str, section: dict, analysis: Analysis | None) -> dict:
+    """One subset's section of the report: its name, definition and size, then the whole set's
+    first tables and regressions computed on it (None tables and a note when it is empty)."""
+    out = {"name": name, "title": describe(section), "notes": list(section.get("notes") or []), "summary": None,
+           "robustness": [], "regressions": [], "comparisons": [], "n_significant": 0,
+           "measured_latency": False, "any_only_lower_start": False}
+    if analysis is None:
+        return out
+    robustness = robustness_rows(analysis)
+    summary = summary_rows(analysis)
+    return out | {"notes": analysis.notes, "summary": summary, "robustness": robustness,
+                  "regressions": analysis.regressions, "comparisons": analysis.comparisons,
+                  "n_significant": sum(c["significant"] for c in analysis.comparisons),
+                  "measured_latency": any(r["latency_ratio"] is not None for r in summary),
+                  "any_only_lower_start": any(c["only_lower_start"] for r in robustness for c in r["cells"])}
+
+
+def context(run: RunData, analysis: Analysis, plots, subsets: list[dict] | None = None) -> dict:
+    ref = analysis.reference
+    m = run.manifest
+    kinds = analysis.kinds
+    summary = summary_rows(analysis)
+    robustness = robustness_rows(analysis)
     did = {(d["name"], d["method"]): d for d in analysis.did if d["scope"] in ("kind", "family")}
     mce = {(r["family"], r["method"]): r for r in analysis.mce}
     embedded = [_embed(p) for p in plots]
@@ -92,6 +123,7 @@ def context(run: RunData, analysis: Analysis, plots) -> dict:
         "truncation": _truncation_table(analysis, run),
         "published": _published_table(run),
         "examples": _lost_answers(run, ref),
+        "subsets": subsets or [],
         "manifest_json": json.dumps(m, indent=2, default=str), "plot_dpi": DPI,
     }
 
@@ -171,7 +203,9 @@ def build_report(run_dir: str | Path, formats=("html", "pdf"), n_boot: int | Non
     analysis.notes[:0] = score_notes(run.manifest)
     plots, plot_notes = save_plots(run, analysis)
     analysis.notes.extend(plot_notes)
-    html = render_html(run, analysis, plots)
+    subsets = [subset_context(name, section, None if (sub := subset_run(run, name)) is None
+                              else analyze(sub, n_boot=n_boot)) for name, section in run.subsets.items()]
+    html = render_html(run, analysis, plots, subsets)
     out = {}
     if "html" in formats:
         out["html"] = run.run_dir / REPORT_HTML

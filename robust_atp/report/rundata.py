@@ -25,6 +25,7 @@ class RunData:
     conditions: list[str] = field(default_factory=list)  # suite order
     methods: list[str] = field(default_factory=list)  # suite order; the reference first when present
     published: dict | None = None  # results.json's run beside the published figures (beside_published)
+    subsets: dict = field(default_factory=dict)  # results.json's `subsets` sections (robust_atp.subsets)
 
     @property
     def reference(self) -> str | None:
@@ -96,14 +97,21 @@ def load_run(path: str | Path) -> RunData:
         samples.append(s)
     if not samples:
         raise UserError(f"{samples_path}: no samples")
+    published = data.get("published") if isinstance(data.get("published"), dict) else None
+    subsets = data.get("subsets") if isinstance(data.get("subsets"), dict) else {}
+    return run_data(results.parent, manifest, data["rows"], samples, published, subsets)
+
+
+def run_data(run_dir: Path, manifest: dict, rows: list[dict], samples: list[dict], published: dict | None = None,
+             subsets: dict | None = None) -> RunData:
+    """A run from its parts: conditions and methods in the manifest's order (the reference first)."""
     conditions = _ordered(manifest.get("conditions"), (s["condition"] for s in samples))
     labels = [m.get("label") for m in manifest.get("methods") or [] if isinstance(m, dict)]
     methods = _ordered(labels, (s["method"] for s in samples))
     if REFERENCE in methods:
         methods.remove(REFERENCE)
         methods.insert(0, REFERENCE)
-    published = data.get("published") if isinstance(data.get("published"), dict) else None
-    return RunData(results.parent, manifest, data["rows"], samples, conditions, methods, published)
+    return RunData(Path(run_dir), manifest, rows, samples, conditions, methods, published, subsets or {})
 
 
 def _ordered(declared, seen) -> list[str]:
