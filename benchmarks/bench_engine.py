@@ -1,20 +1,28 @@
-"""What the engine's shared vision pass saves: the demo suite through `run_engine` against a
-naive loop that, for every method, recomputes each corrupted image and the vision pass.
+"""What the engine's shared work and its optimisations save, on the demo suite.
 
     python benchmarks/bench_engine.py [--suite suites/demo.yaml] [--limit 10] [--repeats 3] [--quick]
 
-Both run in this process on the same adapter, examples and conditions (the suite's, on its
-first --limit questions, one batch), alternately, --repeats times after an untimed warm-up
-run of the engine on one question; the table gives the median
-wall time of each and their ratio. Neither reads the corruption cache: the engine computes each
-corrupted image once and shares it (and the vision pass) across methods and text conditions;
-the naive loop computes them again for every (method, condition). Their predictions must be
-identical (asserted). --quick: 2 questions, 1 corruption at severity 1, 1 text perturbation,
-1 repeat (a smoke test).
+Rows, each a full pass of the suite's first --limit questions (one batch) through the same
+adapter, examples and conditions in this process:
+  naive loop      for every method and condition: corrupt the images, run the vision pass,
+                  select, generate (what the engine's shared vision pass and corruptions save);
+  engine, none    `run_engine` with every optimisation of `speedups.Speedups` off: one vision
+                  pass and one set of corrupted images per (batch, image condition), one
+                  `generate` per method;
+  + fuse, + reuse_prefix, + prefetch   one optimisation alone (prefetch even beside torch
+                  threads on every core, which the default avoids: `Speedups.prefetch_always`);
+  engine, all     the default (`Speedups()`): all three, prefetch only where a core is free.
+The rounds alternate between the rows, --repeats times after an untimed warm-up run of the
+engine on one question; the table gives each row's median wall time, its ratio to "engine,
+none" and the model calls it made. No row reads the corruption cache (each computes every
+corrupted image: the prefetch row in its worker process). Every row's predictions must equal
+the naive loop's (asserted). --quick: 2 questions, 1 corruption at severity 1, 1 text
+perturbation, 1 repeat (a smoke test).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -34,6 +42,7 @@ from robust_atp.perturb.cache import CorruptionCache  # noqa: E402
 from robust_atp.perturb.image import canonicalize, condition_seed, resolve_image_conditions  # noqa: E402
 from robust_atp.perturb.text import perturb_text, resolve_text_conditions  # noqa: E402
 from robust_atp.prune.methods import validate_method  # noqa: E402
+from robust_atp.speedups import Speedups  # noqa: E402
 from robust_atp.store import RunStore  # noqa: E402
 from robust_atp.suite import load_suite  # noqa: E402
 
@@ -68,7 +77,8 @@ def naive_loop(adapter, examples, methods, plan, seed: int, batch_size: int, res
     return out
 
 
-def engine_run(adapter, examples, methods, image_conds, text_conds, suite, batch_size: int) -> dict:
+def engine_run(adapter, examples, methods, image_conds, text_conds, suite, batch_size: int,
+               speedups: Speedups) -> tuple[dict, object]:
     with tempfile.TemporaryDirectory() as tmp:
         store = RunStore(Path(tmp) / "predictions.sqlite")
         stats = run_engine(examples=examples, methods=methods, image_conditions=image_conds,
@@ -76,11 +86,11 @@ def engine_run(adapter, examples, methods, image_conds, text_conds, suite, batch
                            batch_size=batch_size, include_clean=suite.include_clean, progress=False,
                            text_conditions=text_conds, cross=suite.perturbations.cross,
                            resolution=suite.perturbations.image.resolution if suite.perturbations.image else None,
-                           cache=CorruptionCache(enabled=False))
+                           cache=CorruptionCache(enabled=False), speedups=speedups)
         preds = {(p.example_id, p.condition, p.method): p.prediction for p in store.rows()}
         store.close()
     assert stats.corruption_hits == 0
-    return preds
+    return preds, stats
 
 
 def main(argv=None) -> None:
@@ -115,33 +125,45 @@ def main(argv=None) -> None:
     resolution = suite.perturbations.image.resolution if suite.perturbations.image else None
     adapter = load_adapter(suite.model)
     batch_size = len(examples)
-    times = {"engine": [], "naive": []}
+    off = Speedups.off()
+    variants = {"engine, none": off, "+ fuse": dataclasses.replace(off, fuse=True),
+                "+ reuse_prefix": dataclasses.replace(off, reuse_prefix=True),
+                "+ prefetch": dataclasses.replace(off, prefetch=Speedups().prefetch, prefetch_always=True),
+                "engine, all": Speedups()}
+    times = {label: [] for label in ["naive loop", *variants]}
+    stats = {}
     # warm-up (untimed): lazy imports and first-call costs (nlpaug, imagecorruptions, kernels)
-    engine_run(adapter, examples[:1], methods, image_conds, text_conds, suite, 1)
+    engine_run(adapter, examples[:1], methods, image_conds, text_conds, suite, 1, Speedups())
     for _ in range(repeats):
         t = time.perf_counter()
-        engine = engine_run(adapter, examples, methods, image_conds, text_conds, suite, batch_size)
-        times["engine"].append(time.perf_counter() - t)
-        t = time.perf_counter()
         naive = naive_loop(adapter, examples, methods, plan, suite.seed, batch_size, resolution)
-        times["naive"].append(time.perf_counter() - t)
-        assert engine == naive, "the naive loop and the engine disagree"
+        times["naive loop"].append(time.perf_counter() - t)
+        for label, speedups in variants.items():
+            t = time.perf_counter()
+            preds, stats[label] = engine_run(adapter, examples, methods, image_conds, text_conds, suite,
+                                             batch_size, speedups)
+            times[label].append(time.perf_counter() - t)
+            assert preds == naive, f"{label}: the engine and the naive loop disagree"
     threads = torch.get_num_threads()
     print(f"suite {Path(a.suite).name}{' (QUICK slice)' if a.quick else ''}: {len(examples)} questions (one batch) x "
-          f"{n_cond} conditions x {len(methods)} methods = {len(engine)} answers, identical in both; "
+          f"{n_cond} conditions x {len(methods)} methods = {len(naive)} answers, identical in every row; "
           f"device {adapter.device} ({threads} threads), median of {repeats}; no corruption cache")
-    print(f"{'loop':<44}{'vision passes':>14}{'corrupted images':>18}{'seconds':>10}")
-    n_img = sum(1 for ic, _ in plan if ic is not None) * len(examples)
     # the naive loop corrupts again for every method and every text condition on a corrupted image
     n_naive_img = sum(len(tcs) for ic, tcs in plan if ic is not None) * len(examples) * len(methods)
-    n_vis = len(plan)
-    rows = [("engine (shared vision pass and corruptions)", n_vis, n_img, statistics.median(times["engine"])),
-            ("naive (per method and condition)", n_cond * len(methods), n_naive_img,
-             statistics.median(times["naive"]))]
-    for label, vis, img, s in rows:
-        print(f"{label:<44}{vis:>14}{img:>18}{s:>10.2f}")
-    print(f"speedup (naive / engine): {rows[1][3] / rows[0][3]:.2f}x")
-
+    print(f"{'row':<16}{'vision':>8}{'corrupted':>11}{'generate':>10}{'prefixes':>10}{'seconds':>10}{'vs none':>9}")
+    base = statistics.median(times["engine, none"])
+    for label, ts in times.items():
+        s = statistics.median(ts)
+        if label == "naive loop":
+            cells = (n_cond * len(methods), n_naive_img, n_cond * len(methods), 0)
+        else:
+            st = stats[label]
+            cells = (st.vision_passes, st.corruption_computed, st.generate_calls, st.prefixes_computed)
+        print(f"{label:<16}{cells[0]:>8}{cells[1]:>11}{cells[2]:>10}{cells[3]:>10}{s:>10.2f}{base / s:>8.2f}x")
+    print("vision = vision passes; corrupted = corrupted images computed; generate = generate calls; "
+          "prefixes = prompt prefixes computed for reuse; vs none = engine, none's seconds / the row's")
+    print(f"speedup (engine, all vs engine, none): {base / statistics.median(times['engine, all']):.2f}x; "
+          f"(naive / engine, all): {statistics.median(times['naive loop']) / statistics.median(times['engine, all']):.2f}x")
 
 if __name__ == "__main__":
     main()

@@ -45,6 +45,7 @@ from .progress import Progress
 from .seeding import stable_seed
 from .speedups import Selection, Speedups, fused_inputs, generation_groups
 from .store import Prediction, RunStore
+from .threads import usable_cores
 
 @dataclass
 class EngineStats:
@@ -121,94 +122,138 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
     for b, c in plan:
         by_batch.setdefault(b, []).append(c)
     tm = stats.timings
-    for b, todo in by_batch.items():
-        batch = batches[b]
-        t = time.perf_counter()
-        images = [_load_image(ex) for ex in batch]
-        tm["load"] += time.perf_counter() - t
-        text_cache: dict = {}  # (text condition, kind) -> CLIP text embeddings of this batch
-        for image_cond, text_conds in todo:
+    loaded: dict[int, list] = {}  # batch index -> its source images (the batch at hand, and the prefetch's)
+
+    def load(b):
+        if b not in loaded:
             t = time.perf_counter()
-            iname = CLEAN if image_cond is None else image_cond.name
-            if image_cond is None:
-                imgs = [canonicalize(im, resolution) for im in images]
-            else:
-                hits = cache.hits
-                imgs = [cache.get(im, image_cond, condition_seed(seed, ex.id, iname), resolution)[0]
-                        for im, ex in zip(images, batch)]
-                stats.corruption_hits += cache.hits - hits
-                stats.corruption_computed += len(imgs) - (cache.hits - hits)
-            tm["perturb"] += time.perf_counter() - t
-            t = time.perf_counter()
-            vision = adapter.encode_images(imgs)
-            tm["vision"] += time.perf_counter() - t
-            stats.vision_passes += 1
-            merged: dict[str, object] = {}  # method label -> its own tower pass on these images (merged, resized)
-            resized: dict[int, object] = {}  # token budget -> the pass over these images resized to it
-            prefixes: dict[str, object] = {}  # method label -> its prompt prefix's KV cache on these images
-            reusing = speedups.reuse_prefix and adapter.reuses_prefix and len(text_conds) > 1
-            rows, cost_rows = [], []
-            for text_cond in text_conds:
-                cname = condition_name(image_cond, text_cond)
-                todo_methods = missing(batch, cname)
-                to_measure = cost_missing(b, cname)
-                if not todo_methods and not to_measure:
-                    continue
+            loaded[b] = [_load_image(ex) for ex in batches[b]]
+            tm["load"] += time.perf_counter() - t
+        return loaded[b]
+
+    prefetch = _prefetch(by_batch, batches, seed, load, cache, resolution, speedups, adapter)
+    job = 0  # the next prefetched unit
+    try:
+        for b, todo in by_batch.items():
+            batch = batches[b]
+            for old in [k for k in loaded if k != b]:
+                del loaded[old]
+            images = load(b)
+            text_cache: dict = {}  # (text condition, kind) -> CLIP text embeddings of this batch
+            for image_cond, text_conds in todo:
                 t = time.perf_counter()
-                questions = [ex.question if text_cond is None else
-                             perturb_text(ex.question, text_cond, condition_seed(seed, ex.id, text_cond.name))
-                             for ex in batch]
+                iname = CLEAN if image_cond is None else image_cond.name
+                if image_cond is None:
+                    imgs = [canonicalize(im, resolution) for im in images]
+                elif prefetch is not None:
+                    imgs, from_disk = prefetch.take(job)
+                    job += 1
+                    cache.hits += sum(from_disk)
+                    cache.computed += len(imgs) - sum(from_disk)
+                    stats.corruption_hits += sum(from_disk)
+                    stats.corruption_computed += len(imgs) - sum(from_disk)
+                else:
+                    hits = cache.hits
+                    imgs = [cache.get(im, image_cond, condition_seed(seed, ex.id, iname), resolution)[0]
+                            for im, ex in zip(images, batch)]
+                    stats.corruption_hits += cache.hits - hits
+                    stats.corruption_computed += len(imgs) - (cache.hits - hits)
                 tm["perturb"] += time.perf_counter() - t
                 t = time.perf_counter()
-                for kind in text_kinds:
-                    if (text_cond, kind) not in text_cache:
-                        text_cache[text_cond, kind] = adapter.encode_texts(clip_texts(adapter, questions, kind))
-                tm["text"] += time.perf_counter() - t
-                selections = []
-                for m in todo_methods:
-                    bar.working_on(cname, m.label)
-                    text = text_cache[text_cond, m.settings.get("text", "question")] if m.needs_text else None
-                    if m.tower is not None and m.label not in merged:  # once per image condition
-                        t = time.perf_counter()
-                        merged[m.label] = adapter.encode_images_merged(imgs, m.tower)
-                        tm["vision"] += time.perf_counter() - t
-                        stats.merged_tower_passes += 1
-                    if m.resize is not None and m.label not in merged:  # once per image condition and budget
-                        target = m.resize.target(vision.tokens.shape[1])
-                        if target not in resized:
-                            t = time.perf_counter()
-                            resized[target] = adapter.encode_images_downsampled(imgs, target)
-                            tm["vision"] += time.perf_counter() - t
-                            stats.downsampled_passes += 1
-                        merged[m.label] = resized[target]
-                    selections.append(_select(m, adapter, vision, text, batch, seed, stats, merged.get(m.label)))
-                if reusing:
-                    _attach_prefixes(selections, adapter, questions, prefixes, stats)
-                for group in generation_groups(selections, adapter, speedups):
-                    _generate(group, adapter, questions, stats)
-                for sel in selections:
-                    seen = merged[sel.method.label] if sel.method.resize is not None else vision  # its tokens' pass
-                    rows += _rows(sel, adapter, seen, questions, batch, cname, metrics, done, resolution,
-                                  [im.size for im in images])
-                    bar.step()
-                if to_measure:  # after the answers: measuring never changes them
+                vision = adapter.encode_images(imgs)
+                tm["vision"] += time.perf_counter() - t
+                stats.vision_passes += 1
+                merged: dict[str, object] = {}  # method label -> its own tower pass on these images (merged, resized)
+                resized: dict[int, object] = {}  # token budget -> the pass over these images resized to it
+                prefixes: dict[str, object] = {}  # method label -> its prompt prefix's KV cache on these images
+                reusing = speedups.reuse_prefix and adapter.reuses_prefix and len(text_conds) > 1
+                rows, cost_rows = [], []
+                for text_cond in text_conds:
+                    cname = condition_name(image_cond, text_cond)
+                    todo_methods = missing(batch, cname)
+                    to_measure = cost_missing(b, cname)
+                    if not todo_methods and not to_measure:
+                        continue
                     t = time.perf_counter()
-                    texts = {kind: clip_texts(adapter, questions, kind) for kind in text_kinds}
-                    measured = measure_cost(to_measure, adapter, imgs, questions, texts,
-                                            {m.label: seed_keys(seed, batch, m) for m in to_measure}, cost)
-                    cost_rows += [(cname, label, batch_key(batch), rec) for label, rec in measured.items()]
-                    tm["cost"] += time.perf_counter() - t
-            store.put(rows)
-            if cost_rows:
-                store.put_cost(cost_rows)
-                cost_done.update((c, m, k) for c, m, k, _ in cost_rows)
-                stats.cost_measured += len(cost_rows)
-            done.update((r.example_id, r.condition, r.method) for r in rows)
-            stats.units_run += 1
-            bar.unit_done()
+                    questions = [ex.question if text_cond is None else
+                                 perturb_text(ex.question, text_cond, condition_seed(seed, ex.id, text_cond.name))
+                                 for ex in batch]
+                    tm["perturb"] += time.perf_counter() - t
+                    t = time.perf_counter()
+                    for kind in text_kinds:
+                        if (text_cond, kind) not in text_cache:
+                            text_cache[text_cond, kind] = adapter.encode_texts(clip_texts(adapter, questions, kind))
+                    tm["text"] += time.perf_counter() - t
+                    selections = []
+                    for m in todo_methods:
+                        bar.working_on(cname, m.label)
+                        text = text_cache[text_cond, m.settings.get("text", "question")] if m.needs_text else None
+                        if m.tower is not None and m.label not in merged:  # once per image condition
+                            t = time.perf_counter()
+                            merged[m.label] = adapter.encode_images_merged(imgs, m.tower)
+                            tm["vision"] += time.perf_counter() - t
+                            stats.merged_tower_passes += 1
+                        if m.resize is not None and m.label not in merged:  # once per image condition and budget
+                            target = m.resize.target(vision.tokens.shape[1])
+                            if target not in resized:
+                                t = time.perf_counter()
+                                resized[target] = adapter.encode_images_downsampled(imgs, target)
+                                tm["vision"] += time.perf_counter() - t
+                                stats.downsampled_passes += 1
+                            merged[m.label] = resized[target]
+                        selections.append(_select(m, adapter, vision, text, batch, seed, stats, merged.get(m.label)))
+                    if reusing:
+                        _attach_prefixes(selections, adapter, questions, prefixes, stats)
+                    for group in generation_groups(selections, adapter, speedups):
+                        _generate(group, adapter, questions, stats)
+                    for sel in selections:
+                        seen = merged[sel.method.label] if sel.method.resize is not None else vision  # its tokens' pass
+                        rows += _rows(sel, adapter, seen, questions, batch, cname, metrics, done, resolution,
+                                      [im.size for im in images])
+                        bar.step()
+                    if to_measure:  # after the answers: measuring never changes them
+                        t = time.perf_counter()
+                        texts = {kind: clip_texts(adapter, questions, kind) for kind in text_kinds}
+                        measured = measure_cost(to_measure, adapter, imgs, questions, texts,
+                                                {m.label: seed_keys(seed, batch, m) for m in to_measure}, cost)
+                        cost_rows += [(cname, label, batch_key(batch), rec) for label, rec in measured.items()]
+                        tm["cost"] += time.perf_counter() - t
+                store.put(rows)
+                if cost_rows:
+                    store.put_cost(cost_rows)
+                    cost_done.update((c, m, k) for c, m, k, _ in cost_rows)
+                    stats.cost_measured += len(cost_rows)
+                done.update((r.example_id, r.condition, r.method) for r in rows)
+                stats.units_run += 1
+                bar.unit_done()
+    finally:
+        if prefetch is not None:
+            prefetch.close()
     bar.close()
     stats.seconds = time.perf_counter() - t0
     return stats
+
+
+def _on_cpu(adapter) -> bool:
+    device = getattr(adapter, "device", None)
+    return device is None or torch.device(device).type == "cpu"
+
+
+def _prefetch(by_batch: dict, batches: list, seed: int, load, cache: CorruptionCache, resolution,
+              speedups: Speedups, adapter):
+    """A `Prefetch` of the run's corrupted units in the order the loop visits them, or None: off,
+    fewer than two such units (nothing to overlap), or a model on the CPU whose threads already
+    take every core (a worker beside them slows the run: torch's threads wait on each other when
+    a core is taken from them; measured in benchmarks/bench_engine.py)."""
+    jobs = [(b, cond, [condition_seed(seed, ex.id, cond.name) for ex in batches[b]])
+            for b, todo in by_batch.items() for cond, _ in todo if cond is not None]
+    if speedups.prefetch < 1 or len(jobs) < 2:
+        return None
+    if not speedups.prefetch_always and _on_cpu(adapter) and torch.get_num_threads() >= usable_cores():
+        return None
+    from .perturb.prefetch import Prefetch
+
+    return Prefetch(jobs, load, cache, resolution, ahead=speedups.prefetch)
 
 
 @dataclass

@@ -8,9 +8,16 @@
                   pruning), the KV cache of [prompt head + visual tokens] is computed once per
                   (batch, image condition, method) and every text condition continues from it.
                   Only on adapters declaring `reuses_prefix`.
+    prefetch      the corrupted images of the next `prefetch` units (batch x image condition) are
+                  computed ahead in one worker process while the model works on the current one
+                  (`perturb.prefetch`); the same images, bytes and order. 0: in the engine's process.
+                  Used when the model is on an accelerator, or on the CPU with a core its threads
+                  leave free (`--threads`); `prefetch_always` uses it beside threads on every core
+                  too (which slows a CPU run: benchmarks/bench_engine.py).
 
-Each is exact by construction and by test (tests/test_fused.py): the answers are those of one
-`generate` per method over the whole prompt.
+Each is exact by construction and by test (tests/test_fused.py, tests/test_prefetch.py): the
+answers are those of one `generate` per method over the whole prompt, on images computed in
+the engine's own process.
 """
 from __future__ import annotations
 
@@ -25,10 +32,12 @@ class Speedups:
 
     fuse: bool = True
     reuse_prefix: bool = True
+    prefetch: int = 4
+    prefetch_always: bool = False
 
     @classmethod
     def off(cls) -> "Speedups":
-        return cls(fuse=False, reuse_prefix=False)
+        return cls(fuse=False, reuse_prefix=False, prefetch=0)
 
 
 @dataclass

@@ -61,14 +61,21 @@ def test_bench_prune_quick_prints_both_tables():
 
 
 @pytest.mark.slow
-def test_bench_engine_quick_checks_predictions_and_prints_the_speedup():
+def test_bench_engine_quick_checks_predictions_and_prints_every_optimisation():
     lines = _table("bench_engine.py", "--quick")
-    assert "identical in both" in lines[0] and "x 6 methods" in lines[0]
-    engine, naive = lines[2].split(), lines[3].split()
-    assert engine[0] == "engine" and naive[0] == "naive"
-    assert int(naive[-3]) == 6 * 3 and int(engine[-3]) == 2  # vision passes: per method and condition vs shared
-    assert int(naive[-2]) == 6 * int(engine[-2]) > 0  # corrupted images computed
-    assert lines[-1].startswith("speedup (naive / engine):")
+    assert "identical in every row" in lines[0] and "x 6 methods" in lines[0]
+    rows = {line[:16].strip(): line[16:].split() for line in lines[2:8]}
+    assert list(rows) == ["naive loop", "engine, none", "+ fuse", "+ reuse_prefix", "+ prefetch", "engine, all"]
+    vision, corrupted, calls, prefixes = ({k: int(v[i]) for k, v in rows.items()} for i in range(4))
+    assert vision["naive loop"] == 6 * 3 and set(vision.values()) - {18} == {2}  # per method vs shared
+    assert corrupted["naive loop"] == 6 * corrupted["engine, none"] > 0
+    # 2 questions x 3 conditions: one call per method and condition, fewer when fused
+    assert calls["naive loop"] == calls["engine, none"] == calls["+ reuse_prefix"] == calls["+ prefetch"] == 18
+    assert calls["+ fuse"] < 18 and calls["engine, all"] < 18
+    # full, random and cls read no question: one prefix each on the clean image, reused once
+    assert prefixes["+ reuse_prefix"] == prefixes["engine, all"] == 3 and prefixes["+ fuse"] == 0
+    assert all(v[-1].endswith("x") for v in rows.values()) and rows["engine, none"][-1] == "1.00x"
+    assert lines[-1].startswith("speedup (engine, all vs engine, none):")
 
 
 @pytest.mark.slow
