@@ -11,7 +11,9 @@ adapter, examples and conditions in this process:
                   `generate` per method;
   + fuse, + reuse_prefix, + prefetch   one optimisation alone (prefetch even beside torch
                   threads on every core, which the default avoids: `Speedups.prefetch_always`);
-  engine, all     the default (`Speedups()`): all three, prefetch only where a core is free.
+  engine, all     the default (`Speedups()`): all three, prefetch only where a core is free;
+  all, 1 thread less   the default with torch on one thread fewer (so prefetch on the freed core),
+                  when torch has more than one.
 The rounds alternate between the rows, --repeats times after an untimed warm-up run of the
 engine on one question; the table gives each row's median wall time, its ratio to "engine,
 none" and the model calls it made. No row reads the corruption cache (each computes every
@@ -43,6 +45,7 @@ from robust_atp.perturb.image import canonicalize, condition_seed, resolve_image
 from robust_atp.perturb.text import perturb_text, resolve_text_conditions  # noqa: E402
 from robust_atp.prune.methods import validate_method  # noqa: E402
 from robust_atp.speedups import Speedups  # noqa: E402
+from robust_atp.threads import torch_threads  # noqa: E402
 from robust_atp.store import RunStore  # noqa: E402
 from robust_atp.suite import load_suite  # noqa: E402
 
@@ -100,6 +103,8 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default=None)
     ap.add_argument("--quick", action="store_true", help="a smoke test: a small slice, 1 repeat")
+    ap.add_argument("--no-naive", action="store_true",
+                    help="leave out the naive loop (every row is then checked against engine, none)")
     a = ap.parse_args(argv)
     from transformers.utils import logging as hf_logging
 
@@ -130,27 +135,35 @@ def main(argv=None) -> None:
                 "+ reuse_prefix": dataclasses.replace(off, reuse_prefix=True),
                 "+ prefetch": dataclasses.replace(off, prefetch=Speedups().prefetch, prefetch_always=True),
                 "engine, all": Speedups()}
-    times = {label: [] for label in ["naive loop", *variants]}
+    threads = {label: torch.get_num_threads() for label in variants}
+    if torch.get_num_threads() > 1:  # torch on one core fewer, the prefetch worker on the freed one
+        variants["all, 1 thread less"] = Speedups()
+        threads["all, 1 thread less"] = torch.get_num_threads() - 1
+    times = {label: [] for label in [*([] if a.no_naive else ["naive loop"]), *variants]}
     stats = {}
     # warm-up (untimed): lazy imports and first-call costs (nlpaug, imagecorruptions, kernels)
     engine_run(adapter, examples[:1], methods, image_conds, text_conds, suite, 1, Speedups())
     for _ in range(repeats):
-        t = time.perf_counter()
-        naive = naive_loop(adapter, examples, methods, plan, suite.seed, batch_size, resolution)
-        times["naive loop"].append(time.perf_counter() - t)
-        for label, speedups in variants.items():
+        naive = None
+        if not a.no_naive:
             t = time.perf_counter()
-            preds, stats[label] = engine_run(adapter, examples, methods, image_conds, text_conds, suite,
-                                             batch_size, speedups)
-            times[label].append(time.perf_counter() - t)
-            assert preds == naive, f"{label}: the engine and the naive loop disagree"
-    threads = torch.get_num_threads()
+            naive = naive_loop(adapter, examples, methods, plan, suite.seed, batch_size, resolution)
+            times["naive loop"].append(time.perf_counter() - t)
+        for label, speedups in variants.items():
+            with torch_threads(threads[label]):
+                t = time.perf_counter()
+                preds, stats[label] = engine_run(adapter, examples, methods, image_conds, text_conds, suite,
+                                                 batch_size, speedups)
+                times[label].append(time.perf_counter() - t)
+            naive = preds if naive is None else naive  # the first row's, without the naive loop
+            assert preds == naive, f"{label}: its predictions differ from the reference's"
     print(f"suite {Path(a.suite).name}{' (QUICK slice)' if a.quick else ''}: {len(examples)} questions (one batch) x "
           f"{n_cond} conditions x {len(methods)} methods = {len(naive)} answers, identical in every row; "
-          f"device {adapter.device} ({threads} threads), median of {repeats}; no corruption cache")
+          f"device {adapter.device} ({torch.get_num_threads()} threads), median of {repeats}; no corruption cache")
     # the naive loop corrupts again for every method and every text condition on a corrupted image
     n_naive_img = sum(len(tcs) for ic, tcs in plan if ic is not None) * len(examples) * len(methods)
-    print(f"{'row':<16}{'vision':>8}{'corrupted':>11}{'generate':>10}{'prefixes':>10}{'seconds':>10}{'vs none':>9}")
+    print(f"{'row':<20}{'threads':>8}{'vision':>8}{'corrupted':>11}{'generate':>10}{'prefixes':>10}{'seconds':>10}"
+          f"{'vs none':>9}")
     base = statistics.median(times["engine, none"])
     for label, ts in times.items():
         s = statistics.median(ts)
@@ -159,11 +172,13 @@ def main(argv=None) -> None:
         else:
             st = stats[label]
             cells = (st.vision_passes, st.corruption_computed, st.generate_calls, st.prefixes_computed)
-        print(f"{label:<16}{cells[0]:>8}{cells[1]:>11}{cells[2]:>10}{cells[3]:>10}{s:>10.2f}{base / s:>8.2f}x")
-    print("vision = vision passes; corrupted = corrupted images computed; generate = generate calls; "
+        n = threads.get(label, torch.get_num_threads())
+        print(f"{label:<20}{n:>8}{cells[0]:>8}{cells[1]:>11}{cells[2]:>10}{cells[3]:>10}{s:>10.2f}{base / s:>8.2f}x")
+    print("threads = torch's threads; vision = vision passes; corrupted = corrupted images computed; generate = generate calls; "
           "prefixes = prompt prefixes computed for reuse; vs none = engine, none's seconds / the row's")
-    print(f"speedup (engine, all vs engine, none): {base / statistics.median(times['engine, all']):.2f}x; "
-          f"(naive / engine, all): {statistics.median(times['naive loop']) / statistics.median(times['engine, all']):.2f}x")
+    all_s = statistics.median(times["engine, all"])
+    print(f"speedup (engine, all vs engine, none): {base / all_s:.2f}x"
+          + ("" if a.no_naive else f"; (naive / engine, all): {statistics.median(times['naive loop']) / all_s:.2f}x"))
 
 if __name__ == "__main__":
     main()

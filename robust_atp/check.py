@@ -25,6 +25,7 @@ def check_suite(suite, suite_path: Path, out=None) -> int:
     say = lambda line="": print(line, file=out)
     methods = [validate_method(m) for m in suite.methods]
     _check_adapter(suite.model, suite_path)
+    _check_downsample(methods, suite.model, suite_path)
     image_conditions = resolve_image_conditions(suite.perturbations.image)
     text_conditions = resolve_text_conditions(suite.perturbations.text)
     conditions = condition_names(image_conditions, suite.include_clean, text_conditions, suite.perturbations.cross)
@@ -91,6 +92,21 @@ def _describe_ref(ref: str, field: str) -> str:
     if resolved == ref and not Path(ref).expanduser().exists():
         return f"{ref} (hub id, fetched on the first run)"
     return f"{ref} (local: {resolved})"
+
+
+def _check_downsample(methods, model, suite_path: Path) -> None:
+    """`downsample` on an adapter whose token count is fixed: the run's one-line refusal (its
+    reason names the tower, which only a loaded adapter knows), before any weight is read."""
+    from .errors import UserError
+    from .models.base import adapter_class
+
+    if getattr(adapter_class(model.adapter), "token_count_follows_image", False):
+        return
+    for i, m in enumerate(methods):
+        if m.resize is not None:
+            raise UserError(f"{suite_path}: methods[{i}].name: {m.name} needs an adapter whose token count follows "
+                            f"the image size (the {model.adapter} adapter's does not); use pool, its nearest "
+                            "equivalent")
 
 
 def _check_adapter(model, suite_path: Path) -> None:

@@ -182,6 +182,14 @@ def test_a_fixed_tower_is_refused_in_one_line(tmp_path, capsys):
     assert len(err) == 1, err
     assert err[0] == (f"error: {path}: methods[1].name: downsample needs an adapter whose token count follows "
                       "the image size (llava has a fixed 96 px tower); use pool, its nearest equivalent")
+    # --check reads no weights, and refuses it the same way (the adapter's class says it)
+    assert main([path, "--check"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {path}: methods[1].name: downsample needs an adapter whose token count follows "
+                   "the image size (the llava adapter's does not); use pool, its nearest equivalent"]
+    qwen = _suite(tmp_path / "q", {"adapter": "qwen2_vl", "checkpoint": "Qwen/Qwen2-VL-2B-Instruct"},
+                  [{"name": "full"}, {"name": "downsample", "keep": 0.25}])
+    assert main([qwen, "--check"]) == 0
 
 
 @pytest.mark.slow

@@ -248,14 +248,20 @@ def decode_answers(tokenizer, new_tokens: torch.Tensor, eos) -> list[str]:
     return [t.strip() for t in tokenizer.batch_decode(rows, skip_special_tokens=True)]
 
 
-def load_adapter(model_cfg) -> Adapter:
-    """The one entry point: a suite's `model:` section -> a ready adapter."""
+def adapter_class(name: str):
+    """The adapter class registered as `name`, its family's module imported on first use (no
+    weights read)."""
     import importlib
 
     from . import llava  # noqa: F401  (registers itself)
 
-    if model_cfg.adapter in _LAZY and model_cfg.adapter not in _ADAPTERS:
-        importlib.import_module(f"{__package__}.{_LAZY[model_cfg.adapter]}")  # only the family a suite names
-    if model_cfg.adapter not in _ADAPTERS:
-        raise UserError(f"model.adapter: unknown adapter {model_cfg.adapter!r}; known: {', '.join(adapter_names())}")
-    return _ADAPTERS[model_cfg.adapter](model_cfg)
+    if name in _LAZY and name not in _ADAPTERS:
+        importlib.import_module(f"{__package__}.{_LAZY[name]}")  # only the family a suite names
+    if name not in _ADAPTERS:
+        raise UserError(f"model.adapter: unknown adapter {name!r}; known: {', '.join(adapter_names())}")
+    return _ADAPTERS[name]
+
+
+def load_adapter(model_cfg) -> Adapter:
+    """The one entry point: a suite's `model:` section -> a ready adapter."""
+    return adapter_class(model_cfg.adapter)(model_cfg)
