@@ -39,11 +39,13 @@ def row_measurements(method, adapter, vision, kept: list, questions: list[str], 
     n = vision.tokens.shape[1]
     cfgs = adapter.cost_configs()
     geometry = adapter.patch_geometry()
+    # the same for every example of the batch (computed once: the engine calls this per row set)
+    llm = cost.LayerShape.from_config(cfgs["llm"]) if cfgs else None
+    tower_flops = adapter.vision_flops(n) if cfgs else None
     out = []
     for i, (ex, q) in enumerate(zip(batch, questions)):
         extra = {}
         if cfgs:
-            llm = cost.LayerShape.from_config(cfgs["llm"])
             text = adapter.prompt_length(q)
             # BLIP-2 hands the LLM its query tokens whatever the ViT tokens kept
             # (and LLaVA-NeXT the newlines of the rows its kept tokens touch)
@@ -57,7 +59,7 @@ def row_measurements(method, adapter, vision, kept: list, questions: list[str], 
             else:
                 extra["prefill_flops"] = cost.prefill_flops(llm, text + n, text + n_llm[i], fastv_cut)
             # towers that are not a CLIP ViT over N + 1 tokens (Qwen2-VL's merger, anyres crops) count themselves
-            extra["vision_flops"] = adapter.vision_flops(n)
+            extra["vision_flops"] = tower_flops
             merge_cost = _official_merge_cost(method, vision, cfgs, n_llm[i], extra)
             extra.update(adapter.extra_flops(n, n_llm[i]))  # e.g. BLIP-2's Q-Former over the kept ViT tokens
             # CLIP text length: the encoded text's words plus BOS / EOS, an estimate (no tokenizer here);
