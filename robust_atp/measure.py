@@ -48,8 +48,8 @@ def row_measurements(method, adapter, vision, kept: list, questions: list[str], 
         if cfgs:
             text = adapter.prompt_length(q)
             # BLIP-2 hands the LLM its query tokens whatever the ViT tokens kept
-            # (and LLaVA-NeXT the newlines of the rows its kept tokens touch)
-            seen = adapter.llm_visual_tokens(n_llm[i], kept[i])
+            # (and LLaVA-NeXT the newlines of the rows its kept tokens touch, in this pass's layout)
+            seen = adapter.llm_visual_tokens(n_llm[i], kept[i], n)
             if staged is not None:
                 extra["prefill_flops"] = (cost.staged_prefill_flops(llm, text, staged.image_tokens)
                                           + staged.policy.scoring_flops(llm, i))

@@ -144,7 +144,7 @@ class Blip2Adapter(HFAdapter):
             num_attention_heads=t.num_attention_heads, model_type=t.model_type)
         return {"llm": llm, "vision": mc.vision_config, "projector": None, "clip_text": None, "clip_projection": None}
 
-    def llm_visual_tokens(self, k: int, kept=None) -> int:
+    def llm_visual_tokens(self, k: int, kept=None, n=None) -> int:
         """The LLM reads the query tokens, however many ViT tokens were kept."""
         return self.num_query_tokens
 

@@ -144,8 +144,9 @@ class HFAdapter:
         """Configs the cost model reads: {'llm': text config, 'vision': vision config, 'clip_text': ... | None}."""
         raise NotImplementedError
 
-    def llm_visual_tokens(self, k: int, kept: torch.Tensor | None = None) -> int:
-        """The visual tokens the LLM reads when k are kept (kept: their indices, None if merged)."""
+    def llm_visual_tokens(self, k: int, kept: torch.Tensor | None = None, n: int | None = None) -> int:
+        """The visual tokens the LLM reads when k are kept (kept: their indices, None if merged;
+        n: the token count of the pass they index, None: the last shared pass's)."""
         return k
 
     def vision_flops(self, n_tokens: int) -> int:

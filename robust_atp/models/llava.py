@@ -229,7 +229,7 @@ class LlavaAdapter(HFAdapter):
         spans = [(p + len(self.prompt_ids(q)[0]), len(t)) for p, q, t in zip(pads, questions, visual_tokens)]
         return FastVHooks(list(self.model.model.language_model.layers), spec, spans, pads)
 
-    def llm_visual_tokens(self, k: int, kept: torch.Tensor | None = None) -> int:
+    def llm_visual_tokens(self, k: int, kept: torch.Tensor | None = None, n: int | None = None) -> int:
         return k + 1 if self.cls_first else k
 
     def generation_inputs(self, vision, kept_indices: list) -> dict:

@@ -23,6 +23,12 @@ gives each crop (the base and every mosaic crop) its share of the budget (`visio
 
 Every image of a batch must have the same token layout (the same size): set
 `perturbations.image.resolution` for data whose images differ in size.
+
+Downsampling: N follows the image size (the best pinpoint, then the unpadding to the image's
+aspect ratio), so `image_size_for_tokens` counts, with the model's own layout functions, the
+tokens of every smaller size of the image's aspect ratio and picks the one nearest a budget. A
+resized pass has its own layout: `generation_inputs` hands it to `generate` (its rows'
+newlines), and its rows' counts and tower FLOPs read it by its token count (`layout_for`).
 """
 from __future__ import annotations
 
@@ -49,6 +55,8 @@ class LlavaNextAdapter(LlavaAdapter):
     in_llm_refusal = " (its visual tokens carry row newlines the in-LLM passes do not lay out)"
     fuses_generation = False  # not shown safe on its any-resolution layout (kept indices per example)
     reuses_prefix = False
+    token_count_follows_image = True  # the best pinpoint and the unpadding follow the image size
+    pass_state = ("grid", "num_visual_tokens", "layout")
 
     def setup(self, cfg) -> None:
         mc = self.model.config
@@ -61,6 +69,8 @@ class LlavaNextAdapter(LlavaAdapter):
         self.side = vc.image_size // vc.patch_size
         self.per_crop = cfg.budget_scope == "per_crop"
         self.layout: tuple[int, int, int] | None = None  # (crops, mosaic rows, mosaic cols) of the last batch
+        self.layouts_by_count: dict[int, tuple[int, int, int]] = {}  # tokens -> the layout of a pass giving them
+        self._counts: dict[tuple[int, int], list[tuple[int, tuple[int, int]]]] = {}
         self.num_visual_tokens: int | None = None
         self.grid: tuple[int, int] | None = None
         self.clip = self.clip_tokenizer = None
@@ -88,16 +98,75 @@ class LlavaNextAdapter(LlavaAdapter):
         """Per-crop patch values [crops, side^2, X] -> the LLM's token order without newlines
         [side^2 + rows * cols, X], and the mosaic's (rows, cols): the same reshape and unpadding
         as `LlavaNextModel.pack_image_features`, applied to any per-patch quantity."""
-        from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape, unpad_image
-
         side, x = self.side, per_crop.shape[-1]
         base, rest = per_crop[0], per_crop[1:]
-        nph, npw = get_anyres_image_grid_shape(image_size, self.model.config.image_grid_pinpoints,
-                                               self.model.config.vision_config.image_size)
+        nph, npw = self.mosaic(image_size)
         f = rest.view(nph, npw, side, side, x).permute(4, 0, 2, 1, 3).flatten(1, 2).flatten(2, 3)
-        f = unpad_image(f, image_size)  # [X, rows, cols]
+        f = self.anyres_functions().unpad_image(f, image_size)  # [X, rows, cols]
         rows, cols = f.shape[1:]
         return torch.cat([base, f.flatten(1, 2).transpose(0, 1)]), rows, cols
+
+    @staticmethod
+    def anyres_functions():
+        """The modeling module whose `get_anyres_image_grid_shape` and `unpad_image` the model uses."""
+        from transformers.models.llava_next import modeling_llava_next
+
+        return modeling_llava_next
+
+    def mosaic_tokens(self, rows: int, cols: int) -> tuple[int, int]:
+        """The (rows, cols) of tokens the LLM reads for an unpadded mosaic of rows x cols patches."""
+        return rows, cols
+
+    def token_count(self, image_size: tuple[int, int]) -> int:
+        """N for an image of (width, height): the base crop's side^2 patches plus the mosaic of
+        the best pinpoint's crops, unpadded to the image's aspect ratio (the model's own
+        functions, on an empty tensor of the mosaic's patch grid)."""
+        w, h = image_size
+        nph, npw = self.mosaic((h, w))
+        grid = self.anyres_functions().unpad_image(torch.empty(0, nph * self.side, npw * self.side), (h, w))
+        rows, cols = self.mosaic_tokens(*grid.shape[1:])
+        return self.side ** 2 + rows * cols
+
+    def counts_by_size(self, image_size: tuple[int, int]) -> list[tuple[int, tuple[int, int]]]:
+        """(N, (width, height)) of every smaller size of the image's aspect ratio, the longer side
+        stepping by one pixel and the shorter side rounded, down to a shorter side of one ViT patch
+        (smaller images are not images the processor reads reliably); cached per image size."""
+        if image_size not in self._counts:
+            w, h = image_size
+            long, short = max(w, h), min(w, h)
+            patch = self.model.config.vision_config.patch_size
+            out = []
+            for side in range(long, 0, -1):
+                other = round(short * side / long)
+                if other < patch:
+                    break
+                size = (side, other) if w >= h else (other, side)
+                out.append((self.token_count(size), size))
+            self._counts[image_size] = out
+        return self._counts[image_size]
+
+    def image_size_for_tokens(self, image_size: tuple[int, int], target_tokens: int) -> tuple[int, int]:
+        """(width, height) of the image's aspect ratio whose N (`token_count`) is nearest
+        target_tokens without exceeding the full image's (ties: the fewer tokens, then the larger
+        size); a count equal to the full one keeps the image as it is. A budget below the smallest
+        count a resize reaches (the base crop and the smallest pinpoint's unpadded crops) gets it."""
+        full = self.token_count(image_size)
+        if target_tokens >= full:
+            return image_size
+        best = min(((abs(n - target_tokens), n, -s[0] * s[1]), s) for n, s in self.counts_by_size(image_size)
+                   if n <= full)
+        return image_size if best[0][1] == full else best[1]
+
+    def resized_image(self, image: Image.Image, size: tuple[int, int]) -> Image.Image:
+        """The image at `size` by the processor's resampling filter (bicubic)."""
+        return to_rgb(image).resize(size, Image.Resampling(int(self.processor.image_processor.resample)))
+
+    def layout_for(self, n: int | None) -> tuple[int, int, int]:
+        """(crops, mosaic rows, mosaic cols) of the pass that gave n tokens: the shared pass's,
+        or the last resized pass's with that count (None: the shared pass)."""
+        if n is None or n == self.num_visual_tokens:
+            return self.layout
+        return self.layouts_by_count[n]
 
     @torch.inference_mode()
     def encode_images(self, images: list[Image.Image]) -> VisionOutput:
@@ -138,6 +207,7 @@ class LlavaNextAdapter(LlavaAdapter):
         crop_ids = rest[-1][0, :, 0].long()
         n = tokens.shape[1]
         self.num_visual_tokens, self.grid = n, (1, n)
+        self.layouts_by_count[n] = self.layout
         cls_attn = attn.transpose(1, 2).reshape(b, n_layers, heads, n)
         if self.clip is not None:
             clip_patches = rest[0]
@@ -154,10 +224,8 @@ class LlavaNextAdapter(LlavaAdapter):
 
     def mosaic(self, image_size) -> tuple[int, int]:
         """(rows, cols) of the any-resolution crops after the base crop, for an image of (h, w)."""
-        from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape
-
-        rows, cols = get_anyres_image_grid_shape(image_size, self.model.config.image_grid_pinpoints,
-                                                 self.model.config.vision_config.image_size)
+        rows, cols = self.anyres_functions().get_anyres_image_grid_shape(
+            image_size, self.model.config.image_grid_pinpoints, self.model.config.vision_config.image_size)
         return int(rows), int(cols)
 
     @torch.inference_mode()
@@ -177,11 +245,6 @@ class LlavaNextAdapter(LlavaAdapter):
             return self.scorer.encode_texts(texts)
         return super().encode_texts(texts)
 
-    def token_count_refusal(self) -> str:
-        # a smaller image still gets the base crop and at least the smallest pinpoint's crops, so
-        # most budgets are out of reach by resizing; not implemented for the any-resolution layout
-        return f"{self.name}'s any-resolution crops are not resized to a token budget"
-
     def patch_geometry(self) -> None:
         """None: crops have no single patch grid, so object recall is not measured."""
         return None
@@ -198,24 +261,31 @@ class LlavaNextAdapter(LlavaAdapter):
 
         mc = self.model.config
         proj = {"in": mc.vision_config.hidden_size, "out": mc.text_config.hidden_size, "layers": 2}
-        return self.layout[0] * vision_flops(mc.vision_config, self.side ** 2, proj)
+        return self.layout_for(n_tokens)[0] * vision_flops(mc.vision_config, self.side ** 2, proj)
 
-    def llm_visual_tokens(self, k: int, kept: torch.Tensor | None = None) -> int:
-        """What the LLM reads for k kept tokens: k plus the newlines of the mosaic rows they touch."""
+    def llm_visual_tokens(self, k: int, kept: torch.Tensor | None = None, n: int | None = None) -> int:
+        """What the LLM reads for k kept tokens: k plus the newlines of the mosaic rows they touch
+        (in the layout of the pass that gave n tokens)."""
         if kept is None:
             return k
         mosaic = kept[kept >= self.side ** 2] - self.side ** 2
-        return k + len(torch.unique(mosaic // self.layout[2]))
+        return k + len(torch.unique(mosaic // self.layout_for(n)[2]))
 
     # ------------------------------------------------------------------ language
 
-    def visual_sequence(self, tokens: torch.Tensor, kept: torch.Tensor | None) -> torch.Tensor:
+    def generation_inputs(self, vision, kept_indices: list) -> dict:
+        """The kept indices and the layout of the pass they index (a resized pass has its own)."""
+        return {"kept_indices": kept_indices, "layout": self.layout_for(vision.tokens.shape[1])}
+
+    def visual_sequence(self, tokens: torch.Tensor, kept: torch.Tensor | None,
+                        layout: tuple[int, int, int] | None = None) -> torch.Tensor:
         """Kept tokens [K, D] -> what the LLM reads: the base crop's, then each mosaic row's kept
-        tokens followed by the row's newline (a row with none kept has no newline)."""
+        tokens followed by the row's newline (a row with none kept has no newline). layout: the
+        pass's (crops, rows, cols) (None: the shared pass's)."""
         if kept is None:
             return tokens
         kept = kept.to(tokens.device)
-        base_n, cols = self.side ** 2, self.layout[2]
+        base_n, cols = self.side ** 2, (layout or self.layout)[2]
         row = torch.where(kept >= base_n, (kept - base_n) // cols, -1)
         ends = torch.ones_like(row, dtype=torch.bool)
         ends[:-1] = row[1:] != row[:-1]
@@ -229,13 +299,15 @@ class LlavaNextAdapter(LlavaAdapter):
 
     @torch.inference_mode()
     def generate(self, visual_tokens: list[torch.Tensor], questions: list[str], in_llm=None,
-                 kept_indices: list[torch.Tensor | None] | None = None) -> list[str]:
+                 kept_indices: list[torch.Tensor | None] | None = None,
+                 layout: tuple[int, int, int] | None = None) -> list[str]:
         """kept_indices: per example the indices of visual_tokens among the N patch tokens
-        (None for merged tokens, which go in without newlines)."""
+        (None for merged tokens, which go in without newlines); layout: of the pass they index
+        (None: the shared pass's)."""
         self.refuse_in_llm(in_llm)
         if kept_indices is None:
             kept_indices = [torch.arange(len(t)) if len(t) == self.num_visual_tokens else None for t in visual_tokens]
-        seqs = [self.visual_sequence(t.to(self.dtype), i) for t, i in zip(visual_tokens, kept_indices)]
+        seqs = [self.visual_sequence(t.to(self.dtype), i, layout) for t, i in zip(visual_tokens, kept_indices)]
         return super().generate(seqs, questions)
 
     def reference_inputs(self, images: list[Image.Image], questions: list[str]) -> dict:

@@ -97,6 +97,8 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
         self.side = vc.image_size // vc.patch_size
         self.per_crop = False
         self.layout: tuple[int, int, int] | None = None  # (crops, mosaic rows, mosaic cols) of the last batch
+        self.layouts_by_count: dict[int, tuple[int, int, int]] = {}
+        self._counts: dict = {}
         self.num_visual_tokens: int | None = None
         self.grid: tuple[int, int] | None = None
         self.clip = self.clip_tokenizer = self.scorer = None
@@ -107,21 +109,27 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
         """Per-crop patch values [crops, side^2, X] -> the LLM's token order without newlines
         [side^2 + rows * cols, X], and the mosaic's (rows, cols): the reshape, unpadding and
         anyres_max resize of `LlavaOnevisionModel.pack_image_features`, on any per-patch quantity."""
-        from transformers.models.llava_onevision.modeling_llava_onevision import (get_anyres_image_grid_shape,
-                                                                                  unpad_image)
-
         side, x = self.side, per_crop.shape[-1]
         base, rest = per_crop[0], per_crop[1:]
-        nph, npw = get_anyres_image_grid_shape(image_size, self.model.config.image_grid_pinpoints,
-                                               self.model.config.vision_config.image_size)
+        nph, npw = self.mosaic(image_size)
         f = rest.view(nph, npw, side, side, x).permute(4, 0, 2, 1, 3).contiguous().flatten(1, 2).flatten(2, 3)
-        f = unpad_image(f, image_size)  # [X, rows, cols]
-        _, h, w = f.shape
-        ratio = math.sqrt(h * w / (self.max_crops * side ** 2))
-        if ratio > 1.1:
-            f = F.interpolate(f[None], [int(h // ratio), int(w // ratio)], mode="bilinear")[0]
+        f = self.anyres_functions().unpad_image(f, image_size)  # [X, rows, cols]
+        size = self.mosaic_tokens(*f.shape[1:])
+        if size != tuple(f.shape[1:]):
+            f = F.interpolate(f[None], list(size), mode="bilinear")[0]
         rows, cols = f.shape[1:]
         return torch.cat([base, f.flatten(1, 2).transpose(0, 1)]), rows, cols
+
+    @staticmethod
+    def anyres_functions():
+        from transformers.models.llava_onevision import modeling_llava_onevision
+
+        return modeling_llava_onevision
+
+    def mosaic_tokens(self, rows: int, cols: int) -> tuple[int, int]:
+        """anyres_max: past 1.1^2 x max_crops crops' worth of patches, the mosaic resized by 1 / ratio a side."""
+        ratio = math.sqrt(rows * cols / (self.max_crops * self.side ** 2))
+        return (int(rows // ratio), int(cols // ratio)) if ratio > 1.1 else (rows, cols)
 
     @torch.inference_mode()
     def encode_images(self, images: list[Image.Image]) -> VisionOutput:
@@ -151,6 +159,7 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
         feats, attn = torch.stack(arranged).split([feats.shape[-1], n_layers * heads], -1)
         n = tokens.shape[1]
         self.num_visual_tokens, self.grid = n, (1, n)
+        self.layouts_by_count[n] = self.layout
         return VisionOutput(tokens=tokens, cls_attn=attn.transpose(1, 2).reshape(b, n_layers, heads, n),
                             clip_patches=torch.empty(b, n, 0, device=self.device), vit_features=feats.to(self.dtype),
                             grid=self.grid, image_sizes=[im.size for im in images])
@@ -180,4 +189,4 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
         n = self.side ** 2
         embed = n * vc.num_channels * vc.patch_size ** 2 * s.d
         per_crop = 2 * (embed + s.layers * layer_macs(s, n)) + projector_flops(self.cost_configs()["projector"], n)
-        return self.layout[0] * per_crop
+        return self.layout_for(n_tokens)[0] * per_crop
