@@ -225,3 +225,132 @@ def test_the_other_qwen_families_answer_as_their_model_on_the_resized_image(fami
     flops = adapter.vision_flops(m)
     adapter.encode_images([im.convert("RGB").resize(size, Image.Resampling.BICUBIC) for im in images])
     assert adapter.grid == small.grid and adapter.vision_flops(m) == flops
+
+
+# ---------------------------------------------------------------- LLaVA-NeXT and LLaVA-OneVision
+
+ANYRES = ["nxt", "onevision"]
+
+
+def _real_count(adapter, size) -> int:
+    """The patch tokens the adapter's own pass (the model's packing) gives an image of `size`."""
+    return adapter.encode_images([Image.new("RGB", size, (90, 160, 40))]).tokens.shape[1]
+
+
+@pytest.mark.parametrize("family", ANYRES)
+@pytest.mark.parametrize("size", [(96, 96), (96, 60), (50, 90), (200, 37), (128, 128), (150, 113)])
+def test_anyres_counts_are_the_models_and_the_chosen_one_is_nearest_k(family, size, request):
+    """Every count the sweep of smaller sizes predicts is the one the model's packing gives (checked
+    at the largest and smallest size of each count, the anyres_max resize included for OneVision's
+    larger images); the chosen size's count is the nearest to K without exceeding the full one
+    (ties: fewer tokens), at the image's aspect ratio; a full-count budget keeps the image."""
+    adapter = request.getfixturevalue(family)
+    full = _real_count(adapter, size)
+    assert adapter.token_count(size) == full
+    sweep = adapter.counts_by_size(size)
+    by_count: dict[int, list] = {}
+    for n, s in sweep:
+        by_count.setdefault(n, []).append(s)
+        assert abs(math.log((s[0] / s[1]) / (size[0] / size[1]))) < 0.25, (size, s)
+    for n, sizes in by_count.items():
+        for s in (sizes[0], sizes[-1]):
+            assert _real_count(adapter, s) == n, (size, s, n)
+    reachable = sorted(n for n in by_count if n <= full)
+    for keep in (0.05, 0.25, 0.5, 0.75, 0.9, 1.0):
+        k = max(1, math.floor(keep * full + 0.5))
+        chosen = adapter.image_size_for_tokens(size, k)
+        got = _real_count(adapter, chosen)
+        best = min(reachable, key=lambda n: (abs(n - k), n))
+        assert got == best or (chosen == size and best == full), (size, k, got, reachable)
+        assert (chosen == size) == (got == full)
+    assert adapter.image_size_for_tokens(size, full) == size
+    assert adapter.image_size_for_tokens(size, full + 7) == size
+
+
+def test_a_budget_below_the_floor_gets_the_floor(nxt, onevision):
+    """The base crop and the smallest pinpoint's unpadded crops: no resize gives fewer tokens. The
+    tiny LLaVA-NeXT (16-patch crops, pinpoints 32x64, 64x32, 64x64) takes a square image to 16 +
+    4 x 4; the tiny OneVision (pinpoints 1..4 x 1..4 crops) to 16 + 4 x 4 as well (one crop)."""
+    for adapter in (nxt, onevision):
+        size = adapter.image_size_for_tokens((96, 96), 1)
+        assert _real_count(adapter, size) == 32 == min(n for n, _ in adapter.counts_by_size((96, 96)))
+
+
+@pytest.mark.parametrize("family,size", [("nxt", (96, 60)), ("nxt", (60, 96)), ("onevision", (120, 40)),
+                                         ("onevision", (128, 128))])
+def test_anyres_budget_answers_as_the_model_on_the_resized_image(family, size, request, shapes_examples):
+    """keep 1's pass is the shared one; a budget's pass over the resized images leaves the shared
+    layout alone, hands generate its own (its rows' newlines), and the LLM reads exactly what the
+    model's own generate reads for the resized image through the processor, answering the same."""
+    adapter = request.getfixturevalue(family)
+    exs = shapes_examples[:3]
+    images, questions = [e.image().convert("RGB").resize(size) for e in exs], [e.question for e in exs]
+    vision = adapter.encode_images(images)
+    n, layout = vision.tokens.shape[1], adapter.layout
+    full = adapter.generate(list(vision.tokens), questions, **adapter.generation_inputs(vision, [torch.arange(n)] * 3))
+    same = adapter.encode_images_downsampled(images, n)
+    assert torch.equal(same.tokens, vision.tokens)
+    target = n // 3
+    small = adapter.encode_images_downsampled(images, target)
+    m = small.tokens.shape[1]
+    assert m < n and adapter.layout == layout and adapter.num_visual_tokens == n
+    everything = [torch.arange(m)] * 3
+    inputs = adapter.generation_inputs(small, everything)
+    assert inputs["layout"] != layout
+    probe = _LLMInputs(adapter)
+    try:
+        answers = adapter.generate(list(small.tokens), questions, **inputs)
+        chosen = adapter.image_size_for_tokens(size, target)
+        ref = adapter.reference_inputs([im.resize(chosen, Image.Resampling.BICUBIC) for im in images], questions)
+        ids = adapter.model.generate(**ref, generation_config=adapter.generation_config)
+    finally:
+        probe.close()
+    image_pos = ref["input_ids"] == adapter.image_token_id
+    assert int(image_pos[0].sum()) == adapter.llm_visual_tokens(m, everything[0], m)  # the rows' newlines
+    ours, own = probe.seen
+    assert ours.shape == own.shape
+    for i in range(3):
+        assert torch.equal(ours[i][image_pos[i]], own[i][image_pos[i]])
+    assert answers == adapter.decode(ids[:, ref["input_ids"].shape[1]:])
+    # the shared pass afterwards: full's answers again; the resized rows' tower FLOPs are their own crops'
+    assert adapter.generate(list(vision.tokens), questions, **adapter.generation_inputs(vision, [torch.arange(n)] * 3)) == full
+    flops = adapter.vision_flops(m)
+    adapter.encode_images([im.resize(chosen, Image.Resampling.BICUBIC) for im in images])
+    assert adapter.vision_flops(m) == flops
+    adapter.encode_images(images)  # the fixture's state as a shared pass leaves it
+
+
+def _anyres_model(adapter) -> dict:
+    model = {"adapter": adapter.name, "checkpoint": adapter.cfg.checkpoint}
+    if adapter.cfg.clip:
+        model["clip"] = adapter.cfg.clip
+    if adapter.cfg.prompt:
+        model["prompt"] = adapter.cfg.prompt
+    return model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ANYRES)
+def test_anyres_keep_1_is_full_and_a_budget_is_the_resized_images_model(family, request, tmp_path):
+    """Through the engine: keep 1 answers exactly as `full` with its token count; keep 0.5 reads
+    the resized image's tokens (the count `token_count` gives, fewer tower FLOPs) and answers as
+    the model's own generate on the resized image."""
+    from robust_atp.data import shapes
+
+    adapter = request.getfixturevalue(family)
+    samples, engine = _run(tmp_path, _anyres_model(adapter),
+                           [{"name": "full"}, {"name": "downsample", "keep": 1.0}, {"name": "downsample", "keep": 0.5}])
+    assert engine["downsampled_passes"] == 2  # keep 1's pass is over the images as they are
+    exs = shapes.load_shapes("val", limit=3)
+    images, questions = [ex.image().convert("RGB") for ex in exs], [ex.question for ex in exs]
+    n = adapter.token_count(images[0].size)
+    chosen = adapter.image_size_for_tokens(images[0].size, math.floor(0.5 * n + 0.5))
+    for ex in exs:
+        full, same, half = (samples[ex.id, m] for m in ("full", "downsample@1", "downsample@0.5"))
+        assert same["prediction"] == full["prediction"] and same["kept_tokens"] == full["kept_tokens"] == n
+        assert same["vision_flops"] == full["vision_flops"] and same["prefill_flops"] == full["prefill_flops"]
+        assert half["kept_tokens"] == adapter.token_count(chosen) < n
+        assert half["vision_flops"] < full["vision_flops"] and half["prefill_flops"] < full["prefill_flops"]
+    ref = adapter.reference_inputs([im.resize(chosen, Image.Resampling.BICUBIC) for im in images], questions)
+    ids = adapter.model.generate(**ref, generation_config=adapter.generation_config, max_new_tokens=8)
+    assert [samples[ex.id, "downsample@0.5"]["prediction"] for ex in exs] == adapter.decode(ids[:, ref["input_ids"].shape[1]:])
