@@ -1,8 +1,9 @@
 """`downsample` (VTC-Bench's baseline): the image resized so the tower yields about K tokens, the
 model run on all of them. On a tiny random Qwen2-VL: the size the processor's own `smart_resize`
 gives is the closest count to K; keep 1 is `full`; the LLM reads exactly the resized image's
-tokens and answers as the model's own `generate` on that image; batch sizes agree. On a fixed
-tower (the demo model's llava): one line, exit 2."""
+tokens and answers as the model's own `generate` on that image; batch sizes agree. The same on
+the tiny LLaVA-NeXT and LLaVA-OneVision, whose count follows their any-resolution layout. On a
+fixed tower (the demo model's llava): one line, exit 2."""
 import json
 import math
 
@@ -267,13 +268,18 @@ def test_anyres_counts_are_the_models_and_the_chosen_one_is_nearest_k(family, si
     assert adapter.image_size_for_tokens(size, full + 7) == size
 
 
-def test_a_budget_below_the_floor_gets_the_floor(nxt, onevision):
+def test_a_budget_below_the_floor_gets_the_floor(nxt, onevision, tmp_path):
     """The base crop and the smallest pinpoint's unpadded crops: no resize gives fewer tokens. The
     tiny LLaVA-NeXT (16-patch crops, pinpoints 32x64, 64x32, 64x64) takes a square image to 16 +
-    4 x 4; the tiny OneVision (pinpoints 1..4 x 1..4 crops) to 16 + 4 x 4 as well (one crop)."""
+    4 x 4; the tiny OneVision (pinpoints 1..4 x 1..4 crops) to 16 + 4 x 4 as well (one crop). An
+    image already thinner than a patch is not resized. `--check` accepts both adapters."""
     for adapter in (nxt, onevision):
         size = adapter.image_size_for_tokens((96, 96), 1)
         assert _real_count(adapter, size) == 32 == min(n for n, _ in adapter.counts_by_size((96, 96)))
+        assert adapter.image_size_for_tokens((60, 6), 1) == (60, 6)
+        path = _suite(tmp_path / adapter.name, {"adapter": adapter.name, "checkpoint": "hub/any"},
+                      [{"name": "full"}, {"name": "downsample", "keep": 0.25}])
+        assert main([path, "--check"]) == 0
 
 
 @pytest.mark.parametrize("family,size", [("nxt", (96, 60)), ("nxt", (60, 96)), ("onevision", (120, 40)),

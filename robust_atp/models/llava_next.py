@@ -70,7 +70,7 @@ class LlavaNextAdapter(LlavaAdapter):
         self.per_crop = cfg.budget_scope == "per_crop"
         self.layout: tuple[int, int, int] | None = None  # (crops, mosaic rows, mosaic cols) of the last batch
         self.layouts_by_count: dict[int, tuple[int, int, int]] = {}  # tokens -> the layout of a pass giving them
-        self._counts: dict[tuple[int, int], list[tuple[int, tuple[int, int]]]] = {}
+        self._counts: tuple = (None, [])  # (image size, `counts_by_size`) of the last image size asked
         self.num_visual_tokens: int | None = None
         self.grid: tuple[int, int] | None = None
         self.clip = self.clip_tokenizer = None
@@ -130,8 +130,9 @@ class LlavaNextAdapter(LlavaAdapter):
     def counts_by_size(self, image_size: tuple[int, int]) -> list[tuple[int, tuple[int, int]]]:
         """(N, (width, height)) of every smaller size of the image's aspect ratio, the longer side
         stepping by one pixel and the shorter side rounded, down to a shorter side of one ViT patch
-        (smaller images are not images the processor reads reliably); cached per image size."""
-        if image_size not in self._counts:
+        (smaller images are not images the processor reads reliably); the last image size's is
+        kept (a batch's images share one size)."""
+        if self._counts[0] != image_size:
             w, h = image_size
             long, short = max(w, h), min(w, h)
             patch = self.model.config.vision_config.patch_size
@@ -142,8 +143,8 @@ class LlavaNextAdapter(LlavaAdapter):
                     break
                 size = (side, other) if w >= h else (other, side)
                 out.append((self.token_count(size), size))
-            self._counts[image_size] = out
-        return self._counts[image_size]
+            self._counts = (image_size, out)
+        return self._counts[1]
 
     def image_size_for_tokens(self, image_size: tuple[int, int], target_tokens: int) -> tuple[int, int]:
         """(width, height) of the image's aspect ratio whose N (`token_count`) is nearest
@@ -153,9 +154,9 @@ class LlavaNextAdapter(LlavaAdapter):
         full = self.token_count(image_size)
         if target_tokens >= full:
             return image_size
-        best = min(((abs(n - target_tokens), n, -s[0] * s[1]), s) for n, s in self.counts_by_size(image_size)
-                   if n <= full)
-        return image_size if best[0][1] == full else best[1]
+        best = min((((abs(n - target_tokens), n, -s[0] * s[1]), s) for n, s in self.counts_by_size(image_size)
+                    if n <= full), default=None)
+        return image_size if best is None or best[0][1] == full else best[1]
 
     def resized_image(self, image: Image.Image, size: tuple[int, int]) -> Image.Image:
         """The image at `size` by the processor's resampling filter (bicubic)."""

@@ -98,7 +98,7 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
         self.per_crop = False
         self.layout: tuple[int, int, int] | None = None  # (crops, mosaic rows, mosaic cols) of the last batch
         self.layouts_by_count: dict[int, tuple[int, int, int]] = {}
-        self._counts: dict = {}
+        self._counts: tuple = (None, [])
         self.num_visual_tokens: int | None = None
         self.grid: tuple[int, int] | None = None
         self.clip = self.clip_tokenizer = self.scorer = None
