@@ -131,7 +131,7 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
             tm["load"] += time.perf_counter() - t
         return loaded[b]
 
-    prefetch = _prefetch(by_batch, batches, seed, load, cache, resolution, speedups, adapter)
+    prefetch = corruption_prefetch(by_batch, batches, seed, load, cache, resolution, speedups, adapter)
     job = 0  # the next prefetched unit
     try:
         for b, todo in by_batch.items():
@@ -239,8 +239,8 @@ def _on_cpu(adapter) -> bool:
     return device is None or torch.device(device).type == "cpu"
 
 
-def _prefetch(by_batch: dict, batches: list, seed: int, load, cache: CorruptionCache, resolution,
-              speedups: Speedups, adapter):
+def corruption_prefetch(by_batch: dict, batches: list, seed: int, load, cache: CorruptionCache, resolution,
+                        speedups: Speedups, adapter):
     """A `Prefetch` of the run's corrupted units in the order the loop visits them, or None: off,
     fewer than two such units (nothing to overlap), or a model on the CPU whose threads already
     take every core (a worker beside them slows the run: torch's threads wait on each other when

@@ -128,10 +128,10 @@ def test_the_default_leaves_a_cpu_run_whose_threads_take_every_core_alone(monkey
     args = dict(by_batch={0: [(None, []), (CONDS[0], []), (CONDS[1], [])]}, batches=[shapes_examples[:2]],
                 seed=0, load=None, cache=CorruptionCache(enabled=False), resolution=None, adapter=tiny_adapter)
     with torch_threads(2):  # every core taken by the model's threads
-        assert engine._prefetch(speedups=Speedups(), **args) is None
-        assert isinstance(engine._prefetch(speedups=Speedups(prefetch_always=True), **args), Started)
+        assert engine.corruption_prefetch(speedups=Speedups(), **args) is None
+        assert isinstance(engine.corruption_prefetch(speedups=Speedups(prefetch_always=True), **args), Started)
     with torch_threads(1):  # a core left free: the worker gets it
-        assert isinstance(engine._prefetch(speedups=Speedups(), **args), Started)
-    assert engine._prefetch(speedups=Speedups(prefetch=0, prefetch_always=True), **args) is None
+        assert isinstance(engine.corruption_prefetch(speedups=Speedups(), **args), Started)
+    assert engine.corruption_prefetch(speedups=Speedups(prefetch=0, prefetch_always=True), **args) is None
     one_unit = {**args, "by_batch": {0: [(None, []), (CONDS[0], [])]}}  # nothing to overlap
-    assert engine._prefetch(speedups=Speedups(prefetch_always=True), **one_unit) is None
+    assert engine.corruption_prefetch(speedups=Speedups(prefetch_always=True), **one_unit) is None
