@@ -17,6 +17,7 @@ from the predictions.
 from __future__ import annotations
 
 import statistics
+from functools import lru_cache
 
 from . import cost
 from .models.fastv import FastVSpec
@@ -104,6 +105,13 @@ def _official_merge_cost(method, vision, cfgs: dict, n_llm: int, extra: dict) ->
     return {**out, "split": split}
 
 
+@lru_cache(maxsize=4096)
+def _mask(named: tuple, size: tuple, shortest_edge: int, crop: tuple, grid: tuple):
+    """`patch_mask`, once per example and geometry: every method and condition of a question
+    reads the same boxes on the same patch grid."""
+    return patch_mask(list(named), size, shortest_edge, crop, grid)
+
+
 def _recall(ex, kept, vision, geometry, i, resolution=None, source_size=None):
     boxes, targets = ex.meta.get("boxes"), ex.meta.get("targets")
     if kept is None or not boxes or not targets or geometry is None or vision.image_sizes is None:
@@ -112,7 +120,8 @@ def _recall(ex, kept, vision, geometry, i, resolution=None, source_size=None):
     size = vision.image_sizes[i]  # of the image the model saw (canonical when a resolution is set)
     if resolution is not None:
         named, _ = canonical_boxes(named, tuple(source_size), resolution)
-    mask = patch_mask(named, size, geometry["shortest_edge"], geometry["crop"], geometry["grid"])
+    mask = _mask(tuple(tuple(b) for b in named), tuple(size), geometry["shortest_edge"], tuple(geometry["crop"]),
+                 tuple(geometry["grid"]))
     r = object_recall(kept, mask)
     return None if r is None else round(r, 6)
 
