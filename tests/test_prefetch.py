@@ -135,3 +135,15 @@ def test_the_default_leaves_a_cpu_run_whose_threads_take_every_core_alone(monkey
     assert engine.corruption_prefetch(speedups=Speedups(prefetch=0, prefetch_always=True), **args) is None
     one_unit = {**args, "by_batch": {0: [(None, []), (CONDS[0], [])]}}  # nothing to overlap
     assert engine.corruption_prefetch(speedups=Speedups(prefetch_always=True), **one_unit) is None
+
+
+def test_a_job_that_fails_in_the_worker_raises_its_own_error_here():
+    from PIL import Image
+
+    tiny = [Image.new("RGB", (4, 4), (200, 10, 10))]  # below the corruptions' minimum side
+    pre = Prefetch([(0, CONDS[0], [1]), (0, CONDS[1], [2])], lambda b: tiny, CorruptionCache(enabled=False), None)
+    try:
+        with pytest.raises(ValueError, match="corruptions need at least"):
+            pre.take(0)
+    finally:
+        pre.close()

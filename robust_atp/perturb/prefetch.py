@@ -9,23 +9,31 @@ bytes and their order are unchanged; only where the computation runs moves.
 
 The worker is `python -m robust_atp.perturb.prefetch`, a fresh interpreter that imports only the
 corruption code: it never inherits the model, torch's thread pools or the caller's main module
-(multiprocessing's spawn would re-run a script without a `__main__` guard). Jobs and results are
-pickled over its stdin and stdout; a thread drains stdout so neither side can block the other.
-A batch's source images go to the worker once, with that batch's first job. A job that fails
-in the worker raises its error when the engine reaches that unit; a worker that dies is
-replaced by computing the remaining units in this process (the same images), with a warning.
+(multiprocessing's spawn would re-run a script without a `__main__` guard). Jobs and results go
+over its stdin and stdout as plain data, never pickles: a length-prefixed JSON header and the
+images' raw RGB bytes (`_send_frame` / `_read_frame`; exact, since the corruption code reads a
+source as RGB first); a thread drains stdout so neither side can block the other. A batch's
+source images go to the worker once, with that batch's first job. A job that fails in the
+worker is computed again in this process when the engine reaches it, so it raises here the
+error it raised there; a worker that dies is replaced by computing the remaining units in this
+process (the same images), with a warning.
 """
 from __future__ import annotations
 
+import json
 import os
-import pickle
 import queue
+import struct
 import subprocess
 import sys
 import threading
 import warnings
 from pathlib import Path
 from typing import Callable
+
+from PIL import Image
+
+from ..data.images import to_rgb
 
 _STOPPED = object()  # the reader thread's last message: the worker's stdout closed
 
@@ -59,8 +67,8 @@ class Prefetch:
     def _read(self) -> None:
         try:
             while True:
-                self.results.put(pickle.load(self.proc.stdout))
-        except (EOFError, OSError, pickle.UnpicklingError):
+                self.results.put(_read_frame(self.proc.stdout))
+        except (EOFError, OSError, ValueError):
             self.results.put(_STOPPED)
 
     def _send(self, i: int) -> None:
@@ -73,10 +81,11 @@ class Prefetch:
                 self.failed[i] = e
                 return
             self.sent_batch = b
+        job = {"job": i, "corruption": cond.corruption, "severity": cond.severity, "seeds": list(seeds),
+               "resolution": self.resolution, "root": self.root, "enabled": self.cache.enabled,
+               "sources": sources is not None}
         try:
-            pickle.dump((i, b, sources, cond, seeds, self.resolution, self.root, self.cache.enabled),
-                        self.proc.stdin)
-            self.proc.stdin.flush()
+            _send_frame(self.proc.stdin, job, [] if sources is None else [to_rgb(im) for im in sources])
         except OSError:  # the worker is gone: take() computes here
             self.alive = False
 
@@ -95,13 +104,13 @@ class Prefetch:
                 warnings.warn(f"corruption prefetch: the worker stopped (exit {self.proc.wait()}); "
                               "computing the remaining corruptions in this process")
                 break
-            j, ok, value = msg
-            if j != i:
-                raise RuntimeError(f"corruption prefetch: expected unit {i}, got {j}")
+            head, images = msg
+            if head["job"] != i:
+                raise RuntimeError(f"corruption prefetch: expected unit {i}, got {head['job']}")
             self._fill(i + 1)
-            if not ok:
-                raise value
-            return value
+            if "error" in head:  # computed again here, where it raises its own error
+                break
+            return images, head["hits"]
         return self._here(i)
 
     def _here(self, i: int) -> tuple[list, list[bool]]:
@@ -134,22 +143,47 @@ def _corrupt(sources: list, cond, seeds: list[int], resolution, root: str, enabl
     return out, hits
 
 
+def _send_frame(f, header: dict, images: list) -> None:
+    """One message: the header's JSON length (4 bytes, little-endian), the header with the
+    images' sizes, then each RGB image's raw bytes."""
+    head = json.dumps({**header, "sizes": [list(im.size) for im in images]}).encode()
+    f.write(struct.pack("<I", len(head)) + head)
+    for im in images:
+        f.write(im.tobytes())
+    f.flush()
+
+
+def _read_frame(f) -> tuple[dict, list]:
+    header = json.loads(_exactly(f, struct.unpack("<I", _exactly(f, 4))[0]))
+    images = [Image.frombytes("RGB", (w, h), _exactly(f, w * h * 3)) for w, h in header.pop("sizes")]
+    return header, images
+
+
+def _exactly(f, n: int) -> bytes:
+    data = f.read(n)
+    if len(data) < n:
+        raise EOFError
+    return data
+
+
 def _serve(stdin, stdout) -> None:
     """The worker: corrupt each job's images in order and send them back."""
+    from .image import ImageCondition
+
     sources: list = []
     while True:
         try:
-            i, b, new_sources, cond, seeds, resolution, root, enabled = pickle.load(stdin)
+            job, new_sources = _read_frame(stdin)
         except EOFError:
             return
-        if new_sources is not None:
+        if job["sources"]:
             sources = new_sources
         try:
-            msg = (i, True, _corrupt(sources, cond, seeds, resolution, root, enabled))
-        except Exception as e:
-            msg = (i, False, e)
-        pickle.dump(msg, stdout)
-        stdout.flush()
+            cond = ImageCondition(job["corruption"], job["severity"])
+            images, hits = _corrupt(sources, cond, job["seeds"], job["resolution"], job["root"], job["enabled"])
+            _send_frame(stdout, {"job": job["job"], "hits": hits}, images)
+        except Exception as e:  # the engine's process computes this unit again and raises it there
+            _send_frame(stdout, {"job": job["job"], "error": f"{type(e).__name__}: {e}"}, [])
 
 
 if __name__ == "__main__":
