@@ -97,16 +97,11 @@ def _describe_ref(ref: str, field: str) -> str:
 def _check_downsample(methods, model, suite_path: Path) -> None:
     """`downsample` on an adapter whose token count is fixed: the run's one-line refusal (its
     reason names the tower, which only a loaded adapter knows), before any weight is read."""
-    from .errors import UserError
     from .models.base import adapter_class
+    from .preflight import refuse_downsample
 
-    if getattr(adapter_class(model.adapter), "token_count_follows_image", False):
-        return
-    for i, m in enumerate(methods):
-        if m.resize is not None:
-            raise UserError(f"{suite_path}: methods[{i}].name: {m.name} needs an adapter whose token count follows "
-                            f"the image size (the {model.adapter} adapter's does not); use pool, its nearest "
-                            "equivalent")
+    if not getattr(adapter_class(model.adapter), "token_count_follows_image", False):
+        refuse_downsample(methods, f"the {model.adapter} adapter's does not", suite_path)
 
 
 def _check_adapter(model, suite_path: Path) -> None:

@@ -41,10 +41,17 @@ def check_downsample(methods, adapter, suite_path: Path) -> None:
     """Resizing the image changes the token count only on adapters declaring
     `token_count_follows_image`; elsewhere `downsample` would run the full model under a pruned
     label: refused, naming the method's field and its nearest equivalent."""
+    if not adapter.token_count_follows_image:
+        refuse_downsample(methods, adapter.token_count_refusal(), suite_path)
+
+
+def refuse_downsample(methods, reason: str, suite_path: Path) -> None:
+    """The one-line refusal of the first `downsample` method, on an adapter whose token count is
+    fixed for `reason` (also `--check`'s, which knows the adapter's class only)."""
     for i, m in enumerate(methods):
-        if m.resize is not None and not adapter.token_count_follows_image:
+        if m.resize is not None:
             raise UserError(f"{suite_path}: methods[{i}].name: {m.name} needs an adapter whose token count follows "
-                            f"the image size ({adapter.token_count_refusal()}); use pool, its nearest equivalent")
+                            f"the image size ({reason}); use pool, its nearest equivalent")
 
 
 def checked_adapter(load, methods, examples, suite, suite_path: Path):
