@@ -45,7 +45,7 @@ from .progress import Progress
 from .seeding import stable_seed
 from .speedups import Selection, Speedups, fused_inputs, generation_groups
 from .store import Prediction, RunStore
-from .threads import usable_cores
+from .threads import local_ranks, usable_cores
 
 @dataclass
 class EngineStats:
@@ -243,13 +243,14 @@ def corruption_prefetch(by_batch: dict, batches: list, seed: int, load, cache: C
                         speedups: Speedups, adapter):
     """A `Prefetch` of the run's corrupted units in the order the loop visits them, or None: off,
     fewer than two such units (nothing to overlap), or a model on the CPU whose threads already
-    take every core (a worker beside them slows the run: torch's threads wait on each other when
-    a core is taken from them; measured in benchmarks/bench_engine.py)."""
+    take every core, counting the threads of the other data-parallel ranks on this node (a worker
+    beside them slows the run: torch's threads wait on each other when a core is taken from
+    them; measured in benchmarks/bench_engine.py)."""
     jobs = [(b, cond, [condition_seed(seed, ex.id, cond.name) for ex in batches[b]])
             for b, todo in by_batch.items() for cond, _ in todo if cond is not None]
     if speedups.prefetch < 1 or len(jobs) < 2:
         return None
-    if not speedups.prefetch_always and _on_cpu(adapter) and torch.get_num_threads() >= usable_cores():
+    if not speedups.prefetch_always and _on_cpu(adapter) and torch.get_num_threads() * local_ranks() >= usable_cores():
         return None
     from .perturb.prefetch import Prefetch
 

@@ -1,5 +1,5 @@
 """Run a suite: `python -m robust_atp.run SUITE [--out DIR] [--limit N] [--batch-size B]
-[--device cpu|cuda] [--threads N] [--fresh] [--no-report]`.
+[--device cpu|cuda] [--threads N] [--procs N|auto] [--fresh] [--no-report]`.
 
 Writes into the run directory (default reports/<suite name>/):
   predictions.sqlite  every prediction, the resume point (rerunning continues where a run stopped)
@@ -8,12 +8,14 @@ Writes into the run directory (default reports/<suite name>/):
   report.html, report.pdf, plots/   the statistics report (`--no-report` skips it)
 and prints a summary table. A user error prints one line and exits with status 2.
 
-Data-parallel: `torchrun --nproc-per-node N -m robust_atp.run SUITE` or `accelerate launch
---multi_gpu --num_processes N -m robust_atp.run SUITE` (see `distributed`).
+Data-parallel: `--procs N` on one machine (`launch`; on the CPU the default starts one process
+per thread when the weights fit), or `torchrun --nproc-per-node N -m robust_atp.run SUITE` /
+`accelerate launch --multi_gpu --num_processes N -m robust_atp.run SUITE` (see `distributed`).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -29,6 +31,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--device", help="cpu, cuda, cuda:N or mps (overrides model.device)")
     ap.add_argument("--threads", type=int,
                     help="CPU threads for torch (default: OMP_NUM_THREADS if set, else the idle cores, at most 4)")
+    ap.add_argument("--procs", default=os.environ.get("ROBUST_ATP_PROCS", "auto"),
+                    help="data-parallel processes on this machine, each on a share of the batches (default auto: "
+                         "on the CPU one per thread --threads would give, each with one thread, when that many "
+                         "copies of the weights fit in half the free memory; else 1; $ROBUST_ATP_PROCS sets the default)")
     ap.add_argument("--fresh", action="store_true", help="discard an existing run in the run directory")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     ap.add_argument("--no-report", action="store_true", help="skip report.html / report.pdf / plots/")
@@ -41,9 +47,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     try:
-        return _run(args)
+        return _run(args, argv)
     except UserError as e:
         from . import distributed
 
@@ -56,7 +63,7 @@ def main(argv=None) -> int:
         return 130
 
 
-def _run(args) -> int:
+def _run(args, argv: list[str]) -> int:
     """One invocation: the suite loaded with the command line's overrides, then checked or run."""
     from .suite import load_suite
 
@@ -80,8 +87,18 @@ def _run(args) -> int:
 
         if (problem := device_problem(suite.model.device)) is not None:
             raise UserError(f"{args.suite}: --device (model.device): {problem}")
-    from .engine import evaluate
+    from . import launch
     from .threads import machine_default, torch_threads
+
+    procs = launch.parse_procs(args.procs)
+    threads = args.threads or machine_default()
+    if not launch.under_launcher() and procs != 1:
+        if procs is None:
+            procs = launch.auto_procs(suite.model.device, threads, _threads_given(args), _weights(suite),
+                                      launch.available_memory(), launch.batches_of(suite.dataset.limit, suite.batch_size))
+        if procs > 1:
+            return launch.launch(argv, procs, args.threads or max(1, threads // procs))
+    from .engine import evaluate
 
     run_dir = args.out or Path("reports") / suite.name
     use_cache = not args.no_cache
@@ -102,11 +119,25 @@ def _run(args) -> int:
 
             build_report(run_dir, suite.report.formats, log=log)
 
-    threads = args.threads or machine_default()
     with torch_threads(threads):  # before the model loads
         evaluate(suite, run_dir, Path(args.suite), fresh=args.fresh, progress=not args.no_progress,
                  use_cache=use_cache, log=log, finish=finish)
     return 0
+
+
+def _threads_given(args) -> bool:
+    """--threads, or OMP_NUM_THREADS (which `threads.machine_default` takes as the user's choice)."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    return args.threads is not None or (env.strip().isdigit() and int(env) > 0)
+
+
+def _weights(suite) -> int | None:
+    """Bytes of the suite's local weight files (VLM and CLIP), None when one is a hub id."""
+    from . import launch
+    from .models.base import resolve_checkpoint
+
+    refs = [suite.model.checkpoint] + ([suite.model.clip] if suite.model.clip else [])
+    return launch.weight_bytes([resolve_checkpoint(r) for r in refs])
 
 
 if __name__ == "__main__":

@@ -30,15 +30,19 @@ def default_threads(cores: int, load: float | None, env: str | None = None, proc
     return max(1, min(MAX_DEFAULT, cores // processes, int(idle / processes + 0.5)))  # half idle counts
 
 
+def local_ranks() -> int:
+    """The data-parallel ranks on this node (torchrun / accelerate set LOCAL_WORLD_SIZE), 1 without."""
+    local = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    return int(local) if local.isdigit() and int(local) > 0 else 1
+
+
 def machine_default() -> int:
     """`default_threads` for this machine now."""
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):
         load = None
-    local = os.environ.get("LOCAL_WORLD_SIZE", "1")  # torchrun / accelerate: ranks on this node
-    return default_threads(usable_cores(), load, os.environ.get("OMP_NUM_THREADS"),
-                           int(local) if local.isdigit() and int(local) > 0 else 1)
+    return default_threads(usable_cores(), load, os.environ.get("OMP_NUM_THREADS"), local_ranks())
 
 
 @contextlib.contextmanager

@@ -9,10 +9,12 @@ import torch
 if "ROBUST_ATP_CACHE" not in os.environ:  # corrupted images of test runs stay out of ~/.cache
     os.environ["ROBUST_ATP_CACHE"] = tempfile.mkdtemp(prefix="robust_atp_cache_")
     atexit.register(shutil.rmtree, os.environ["ROBUST_ATP_CACHE"], True)
+os.environ.setdefault("ROBUST_ATP_PROCS", "1")  # a test starts ranks only when it asks (--procs N)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# one torch thread per pytest-xdist worker (the workers share the cores), else up to two
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 
 @pytest.fixture(scope="session")

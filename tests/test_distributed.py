@@ -291,3 +291,66 @@ def test_ranks_see_the_merged_stores_cost_records(tmp_path):
                            cost_done=read_cost_done(tmp_path / "predictions.sqlite"))
         assert stats.units_run == 0
         shard.close()
+
+
+# ----------------------------------------------------------------------------- --procs (robust_atp.launch)
+
+def test_auto_procs_one_per_thread_on_the_cpu_only_when_the_weights_fit():
+    from robust_atp.launch import auto_procs
+
+    gb = 1 << 30
+    assert auto_procs("cpu", 2, False, weights=25_000_000, memory=20 * gb, batches=6) == 2
+    assert auto_procs("cpu", 4, False, weights=25_000_000, memory=20 * gb, batches=None) == 4
+    assert auto_procs("cpu", 4, False, weights=25_000_000, memory=20 * gb, batches=3) == 3  # a rank per batch at most
+    assert auto_procs("cpu", 2, False, weights=25_000_000, memory=20 * gb, batches=1) == 1
+    assert auto_procs("cpu", 2, False, weights=14 * gb, memory=20 * gb, batches=6) == 1  # two 7B copies: no
+    assert auto_procs("cpu", 4, False, weights=4 * gb, memory=20 * gb, batches=6) == 2  # two of 4 GB in half of 20
+    assert auto_procs("cuda", 2, False, weights=25_000_000, memory=20 * gb, batches=6) == 1
+    assert auto_procs("cpu", 2, True, weights=25_000_000, memory=20 * gb, batches=6) == 1  # --threads given
+    assert auto_procs("cpu", 1, False, weights=25_000_000, memory=20 * gb, batches=6) == 1  # a loaded machine
+    assert auto_procs("cpu", 2, False, weights=None, memory=20 * gb, batches=6) == 1  # a hub id: size unknown
+    assert auto_procs("cpu", 2, False, weights=25_000_000, memory=None, batches=6) == 1
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two"])
+def test_bad_procs_is_one_line_and_exit_2(value, tmp_path, capsys):
+    assert main(args(tmp_path / "run", 2) + ["--procs", value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: --procs: must be a positive integer or auto, got {value!r}"]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_procs_two_equals_one(reference, tmp_path):
+    run = tmp_path / "p2"
+    r = subprocess.run([sys.executable, "-m", "robust_atp.run"] + args(run, 8) + ["--procs", "2"], env=env(),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert rows_of(run) == rows_of(reference) and result_rows(run) == result_rows(reference)
+    manifest = json.loads((run / "results.json").read_text())["manifest"]
+    assert manifest["processes"] == 2 and manifest["engine"]["units_run"] == 4 * CONDITIONS
+    assert not distributed.shard_paths(run) and r.stdout.count("d_clean") == 1  # one summary: rank 0's
+
+
+@pytest.mark.slow
+def test_a_rank_killed_under_procs_stops_the_run_and_a_rerun_resumes(reference, tmp_path):
+    run = tmp_path / "p2"
+    parent = subprocess.Popen([sys.executable, "-m", "robust_atp.run"] + args(run, 8) + ["--procs", "2"], env=env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        shard1, deadline = distributed.shard_path(run, 1), time.time() + 240
+        while count(shard1) == 0 and parent.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        victim = rank_process(parent, 1)
+        assert victim is not None and parent.poll() is None, "the run ended before rank 1 could be killed"
+        others = [p for p in psutil.Process(parent.pid).children() if p.pid != victim.pid]
+        victim.send_signal(signal.SIGKILL)
+        assert parent.wait(timeout=120) == 1
+        err = parent.stderr.read()
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    assert "error: rank 1 of 2 was killed by signal 9" in err
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in others)  # rank 0 stopped too
+    assert main(args(run, 8) + ["--procs", "1"]) == 0
+    assert rows_of(run) == rows_of(reference) and not distributed.shard_paths(run)
