@@ -9,11 +9,15 @@ adapter, examples and conditions in this process:
   engine, none    `run_engine` with every optimisation of `speedups.Speedups` off: one vision
                   pass and one set of corrupted images per (batch, image condition), one
                   `generate` per method;
-  + fuse, + reuse_prefix, + prefetch   one optimisation alone (prefetch even beside torch
+  + fuse, + reuse_prefix, + lean, + prefetch   one optimisation alone (prefetch even beside torch
                   threads on every core, which the default avoids: `Speedups.prefetch_always`);
-  engine, all     the default (`Speedups()`): all three, prefetch only where a core is free;
+  engine, all     the default (`Speedups()`): all four, prefetch only where a core is free;
   all, 1 thread less   the default with torch on one thread fewer (so prefetch on the freed core),
-                  when torch has more than one.
+                  when torch has more than one;
+  all, N processes     what `run --procs N` does with N = torch's threads (when more than one):
+                  the questions split into N batches, one per worker process, each running the
+                  default engine on one torch thread; the time is from the parent's "go" to the
+                  last worker's answers (the workers load the model and warm up before, untimed).
 The rounds alternate between the rows, --repeats times after an untimed warm-up run of the
 engine on one question; the table gives each row's median wall time, its ratio to "engine,
 none" and the model calls it made. No row reads the corruption cache (each computes every
@@ -37,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from robust_atp.data.base import iter_batches  # noqa: E402
+from robust_atp.distributed import combine_stats  # noqa: E402
 from robust_atp.conditions import condition_name, condition_plan  # noqa: E402
 from robust_atp.engine import clip_texts, run_engine, seed_keys  # noqa: E402
 from robust_atp.models.fastv import FastVSpec  # noqa: E402
@@ -78,6 +83,68 @@ def naive_loop(adapter, examples, methods, plan, seed: int, batch_size: int, res
                     for ex, ans in zip(batch, adapter.generate(tokens, questions, in_llm=fastv)):
                         out[ex.id, cname, m.label] = ans
     return out
+
+
+def _rank_worker(conn, suite_path: str, overrides: dict, rank: int, world: int) -> None:
+    """One process of the "all, N processes" row: its share of the questions (the r-th of N
+    contiguous batches), the default engine on one torch thread, run on each "go" from the
+    parent; sends back (predictions, engine stats)."""
+    import os
+
+    os.environ["LOCAL_WORLD_SIZE"] = str(world)  # as `run --procs` sets it: no prefetch worker beside the ranks
+    torch.set_num_threads(1)
+    from transformers.utils import logging as hf_logging
+
+    from robust_atp.data.dataset import load_dataset
+    from robust_atp.models.base import load_adapter
+
+    hf_logging.disable_progress_bar()
+    suite = load_suite(suite_path, overrides)
+    torch.manual_seed(suite.seed)
+    examples = load_dataset(suite.dataset, Path(suite_path))
+    size = -(-len(examples) // world)
+    mine = examples[rank * size:(rank + 1) * size]
+    methods = [validate_method(m) for m in suite.methods]
+    image_conds = resolve_image_conditions(suite.perturbations.image)
+    text_conds = resolve_text_conditions(suite.perturbations.text)
+    adapter = load_adapter(suite.model)
+    engine_run(adapter, mine[:1], methods, image_conds, text_conds, suite, 1, Speedups())  # warm-up
+    conn.send("ready")
+    while conn.recv() is not None:
+        conn.send(engine_run(adapter, mine, methods, image_conds, text_conds, suite, max(1, len(mine)), Speedups())
+                  if mine else ({}, None))
+    conn.close()
+
+
+class RankPool:
+    """N worker processes (`_rank_worker`) that each run their share when told to."""
+
+    def __init__(self, suite_path: str, overrides: dict, world: int):
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self.conns, self.procs = [], []
+        for r in range(world):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_rank_worker, args=(child, suite_path, overrides, r, world), daemon=True)
+            proc.start()
+            self.conns.append(parent)
+            self.procs.append(proc)
+        for c in self.conns:
+            assert c.recv() == "ready"
+
+    def run(self) -> tuple[dict, object]:
+        for c in self.conns:
+            c.send("go")
+        parts = [c.recv() for c in self.conns]
+        preds = {k: v for p, _ in parts for k, v in p.items()}
+        return preds, combine_stats([st for _, st in parts if st is not None])
+
+    def close(self) -> None:
+        for c in self.conns:
+            c.send(None)
+        for p in self.procs:
+            p.join(timeout=30)
 
 
 def engine_run(adapter, examples, methods, image_conds, text_conds, suite, batch_size: int,
@@ -133,13 +200,18 @@ def main(argv=None) -> None:
     off = Speedups.off()
     variants = {"engine, none": off, "+ fuse": dataclasses.replace(off, fuse=True),
                 "+ reuse_prefix": dataclasses.replace(off, reuse_prefix=True),
+                "+ lean": dataclasses.replace(off, lean=True),
                 "+ prefetch": dataclasses.replace(off, prefetch=Speedups().prefetch, prefetch_always=True),
                 "engine, all": Speedups()}
     threads = {label: torch.get_num_threads() for label in variants}
     if torch.get_num_threads() > 1:  # torch on one core fewer, the prefetch worker on the freed one
         variants["all, 1 thread less"] = Speedups()
         threads["all, 1 thread less"] = torch.get_num_threads() - 1
-    times = {label: [] for label in [*([] if a.no_naive else ["naive loop"]), *variants]}
+    pool, world = None, torch.get_num_threads()
+    if world > 1:  # `run --procs N`: N processes of one thread each, a batch each
+        pool = RankPool(a.suite, overrides, world)
+        threads[f"all, {world} processes"] = 1
+    times = {label: [] for label in [*([] if a.no_naive else ["naive loop"]), *variants, *([f"all, {world} processes"] if pool else [])]}
     stats = {}
     # warm-up (untimed): lazy imports and first-call costs (nlpaug, imagecorruptions, kernels)
     engine_run(adapter, examples[:1], methods, image_conds, text_conds, suite, 1, Speedups())
@@ -157,12 +229,20 @@ def main(argv=None) -> None:
                 times[label].append(time.perf_counter() - t)
             naive = preds if naive is None else naive  # the first row's, without the naive loop
             assert preds == naive, f"{label}: its predictions differ from the reference's"
+        if pool is not None:
+            label = f"all, {world} processes"
+            t = time.perf_counter()
+            preds, stats[label] = pool.run()
+            times[label].append(time.perf_counter() - t)
+            assert preds == naive, f"{label}: its predictions differ from the reference's"
+    if pool is not None:
+        pool.close()
     print(f"suite {Path(a.suite).name}{' (QUICK slice)' if a.quick else ''}: {len(examples)} questions (one batch) x "
           f"{n_cond} conditions x {len(methods)} methods = {len(naive)} answers, identical in every row; "
           f"device {adapter.device} ({torch.get_num_threads()} threads), median of {repeats}; no corruption cache")
     # the naive loop corrupts again for every method and every text condition on a corrupted image
     n_naive_img = sum(len(tcs) for ic, tcs in plan if ic is not None) * len(examples) * len(methods)
-    print(f"{'row':<20}{'threads':>8}{'vision':>8}{'corrupted':>11}{'generate':>10}{'prefixes':>10}{'seconds':>10}"
+    print(f"{'row':<22}{'threads':>8}{'vision':>8}{'corrupted':>11}{'generate':>10}{'prefixes':>10}{'seconds':>10}"
           f"{'vs none':>9}")
     base = statistics.median(times["engine, none"])
     for label, ts in times.items():
@@ -173,11 +253,13 @@ def main(argv=None) -> None:
             st = stats[label]
             cells = (st.vision_passes, st.corruption_computed, st.generate_calls, st.prefixes_computed)
         n = threads.get(label, torch.get_num_threads())
-        print(f"{label:<20}{n:>8}{cells[0]:>8}{cells[1]:>11}{cells[2]:>10}{cells[3]:>10}{s:>10.2f}{base / s:>8.2f}x")
-    print("threads = torch's threads; vision = vision passes; corrupted = corrupted images computed; generate = generate calls; "
+        print(f"{label:<22}{n:>8}{cells[0]:>8}{cells[1]:>11}{cells[2]:>10}{cells[3]:>10}{s:>10.2f}{base / s:>8.2f}x")
+    print("threads = torch's threads (per process); vision = vision passes; corrupted = corrupted images computed; generate = generate calls; "
           "prefixes = prompt prefixes computed for reuse; vs none = engine, none's seconds / the row's")
     all_s = statistics.median(times["engine, all"])
     print(f"speedup (engine, all vs engine, none): {base / all_s:.2f}x"
+          + ("" if pool is None else
+             f"; (all, {world} processes vs engine, none): {base / statistics.median(times[f'all, {world} processes']):.2f}x")
           + ("" if a.no_naive else f"; (naive / engine, all): {statistics.median(times['naive loop']) / all_s:.2f}x"))
 
 if __name__ == "__main__":

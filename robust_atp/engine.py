@@ -205,7 +205,7 @@ def run_engine(*, examples: list[Example], methods: list, image_conditions: list
                     if reusing:
                         _attach_prefixes(selections, adapter, questions, prefixes, stats)
                     for group in generation_groups(selections, adapter, speedups):
-                        _generate(group, adapter, questions, stats)
+                        _generate(group, adapter, questions, stats, speedups)
                     for sel in selections:
                         seen = merged[sel.method.label] if sel.method.resize is not None else vision  # its tokens' pass
                         rows += _rows(sel, adapter, seen, questions, batch, cname, metrics, done, resolution,
@@ -440,7 +440,7 @@ def _attach_prefixes(selections: list[Selection], adapter, questions, prefixes: 
     stats.timings["generate"] += time.perf_counter() - t
 
 
-def _generate(group: list[Selection], adapter, questions: list[str], stats) -> None:
+def _generate(group: list[Selection], adapter, questions: list[str], stats, speedups: Speedups) -> None:
     """One `generate` call for a group of selections (one, or several fused along the batch:
     `speedups.generation_groups`); fills in each one's answers and truncation flags."""
     t = time.perf_counter()
@@ -452,6 +452,8 @@ def _generate(group: list[Selection], adapter, questions: list[str], stats) -> N
     adapter.last_truncated = None  # filled in by this call's generate (a generation path without it: unknown)
     if group[0].in_llm is not None:  # passed only when set: an adapter without in-LLM pruning need not take it
         extra["in_llm"] = group[0].in_llm
+    elif not extra and speedups.lean and getattr(adapter, "lean_decoding", False):
+        extra["lean"] = True
     if len(group) == 1:
         answers = adapter.generate(group[0].tokens, questions, **group[0].inputs, **extra)
     else:

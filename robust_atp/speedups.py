@@ -8,6 +8,11 @@
                   pruning), the KV cache of [prompt head + visual tokens] is computed once per
                   (batch, image condition, method) and every text condition continues from it.
                   Only on adapters declaring `reuses_prefix`.
+    lean          a generation with no in-LLM pruning and no reused prefix decodes greedily through
+                  the adapter's own loop (`models.staged_llm`, no policy): the prefill's last decoder
+                  layer runs on the last position only (the others' keys and values from its own
+                  projections), and none of Hugging Face's per-call set-up. Only on adapters
+                  declaring `lean_decoding`, and there only for plain greedy decoding.
     prefetch      the corrupted images of the next `prefetch` units (batch x image condition) are
                   computed ahead in one worker process while the model works on the current one
                   (`perturb.prefetch`); the same images, bytes and order. 0: in the engine's process.
@@ -15,9 +20,9 @@
                   leave free (`--threads`); `prefetch_always` uses it beside threads on every core
                   too (which slows a CPU run: benchmarks/bench_engine.py).
 
-Each is exact by construction and by test (tests/test_fused.py, tests/test_prefetch.py): the
-answers are those of one `generate` per method over the whole prompt, on images computed in
-the engine's own process.
+Each is exact by construction and by test (tests/test_fused.py, tests/test_prefetch.py,
+tests/test_lean_decode.py): the answers are those of one Hugging Face `generate` per method over
+the whole prompt, on images computed in the engine's own process.
 """
 from __future__ import annotations
 
@@ -32,12 +37,13 @@ class Speedups:
 
     fuse: bool = True
     reuse_prefix: bool = True
+    lean: bool = True
     prefetch: int = 4
     prefetch_always: bool = False
 
     @classmethod
     def off(cls) -> "Speedups":
-        return cls(fuse=False, reuse_prefix=False, prefetch=0)
+        return cls(fuse=False, reuse_prefix=False, lean=False, prefetch=0)
 
 
 @dataclass

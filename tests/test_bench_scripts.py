@@ -65,17 +65,21 @@ def test_bench_engine_quick_checks_predictions_and_prints_every_optimisation():
     lines = _table("bench_engine.py", "--quick")
     assert "identical in every row" in lines[0] and "x 6 methods" in lines[0]
     legend = next(i for i, line in enumerate(lines) if line.startswith("threads = "))
-    rows = {line[:20].strip(): line[20:].split()[1:] for line in lines[2:legend]}
-    labels = ["naive loop", "engine, none", "+ fuse", "+ reuse_prefix", "+ prefetch", "engine, all"]
-    assert list(rows) in (labels, labels + ["all, 1 thread less"])  # the last when torch has 2+ threads
+    rows = {line[:22].strip(): line[22:].split()[1:] for line in lines[2:legend]}
+    labels = ["naive loop", "engine, none", "+ fuse", "+ reuse_prefix", "+ lean", "+ prefetch", "engine, all"]
+    assert list(rows) in (labels, labels + ["all, 1 thread less", "all, 2 processes"])  # the last two with 2 threads
+    procs = rows.pop("all, 2 processes", None)  # 2 questions: a batch of one in each process
+    if procs is not None:
+        assert procs[0] == str(2 * 2) and procs[-1].endswith("x")  # a vision pass per batch and image condition
     vision, corrupted, calls, prefixes = ({k: int(v[i]) for k, v in rows.items()} for i in range(4))
     assert vision["naive loop"] == 6 * 3 and set(vision.values()) - {18} == {2}  # per method vs shared
     assert corrupted["naive loop"] == 6 * corrupted["engine, none"] > 0
     # 2 questions x 3 conditions: one call per method and condition, fewer when fused
-    assert calls["naive loop"] == calls["engine, none"] == calls["+ reuse_prefix"] == calls["+ prefetch"] == 18
+    assert calls["naive loop"] == calls["engine, none"] == calls["+ reuse_prefix"] == calls["+ lean"] == 18
+    assert calls["+ prefetch"] == 18
     assert calls["+ fuse"] < 18 and calls["engine, all"] < 18
     # full, random and cls read no question: one prefix each on the clean image, reused once
-    assert prefixes["+ reuse_prefix"] == prefixes["engine, all"] == 3 and prefixes["+ fuse"] == 0
+    assert prefixes["+ reuse_prefix"] == prefixes["engine, all"] == 3 and prefixes["+ fuse"] == prefixes["+ lean"] == 0
     assert all(v[-1].endswith("x") for v in rows.values()) and rows["engine, none"][-1] == "1.00x"
     assert lines[-1].startswith("speedup (engine, all vs engine, none):")
 

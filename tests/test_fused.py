@@ -1,5 +1,5 @@
-"""Fused generation and prompt-prefix reuse (`robust_atp.speedups`) change the number of model
-calls, never a row: every prediction, score, kept index and FLOPs figure is the one the engine
+"""Fused generation, prompt-prefix reuse and lean decoding (`robust_atp.speedups`) change the
+number of model calls or their work, never a row: every prediction, score, kept index and FLOPs figure is the one the engine
 gives with both off, on the demo model and on a tiny random LLaVA, at several batch sizes."""
 import pytest
 import torch
@@ -26,7 +26,7 @@ IMAGE = [ImageCondition("gaussian_noise", 1)]
 
 
 def _run(adapter, examples, speedups, batch_size, tmp_path, methods):
-    store = RunStore(tmp_path / f"{speedups.fuse}-{speedups.reuse_prefix}-{batch_size}.sqlite")
+    store = RunStore(tmp_path / f"{speedups.fuse}-{speedups.reuse_prefix}-{speedups.lean}-{batch_size}.sqlite")
     stats = run_engine(examples=examples, methods=[validate_method(m) for m in methods], image_conditions=IMAGE,
                        adapter_factory=lambda: adapter, store=store, seed=0, metrics=["exact_match"],
                        batch_size=batch_size, progress=False, text_conditions=TEXT,
@@ -60,8 +60,9 @@ def _check_identical(adapter, examples, tmp_path, plan, methods=METHODS, reusabl
             assert stats.prefixes_reused == (2 * reusable * batches if speedups.reuse_prefix else 0)
 
 
-PLAN = [(Speedups(fuse=True, reuse_prefix=False), (1, 4)), (Speedups(fuse=False, reuse_prefix=True), (1, 8)),
-        (Speedups(), (4, 8))]
+PLAN = [(Speedups(fuse=True, reuse_prefix=False, lean=False), (1, 4)),
+        (Speedups(fuse=False, reuse_prefix=True, lean=False), (1, 8)),
+        (Speedups(fuse=False, reuse_prefix=False, lean=True), (1, 8)), (Speedups(), (4, 8))]
 
 
 @pytest.mark.slow

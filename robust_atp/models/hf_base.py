@@ -12,6 +12,8 @@ of probing for methods.
                            `generate` call: answers are those of separate calls
     reuses_prefix          `kv_prefix` computes the KV cache of [prompt head + visual tokens] once;
                            `generate(..., kv_prefix=...)` runs only the question tail from it
+    lean_decoding          `generate(..., lean=True)` may decode through a leaner greedy loop of its
+                           own (where it says it can): the same answers as Hugging Face's generate
     token_count_follows_image  the visual-token count follows the image size: `image_size_for_tokens`
                            picks a size for a token budget and `encode_images_downsampled` encodes
                            the images resized to it (the `downsample` method); else
@@ -79,6 +81,7 @@ class HFAdapter:
     in_llm_pruning: ClassVar[bool] = False
     fuses_generation: ClassVar[bool] = False
     reuses_prefix: ClassVar[bool] = False
+    lean_decoding: ClassVar[bool] = False
     token_count_follows_image: ClassVar[bool] = False
     # what a vision pass records on the adapter (the last batch's grid and count): a pass over
     # resized images leaves it as the shared pass set it

@@ -65,6 +65,7 @@ class InternVLAdapter(LlavaAdapter):
     in_llm_refusal = " (not wired for its LLM: LLaVA-1.5 only)"
     fuses_generation = False  # the fused and prefix paths are proven on LLaVA-1.5 only
     reuses_prefix = False
+    lean_decoding = False  # the staged decoder is proven on LLaVA-1.5's layout only
     no_text_relevance = ("methods: a method needs text relevance, but internvl's InternViT is not in a CLIP space "
                          "(and the schema admits no model.scorer for this adapter)")
 

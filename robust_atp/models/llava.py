@@ -66,6 +66,7 @@ class LlavaAdapter(HFAdapter):
     in_llm_pruning = True  # FastV: `in_llm_hooks`; PyramidDrop, DART, SparseVLM: `generate_staged`
     fuses_generation = True  # equal visual-token counts: one `generate` over several methods' batches
     reuses_prefix = True  # `kv_prefix`: the prompt head + image KV computed once, every question continues it
+    lean_decoding = True  # `generate(..., lean=True)`: greedy through the staged decoder, lean last layer
     feature_layers: list | None = None  # the ViT layers the projector reads (None: the config's one layer)
     cls_first = False  # 'full' feature selection: the CLS token leads the visual tokens
 
@@ -249,8 +250,12 @@ class LlavaAdapter(HFAdapter):
 
     @torch.inference_mode()
     def generate(self, visual_tokens: list[torch.Tensor], questions: list[str], in_llm=None,
-                 prefix=None, kv_prefix: PrefixCache | None = None) -> list[str]:
-        """kv_prefix: a `kv_prefix` of these visual tokens (and CLS prefix): only the questions run."""
+                 prefix=None, kv_prefix: PrefixCache | None = None, lean: bool = False) -> list[str]:
+        """kv_prefix: a `kv_prefix` of these visual tokens (and CLS prefix): only the questions run.
+        lean: with no in-LLM pruning and no prefix, greedy through the staged decoder with its lean
+        last layer (`generate_lean`) where `lean_supported`; else Hugging Face's generate."""
+        if lean and in_llm is None and kv_prefix is None and self.lean_supported():
+            return self.generate_lean(self.with_prefix(visual_tokens, prefix), questions)
         if kv_prefix is not None:
             if in_llm is not None or not kv_prefix.fits(visual_tokens, prefix, self.prompt_heads(questions)):
                 raise ValueError("generate: the KV prefix is not these examples' (or an in-LLM method was given one)")
@@ -319,6 +324,32 @@ class LlavaAdapter(HFAdapter):
                               input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                               cache=kv.dynamic_cache())
         return self.decode(out[:, ids.shape[1]:])
+
+    def lean_supported(self) -> bool:
+        """Plain greedy decoding (no repetition_penalty / no_repeat_ngram_size, which Hugging Face's
+        generate applies and the staged decoder does not) on a Llama or Qwen2 decoder without
+        sliding windows (the families the staged decoder is tested equal to `generate` on)."""
+        g = self.generation_config
+        if (g.repetition_penalty not in (None, 1.0)) or g.no_repeat_ngram_size:
+            return False
+        lm = self.model.model.language_model
+        if lm.config.model_type not in ("llama", "qwen2"):
+            return False
+        return not any(getattr(layer.self_attn, "sliding_window", None) for layer in lm.layers)
+
+    @torch.inference_mode()
+    def generate_lean(self, visual_tokens: list[torch.Tensor], questions: list[str]) -> list[str]:
+        """Greedy answers through the staged decoder (`staged_generate`, no policy) over the prompt
+        embeddings `generate` builds, the prefill's last decoder layer run on the last position
+        only: the tokens of Hugging Face's generate (tests/test_lean_decode.py) with a quarter
+        less prefill on the demo's 4-layer LLM, and none of generate's per-call set-up."""
+        g = self.generation_config
+        inputs, mask, _ = self.prompt_embeddings(visual_tokens, questions)
+        eos = g.eos_token_id if isinstance(g.eos_token_id, (list, tuple)) else [g.eos_token_id]
+        out = staged_generate(self.model.model.language_model, self.model.lm_head, self.model.get_input_embeddings(),
+                              inputs, mask, max_new_tokens=g.max_new_tokens, eos_token_ids=eos,
+                              pad_token_id=g.pad_token_id, lean=True)
+        return self.decode(out.tokens)
 
     @torch.inference_mode()
     def generate_staged(self, spec: StagedSpec, visual_tokens: list[torch.Tensor], questions: list[str]) -> list[str]:

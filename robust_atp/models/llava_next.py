@@ -55,6 +55,7 @@ class LlavaNextAdapter(LlavaAdapter):
     in_llm_refusal = " (its visual tokens carry row newlines the in-LLM passes do not lay out)"
     fuses_generation = False  # not shown safe on its any-resolution layout (kept indices per example)
     reuses_prefix = False
+    lean_decoding = False  # the staged decoder is proven on LLaVA-1.5's layout only
     token_count_follows_image = True  # the best pinpoint and the unpadding follow the image size
     pass_state = ("grid", "num_visual_tokens", "layout")
 

@@ -200,11 +200,35 @@ def _check(decoder) -> None:
             raise ValueError("staged generation does not build sliding-window masks; the LLM has sliding layers")
 
 
+def _last_position_only(layer, h: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, pe, caches,
+                        index: int, kw: str) -> torch.Tensor:
+    """The last decoder layer of a prefill where only the last position's output is read (the
+    next token's logits): the keys and values of every other position, which the decoding steps
+    attend to, from the layer's own input norm, k / v projections and rotary embedding, as its
+    attention computes them; then the layer itself on the last position over all of them, as a
+    decoding step runs. Skips that layer's queries, attention, output projection and MLP on the
+    other T - 1 positions. -> its output [B, 1, d]."""
+    attn = layer.self_attn
+    x = layer.input_layernorm(h[:, :-1])
+    b, t, _ = x.shape
+    hd = attn.head_dim
+    keys = attn.k_proj(x).view(b, t, -1, hd).transpose(1, 2)
+    values = attn.v_proj(x).view(b, t, -1, hd).transpose(1, 2)
+    cos, sin = pe
+    rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
+    _, keys = rope(keys, keys, cos[:, :-1], sin[:, :-1])
+    caches.update(keys, values, index)
+    out = layer(h[:, -1:], attention_mask=mask[:, :, -1:, :], position_ids=positions[:, -1:],
+                position_embeddings=(cos[:, -1:], sin[:, -1:]), use_cache=True, **{kw: caches})
+    return out[0] if isinstance(out, tuple) else out
+
+
 def staged_prefill(decoder, lm_head, embeds: torch.Tensor, attention_mask: torch.Tensor, policy,
-                   image_start, image_count: int, seeds: list[int] | None = None):
+                   image_start, image_count: int, seeds: list[int] | None = None, lean: bool = False):
     """The prefill: embeds [B, T, d], attention_mask [B, T] (1 real, 0 left pad), image_start [B]
     (padded coordinates), image_count N -> (logits of the last position [B, V] float, caches,
-    per-layer valid masks, seen, image_tokens, next decoding positions per layer [B])."""
+    per-layer valid masks, seen, image_tokens, next decoding positions per layer [B]).
+    lean: the last layer runs only what the logits and the cache need (`_last_position_only`)."""
     _check(decoder)
     b, t, _ = embeds.shape
     dev = embeds.device
@@ -231,6 +255,9 @@ def staged_prefill(decoder, lm_head, embeds: torch.Tensor, attention_mask: torch
         seen.append(origin)
         image_tokens.append(image_count)
         next_positions.append(positions.masked_fill(~valid, -1).max(1).values + 1)
+        if lean and l + 1 == len(decoder.layers) and n > 1:  # no policy reads the last layer's output
+            h = _last_position_only(layer, h, mask, positions, pe, caches, l, kw)
+            break
         out = layer(h, attention_mask=mask, position_ids=positions, position_embeddings=pe, use_cache=True,
                     **{kw: caches})
         out = out[0] if isinstance(out, tuple) else out
@@ -262,7 +289,8 @@ def staged_prefill(decoder, lm_head, embeds: torch.Tensor, attention_mask: torch
 @torch.no_grad()
 def staged_generate(decoder, lm_head, embed_tokens, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                     policy=None, *, image_start=None, image_count: int = 0, max_new_tokens: int = 16,
-                    eos_token_ids=(), pad_token_id: int = 0, seeds: list[int] | None = None) -> StagedOutput:
+                    eos_token_ids=(), pad_token_id: int = 0, seeds: list[int] | None = None,
+                    lean: bool = False) -> StagedOutput:
     """Greedy generation through a Hugging Face decoder (`model.layers`, `.norm`, `.rotary_emb`;
     Llama, Qwen2 without sliding windows) with its `lm_head` and token embedding module.
     inputs_embeds [B, T, d] left-padded with attention_mask [B, T]; the image span of each
@@ -270,14 +298,16 @@ def staged_generate(decoder, lm_head, embed_tokens, inputs_embeds: torch.Tensor,
     `KeepAll()` (default) or a `prune.staged` policy (`PDropPolicy`, `DartPolicy`,
     `SparseVLMPolicy`). Stops at
     max_new_tokens or when every example has produced an EOS (later tokens: pad_token_id).
-    seeds: one per example, handed to the policy (SparseVLM's clustering jitter)."""
+    seeds: one per example, handed to the policy (SparseVLM's clustering jitter).
+    lean: the prefill's last layer on the last position only (`_last_position_only`); the same
+    tokens (tests/test_lean_decode.py), about a quarter less prefill on a 4-layer decoder."""
     policy = policy if policy is not None else KeepAll()
     b = inputs_embeds.shape[0]
     dev = inputs_embeds.device
     if image_start is None:
         image_start = [0] * b
     logits, caches, layer_valid, seen, image_tokens, next_positions = staged_prefill(
-        decoder, lm_head, inputs_embeds, attention_mask, policy, image_start, image_count, seeds)
+        decoder, lm_head, inputs_embeds, attention_mask, policy, image_start, image_count, seeds, lean=lean)
     eos = torch.tensor(list(eos_token_ids), dtype=torch.long, device=dev)
     kw = _cache_kwarg(decoder.layers[0])
     unfinished = torch.ones(b, dtype=torch.bool, device=dev)
