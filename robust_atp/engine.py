@@ -452,7 +452,7 @@ def _generate(group: list[Selection], adapter, questions: list[str], stats, spee
     adapter.last_truncated = None  # filled in by this call's generate (a generation path without it: unknown)
     if group[0].in_llm is not None:  # passed only when set: an adapter without in-LLM pruning need not take it
         extra["in_llm"] = group[0].in_llm
-    elif not extra and speedups.lean and getattr(adapter, "lean_decoding", False):
+    elif speedups.lean and getattr(adapter, "lean_decoding", False):
         extra["lean"] = True
     if len(group) == 1:
         answers = adapter.generate(group[0].tokens, questions, **group[0].inputs, **extra)

@@ -8,10 +8,10 @@
                   pruning), the KV cache of [prompt head + visual tokens] is computed once per
                   (batch, image condition, method) and every text condition continues from it.
                   Only on adapters declaring `reuses_prefix`.
-    lean          a generation with no in-LLM pruning and no reused prefix decodes greedily through
-                  the adapter's own loop (`models.staged_llm`, no policy): the prefill's last decoder
-                  layer runs on the last position only (the others' keys and values from its own
-                  projections), and none of Hugging Face's per-call set-up. Only on adapters
+    lean          a generation with no in-LLM pruning (from a reused prefix or not) decodes greedily
+                  through the adapter's own loop (`models.staged_llm`, no policy): the prefill's last
+                  decoder layer runs on the last position only (the others' keys and values from its
+                  own projections), and none of Hugging Face's per-call set-up. Only on adapters
                   declaring `lean_decoding`, and there only for plain greedy decoding.
     prefetch      the corrupted images of the next `prefetch` units (batch x image condition) are
                   computed ahead in one worker process while the model works on the current one

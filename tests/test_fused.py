@@ -107,10 +107,13 @@ def _tokens(adapter, examples):
     return list(adapter.encode_images([ex.image() for ex in examples]).tokens)
 
 
+@pytest.mark.parametrize("lean", [False, True])
 @pytest.mark.parametrize("generation", [{}, {"repetition_penalty": 1.5}])
-def test_generation_from_a_prefix_is_generation_over_the_whole_prompt(tiny_dir, shapes_examples, generation):
+def test_generation_from_a_prefix_is_generation_over_the_whole_prompt(tiny_dir, shapes_examples, generation, lean):
     """Tails of different lengths (pads between image and tail), batch sizes 1 and 4, a penalty
-    that reads the prompt's ids; the shared cache is not written to by the generations from it."""
+    that reads the prompt's ids (lean decoding then falls back to HF's generate); the shared
+    cache is not written to by the generations from it. The reference: HF's generate over the
+    whole prompt."""
     from robust_atp.models.base import load_adapter
 
     adapter = load_adapter(ModelCfg(checkpoint=str(tiny_dir / "llava"), clip=str(tiny_dir / "clip"),
@@ -123,11 +126,11 @@ def test_generation_from_a_prefix_is_generation_over_the_whole_prompt(tiny_dir, 
     for qs in (QUESTIONS, QUESTIONS[::-1]):
         again = adapter.kv_prefix(kept, qs, reuse=kv)
         assert again is kv
-        assert adapter.generate(kept, qs, kv_prefix=again) == adapter.generate(kept, qs)
-    assert adapter.generate(kept, QUESTIONS, kv_prefix=kv) == expected
+        assert adapter.generate(kept, qs, kv_prefix=again, lean=lean) == adapter.generate(kept, qs)
+    assert adapter.generate(kept, QUESTIONS, kv_prefix=kv, lean=lean) == expected
     for i, q in enumerate(QUESTIONS):  # one example alone, from its own prefix
         one = adapter.kv_prefix(kept[i:i + 1], [q])
-        assert adapter.generate(kept[i:i + 1], [q], kv_prefix=one) == expected[i:i + 1]
+        assert adapter.generate(kept[i:i + 1], [q], kv_prefix=one, lean=lean) == expected[i:i + 1]
     assert all(torch.equal(k, k0) and torch.equal(v, v0) for (k, v), (k0, v0) in zip(kv.layers, before))
     assert len(set(expected)) > 1  # the answers depend on the question: the check above can fail
 

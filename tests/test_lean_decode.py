@@ -89,3 +89,38 @@ def test_a_repetition_penalty_falls_back_to_hf_generate(tiny_dir, make_adapter, 
     tokens, questions = _batch(adapter, shapes_examples[:3])[0]
     assert adapter.generate(tokens, questions, lean=True) == adapter.generate(tokens, questions)
     assert calls == []
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_lean_generate_continuing_a_cache_equals_hf_generate_over_the_whole_prompt(attn, family):
+    """A prefix of P real tokens run once (its keys and values), then tails with left pads between
+    prefix and tail: the tokens and logits of HF's generate continuing the same cache."""
+    from transformers import DynamicCache
+
+    lm = _lm(attn, family=family)
+    emb, mask, _ = _prompts()
+    p = 7
+    prefix = emb[:, -1:].expand(-1, p, -1).clone() + torch.linspace(0, 1, p)[None, :, None]  # all real
+    with torch.no_grad():
+        out = lm.model(inputs_embeds=prefix, attention_mask=torch.ones(len(emb), p, dtype=torch.long),
+                       position_ids=torch.arange(p).expand(len(emb), -1), use_cache=True)
+        layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        whole = torch.cat([torch.ones(len(emb), p, dtype=torch.long), mask], 1)
+        before = [(k.clone(), v.clone()) for k, v in layers]
+
+        def hf(eos):
+            return lm.generate(inputs_embeds=torch.cat([prefix, emb], 1), attention_mask=whole,
+                               cache=DynamicCache(list(layers)), max_new_tokens=STEPS, do_sample=False, pad_token_id=0,
+                               eos_token_id=eos, output_logits=True, return_dict_in_generate=True)
+
+        eos = int(hf(None).sequences[0, -STEPS + 2])  # example 0 stops early
+        ref = hf(eos)
+        got = staged_generate(lm.model, lm.lm_head, lm.model.embed_tokens, emb, mask, max_new_tokens=STEPS,
+                              eos_token_ids=[eos], pad_token_id=0, lean=True, past=layers)
+    new = ref.sequences[:, -len(ref.logits):]
+    assert bool((new == 0).any()), "no example finished early: the EOS path is not exercised"
+    assert got.tokens.tolist() == new.tolist()
+    for mine, theirs in zip(got.logits, ref.logits):
+        torch.testing.assert_close(mine, theirs.float(), atol=1e-5, rtol=0)
+    assert all(torch.equal(k, k0) and torch.equal(v, v0) for (k, v), (k0, v0) in zip(layers, before))  # not written to

@@ -45,11 +45,11 @@ def _spec(m, adapter, exs):
 def test_the_staged_decoder_on_llava_keeping_everything_is_hfs_generate_token_for_token(demo_adapter, demo_batch):
     a = demo_adapter
     exs, questions, tokens = demo_batch
-    inputs, mask, pads = a.prompt_embeddings(tokens, questions)
     ids = prompt_ids_for_penalties([torch.cat([b, torch.full((len(t),), a.image_token_id), f])
                                     for t, (b, f) in zip(tokens, map(a.prompt_ids, questions))])
     g = a.generation_config
-    with torch.inference_mode():
+    with torch.inference_mode():  # the tokens are inference tensors (the vision pass's)
+        inputs, mask, pads = a.prompt_embeddings(tokens, questions)
         hf = generate_greedy(a.model, g, inputs_embeds=inputs, input_ids=ids, attention_mask=mask)[:, ids.shape[1]:]
         starts = [p + len(a.prompt_ids(q)[0]) for p, q in zip(pads, questions)]
         ours = staged_generate(a.model.model.language_model, a.model.lm_head, a.model.get_input_embeddings(), inputs,

@@ -252,14 +252,14 @@ class LlavaAdapter(HFAdapter):
     def generate(self, visual_tokens: list[torch.Tensor], questions: list[str], in_llm=None,
                  prefix=None, kv_prefix: PrefixCache | None = None, lean: bool = False) -> list[str]:
         """kv_prefix: a `kv_prefix` of these visual tokens (and CLS prefix): only the questions run.
-        lean: with no in-LLM pruning and no prefix, greedy through the staged decoder with its lean
-        last layer (`generate_lean`) where `lean_supported`; else Hugging Face's generate."""
+        lean: with no in-LLM pruning, greedy through the staged decoder with its lean last layer
+        (`generate_lean`, or continuing the prefix) where `lean_supported`; else Hugging Face's generate."""
         if lean and in_llm is None and kv_prefix is None and self.lean_supported():
             return self.generate_lean(self.with_prefix(visual_tokens, prefix), questions)
         if kv_prefix is not None:
             if in_llm is not None or not kv_prefix.fits(visual_tokens, prefix, self.prompt_heads(questions)):
                 raise ValueError("generate: the KV prefix is not these examples' (or an in-LLM method was given one)")
-            return self.generate_from_prefix(kv_prefix, questions)
+            return self.generate_from_prefix(kv_prefix, questions, lean=lean and self.lean_supported())
         visual_tokens = self.with_prefix(visual_tokens, prefix, in_llm)
         if isinstance(in_llm, StagedSpec):  # tokens leave the sequence between decoder layers
             return self.generate_staged(in_llm, visual_tokens, questions)
@@ -305,8 +305,9 @@ class LlavaAdapter(HFAdapter):
         layers = [(layer.keys, layer.values) for layer in out.cache.layers]
         return PrefixCache(head=heads[0], visual=list(visual_tokens), extra=prefix, embeds=embeds, layers=layers)
 
-    def generate_from_prefix(self, kv: PrefixCache, questions: list[str]) -> list[str]:
-        """Greedy answers continuing `kv` with each question's tail (the layout in `models.kv_prefix`)."""
+    def generate_from_prefix(self, kv: PrefixCache, questions: list[str], lean: bool = False) -> list[str]:
+        """Greedy answers continuing `kv` with each question's tail (the layout in `models.kv_prefix`);
+        lean: through the staged decoder continuing the cached keys and values (`generate_lean`)."""
         embed = self.model.get_input_embeddings()
         tails = [self.prompt_ids(q)[1] for q in questions]
         width = max(len(t) for t in tails)
@@ -314,6 +315,15 @@ class LlavaAdapter(HFAdapter):
         tail_embeds = torch.stack([torch.cat([pad.expand(width - len(t), -1), embed(t.to(self.device))])
                                    for t in tails])
         n = len(questions)
+        if lean:
+            g = self.generation_config
+            tail_mask = torch.stack([torch.cat([torch.zeros(width - len(t), dtype=torch.long),
+                                                torch.ones(len(t), dtype=torch.long)]) for t in tails])
+            eos = g.eos_token_id if isinstance(g.eos_token_id, (list, tuple)) else [g.eos_token_id]
+            out = staged_generate(self.model.model.language_model, self.model.lm_head, embed, tail_embeds,
+                                  tail_mask.to(self.device), max_new_tokens=g.max_new_tokens, eos_token_ids=eos,
+                                  pad_token_id=g.pad_token_id, lean=True, past=kv.layers)
+            return self.decode(out.tokens)
         mask = torch.cat([torch.ones(n, kv.length, dtype=torch.long),
                           torch.stack([torch.cat([torch.zeros(width - len(t), dtype=torch.long),
                                                   torch.ones(len(t), dtype=torch.long)]) for t in tails])], 1)

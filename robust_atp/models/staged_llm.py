@@ -224,11 +224,16 @@ def _last_position_only(layer, h: torch.Tensor, mask: torch.Tensor, positions: t
 
 
 def staged_prefill(decoder, lm_head, embeds: torch.Tensor, attention_mask: torch.Tensor, policy,
-                   image_start, image_count: int, seeds: list[int] | None = None, lean: bool = False):
+                   image_start, image_count: int, seeds: list[int] | None = None, lean: bool = False,
+                   past: list[tuple[torch.Tensor, torch.Tensor]] | None = None):
     """The prefill: embeds [B, T, d], attention_mask [B, T] (1 real, 0 left pad), image_start [B]
     (padded coordinates), image_count N -> (logits of the last position [B, V] float, caches,
     per-layer valid masks, seen, image_tokens, next decoding positions per layer [B]).
-    lean: the last layer runs only what the logits and the cache need (`_last_position_only`)."""
+    lean: the last layer runs only what the logits and the cache need (`_last_position_only`).
+    past: per layer the (keys, values) [B, H_kv, P, hd] of P earlier tokens, all real, at
+    positions 0..P-1 (a `kv_prefix.PrefixCache`; never written to): the T tokens continue them
+    (their real ones at positions P.., as Hugging Face numbers a prompt continuing a cache); no
+    policy may cut then."""
     _check(decoder)
     b, t, _ = embeds.shape
     dev = embeds.device
@@ -236,25 +241,41 @@ def staged_prefill(decoder, lm_head, embeds: torch.Tensor, attention_mask: torch
     if bool((valid.long().diff(dim=1) < 0).any()):
         raise ValueError("attention_mask: padding must be on the left")
     image_start = torch.as_tensor(image_start, dtype=torch.long, device=dev).reshape(b)
+    p = 0 if past is None else past[0][0].shape[2]
     positions = _renumber(valid)
+    if p:
+        positions = torch.where(valid, positions + p, positions)
     origin = torch.arange(t, device=dev)[None].expand(b, t)
     policy.start(embeds, valid, image_start, image_count, seeds)
     caches = LayerCaches(len(decoder.layers))
+    if past is not None:
+        if len(past) != len(decoder.layers):
+            raise ValueError(f"past: {len(past)} layers of keys and values for a decoder of {len(decoder.layers)}")
+        for kv, (keys, values) in zip(caches.layers, past):
+            kv.keys, kv.values = keys, values
     kw = _cache_kwarg(decoder.layers[0])
     h = embeds
     pe = decoder.rotary_emb(h, positions)
     layer_valid, seen, image_tokens, next_positions = [], [], [], []
+    mask = None  # the same for every layer until a cut changes the sequence
     for l, layer in enumerate(decoder.layers):
         n = h.shape[1]
-        causal = torch.ones(n, n, dtype=torch.bool, device=dev).tril()
-        # a pad sees itself: no query row is all masked (its softmax would be NaN in float64 eager,
-        # whose float32 softmax turns finfo(float64).min into -inf, and NaN values leak through p v)
-        eye = torch.eye(n, dtype=torch.bool, device=dev)
-        mask = _additive((causal[None, None] & valid[:, None, None, :]) | eye, h.dtype)
-        layer_valid.append(valid)
+        if mask is None:
+            causal = torch.ones(n, n, dtype=torch.bool, device=dev).tril()
+            # a pad sees itself: no query row is all masked (its softmax would be NaN in float64 eager,
+            # whose float32 softmax turns finfo(float64).min into -inf, and NaN values leak through p v)
+            eye = torch.eye(n, dtype=torch.bool, device=dev)
+            allowed = (causal[None, None] & valid[:, None, None, :]) | eye
+            keys_valid = valid
+            if p:  # every earlier token is seen by every new one
+                allowed = torch.cat([allowed.new_ones(b, 1, n, p), allowed], -1)
+                keys_valid = torch.cat([valid.new_ones(b, p), valid], 1)
+            mask = _additive(allowed, h.dtype)
+            step_positions = positions.masked_fill(~valid, -1).max(1).values + 1
+        layer_valid.append(keys_valid)
         seen.append(origin)
         image_tokens.append(image_count)
-        next_positions.append(positions.masked_fill(~valid, -1).max(1).values + 1)
+        next_positions.append(step_positions)
         if lean and l + 1 == len(decoder.layers) and n > 1:  # no policy reads the last layer's output
             h = _last_position_only(layer, h, mask, positions, pe, caches, l, kw)
             break
@@ -265,7 +286,10 @@ def staged_prefill(decoder, lm_head, embeds: torch.Tensor, attention_mask: torch
                            caches)
         cut = policy.after_layer(state) if l + 1 < len(decoder.layers) else None
         h = out
+        if cut is not None and p:
+            raise ValueError("staged_prefill: a policy cut tokens of a prompt that continues a cache (past)")
         if cut is not None:
+            mask = None
             index = cut.index.to(dev)
             bank, bank_valid, bank_origin = h, valid, origin
             if cut.extra is not None:
@@ -290,7 +314,7 @@ def staged_prefill(decoder, lm_head, embeds: torch.Tensor, attention_mask: torch
 def staged_generate(decoder, lm_head, embed_tokens, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                     policy=None, *, image_start=None, image_count: int = 0, max_new_tokens: int = 16,
                     eos_token_ids=(), pad_token_id: int = 0, seeds: list[int] | None = None,
-                    lean: bool = False) -> StagedOutput:
+                    lean: bool = False, past: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> StagedOutput:
     """Greedy generation through a Hugging Face decoder (`model.layers`, `.norm`, `.rotary_emb`;
     Llama, Qwen2 without sliding windows) with its `lm_head` and token embedding module.
     inputs_embeds [B, T, d] left-padded with attention_mask [B, T]; the image span of each
@@ -300,16 +324,19 @@ def staged_generate(decoder, lm_head, embed_tokens, inputs_embeds: torch.Tensor,
     max_new_tokens or when every example has produced an EOS (later tokens: pad_token_id).
     seeds: one per example, handed to the policy (SparseVLM's clustering jitter).
     lean: the prefill's last layer on the last position only (`_last_position_only`); the same
-    tokens (tests/test_lean_decode.py), about a quarter less prefill on a 4-layer decoder."""
+    tokens (tests/test_lean_decode.py), about a quarter less prefill on a 4-layer decoder.
+    past: per layer the keys and values of earlier tokens the prompt continues (`staged_prefill`)."""
     policy = policy if policy is not None else KeepAll()
     b = inputs_embeds.shape[0]
     dev = inputs_embeds.device
     if image_start is None:
         image_start = [0] * b
     logits, caches, layer_valid, seen, image_tokens, next_positions = staged_prefill(
-        decoder, lm_head, inputs_embeds, attention_mask, policy, image_start, image_count, seeds, lean=lean)
+        decoder, lm_head, inputs_embeds, attention_mask, policy, image_start, image_count, seeds, lean=lean, past=past)
     eos = torch.tensor(list(eos_token_ids), dtype=torch.long, device=dev)
     kw = _cache_kwarg(decoder.layers[0])
+    # layers between two cuts saw the same tokens (one valid mask, one position): their step masks are one
+    first = [next(j for j in range(l + 1) if layer_valid[j] is layer_valid[l]) for l in range(len(layer_valid))]
     unfinished = torch.ones(b, dtype=torch.bool, device=dev)
     tokens, steps = [], []
     for step in range(max_new_tokens):
@@ -321,11 +348,18 @@ def staged_generate(decoder, lm_head, embed_tokens, inputs_embeds: torch.Tensor,
         if step + 1 == max_new_tokens or not bool(unfinished.any()):
             break
         h = embed_tokens(nxt[:, None]).to(inputs_embeds.dtype)
+        masks, rotary = {}, {}
         for l, layer in enumerate(decoder.layers):
-            p = (next_positions[l] + step)[:, None]
-            layer_valid[l] = torch.cat([layer_valid[l], layer_valid[l].new_ones(b, 1)], 1)
-            mask = _additive(layer_valid[l][:, None, None, :], h.dtype)
-            out = layer(h, attention_mask=mask, position_ids=p, position_embeddings=decoder.rotary_emb(h, p),
+            j = first[l]
+            if j == l:
+                p = (next_positions[l] + step)[:, None]
+                layer_valid[l] = torch.cat([layer_valid[l], layer_valid[l].new_ones(b, 1)], 1)
+                masks[l] = _additive(layer_valid[l][:, None, None, :], h.dtype)
+                rotary[l] = (p, decoder.rotary_emb(h, p))
+            else:
+                layer_valid[l] = layer_valid[j]
+            p, pe = rotary[j]
+            out = layer(h, attention_mask=masks[j], position_ids=p, position_embeddings=pe,
                         use_cache=True, **{kw: caches})
             h = out[0] if isinstance(out, tuple) else out
         logits = lm_head(decoder.norm(h))[:, 0].float()
