@@ -124,27 +124,3 @@ def test_lean_generate_continuing_a_cache_equals_hf_generate_over_the_whole_prom
     for mine, theirs in zip(got.logits, ref.logits):
         torch.testing.assert_close(mine, theirs.float(), atol=1e-5, rtol=0)
     assert all(torch.equal(k, k0) and torch.equal(v, v0) for (k, v), (k0, v0) in zip(layers, before))  # not written to
-
-
-@pytest.mark.parametrize("family", ["llama", "qwen2"])  # qwen2: q / k / v biases
-def test_fused_products_give_the_bits_of_the_separate_ones(family, monkeypatch):
-    import robust_atp.models.staged_llm as staged
-
-    lm = _lm("sdpa", family=family)
-    fused = staged.fused_layers(lm.model)
-    assert fused is not None and staged.fused_layers(lm.model) is fused  # made once per decoder
-    x = torch.randn(3, 17, lm.config.hidden_size)
-    for layer, f in zip(lm.model.layers, fused):
-        a, m = layer.self_attn, layer.mlp
-        q, k, v = torch.nn.functional.linear(x, f.qkv, f.qkv_bias).split(f.sizes, -1)
-        assert torch.equal(q, a.q_proj(x)) and torch.equal(k, a.k_proj(x)) and torch.equal(v, a.v_proj(x))
-        g, u = torch.nn.functional.linear(x, f.gate_up, f.gate_up_bias).split(f.inner, -1)
-        assert torch.equal(g, m.gate_proj(x)) and torch.equal(u, m.up_proj(x))
-    monkeypatch.setattr(staged, "FUSE_BYTES", 0)  # a large decoder: no copy, the module's own layers
-    assert staged.fused_layers(lm.model) is None
-    emb, mask, _ = _prompts()
-    with torch.no_grad():
-        ref = lm.generate(inputs_embeds=emb, attention_mask=mask, max_new_tokens=STEPS, do_sample=False, pad_token_id=0,
-                          eos_token_id=None)
-        out = staged_generate(lm.model, lm.lm_head, lm.model.embed_tokens, emb, mask, max_new_tokens=STEPS, lean=True)
-    assert out.tokens.tolist() == ref.tolist()

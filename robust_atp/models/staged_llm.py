@@ -35,11 +35,9 @@ from __future__ import annotations
 
 import inspect
 import sys
-import weakref
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 
 # ----------------------------------------------------------------------------- caches, state, staged forward
@@ -202,103 +200,8 @@ def _check(decoder) -> None:
             raise ValueError("staged generation does not build sliding-window masks; the LLM has sliding layers")
 
 
-# ----------------------------------------------------------------------------- lean layers
-
-# a decoder whose q / k / v and gate / up weights take at most this much gets them fused (a copy)
-FUSE_BYTES = 64 << 20
-_FUSED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-@dataclass
-class FusedLayer:
-    """One decoder layer's q, k, v projections as one matrix (rows q, then k, then v; biases
-    likewise, or None) and its MLP's gate and up projections as another."""
-
-    qkv: torch.Tensor
-    qkv_bias: torch.Tensor | None
-    sizes: tuple[int, int, int]
-    gate_up: torch.Tensor
-    gate_up_bias: torch.Tensor | None
-    inner: int
-
-
-def _cat_bias(mods) -> torch.Tensor | None:
-    biases = [m.bias for m in mods]
-    if all(b is None for b in biases):
-        return None
-    return torch.cat([b if b is not None else m.weight.new_zeros(m.weight.shape[0]) for b, m in zip(biases, mods)])
-
-
-def fused_layers(decoder) -> list[FusedLayer] | None:
-    """The decoder's layers with fused projections (`FusedLayer`), made once per decoder and
-    weights, or None when they would take more than FUSE_BYTES (a 7B's: there each product is
-    large already and a copy costs gigabytes) or the layers are not Llama / Qwen2-shaped. A fused
-    product gives the bits of the separate ones (each output is the same dot product over the
-    same inputs; tests/test_lean_decode.py checks the answers against Hugging Face's layers)."""
-    try:
-        mods = [(l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj, l.mlp.gate_proj, l.mlp.up_proj)
-                for l in decoder.layers]
-    except AttributeError:
-        return None
-    weights = [m.weight for group in mods for m in group]
-    if sum(w.numel() * w.element_size() for w in weights) > FUSE_BYTES:
-        return None
-    signature = tuple((w.data_ptr(), w._version) for w in weights)
-    cached = _FUSED.get(decoder)
-    if cached is not None and cached[0] == signature:
-        return cached[1]
-    out = []
-    for q, k, v, gate, up in mods:
-        out.append(FusedLayer(torch.cat([q.weight, k.weight, v.weight]), _cat_bias((q, k, v)),
-                              (q.weight.shape[0], k.weight.shape[0], v.weight.shape[0]),
-                              torch.cat([gate.weight, up.weight]), _cat_bias((gate, up)), gate.weight.shape[0]))
-    _FUSED[decoder] = (signature, out)
-    return out
-
-
-def _attention_function(attn):
-    """The attention function the module's own forward calls (sdpa, eager, ...)."""
-    mod = sys.modules[type(attn).__module__]
-    impl = attn.config._attn_implementation
-    functions = mod.ALL_ATTENTION_FUNCTIONS
-    if hasattr(functions, "get_interface"):
-        return functions.get_interface(impl, mod.eager_attention_forward)
-    return mod.eager_attention_forward if impl in (None, "eager") else functions[impl]
-
-
-def lean_layer(layer, fused: FusedLayer, h: torch.Tensor, mask: torch.Tensor, pe, caches, index: int) -> torch.Tensor:
-    """Decoder layer `index` on h [B, L, d], as its own forward computes it (Llama / Qwen2 without
-    sliding windows: input norm, attention with RoPE and the KV cache, output projection, post
-    norm, gated MLP, both residuals, with the module's own norms, RoPE function, attention
-    function and output / down projections), but q, k, v from one product and gate, up from
-    another (`fused_layers`)."""
-    attn, mlp = layer.self_attn, layer.mlp
-    residual = h
-    x = layer.input_layernorm(h)
-    shape = (*x.shape[:-1], -1, attn.head_dim)
-    q, k, v = (t.contiguous().view(shape).transpose(1, 2)
-               for t in F.linear(x, fused.qkv, fused.qkv_bias).split(fused.sizes, -1))
-    cos, sin = pe
-    q, k = sys.modules[type(attn).__module__].apply_rotary_pos_emb(q, k, cos, sin)
-    k, v = caches.update(k, v, index)
-    out, _ = _attention_function(attn)(attn, q, k, v, mask, dropout=0.0, scaling=attn.scaling)
-    h = residual + attn.o_proj(out.reshape(*x.shape[:-1], -1).contiguous())
-    residual = h
-    x = layer.post_attention_layernorm(h)
-    gate, up = (t.contiguous() for t in F.linear(x, fused.gate_up, fused.gate_up_bias).split(fused.inner, -1))
-    return residual + mlp.down_proj(mlp.act_fn(gate) * up)
-
-
-def _run_layer(layer, fused: FusedLayer | None, h, mask, positions, pe, caches, index: int, kw: str) -> torch.Tensor:
-    if fused is not None:
-        return lean_layer(layer, fused, h, mask, pe, caches, index)
-    out = layer(h, attention_mask=mask, position_ids=positions, position_embeddings=pe, use_cache=True,
-                **{kw: caches})
-    return out[0] if isinstance(out, tuple) else out
-
-
 def _last_position_only(layer, h: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, pe, caches,
-                        index: int, kw: str, fused: FusedLayer | None = None) -> torch.Tensor:
+                        index: int, kw: str) -> torch.Tensor:
     """The last decoder layer of a prefill where only the last position's output is read (the
     next token's logits): the keys and values of every other position, which the decoding steps
     attend to, from the layer's own input norm, k / v projections and rotary embedding, as its
@@ -309,20 +212,15 @@ def _last_position_only(layer, h: torch.Tensor, mask: torch.Tensor, positions: t
     x = layer.input_layernorm(h[:, :-1])
     b, t, _ = x.shape
     hd = attn.head_dim
-    if fused is None:
-        keys, values = attn.k_proj(x), attn.v_proj(x)
-    else:  # the k and v rows of the fused product
-        nq, nk, nv = fused.sizes
-        bias = None if fused.qkv_bias is None else fused.qkv_bias[nq:]
-        keys, values = F.linear(x, fused.qkv[nq:], bias).split((nk, nv), -1)
-    keys = keys.contiguous().view(b, t, -1, hd).transpose(1, 2)
-    values = values.contiguous().view(b, t, -1, hd).transpose(1, 2)
+    keys = attn.k_proj(x).view(b, t, -1, hd).transpose(1, 2)
+    values = attn.v_proj(x).view(b, t, -1, hd).transpose(1, 2)
     cos, sin = pe
     rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
     _, keys = rope(keys, keys, cos[:, :-1], sin[:, :-1])
     caches.update(keys, values, index)
-    return _run_layer(layer, fused, h[:, -1:], mask[:, :, -1:, :], positions[:, -1:], (cos[:, -1:], sin[:, -1:]),
-                      caches, index, kw)
+    out = layer(h[:, -1:], attention_mask=mask[:, :, -1:, :], position_ids=positions[:, -1:],
+                position_embeddings=(cos[:, -1:], sin[:, -1:]), use_cache=True, **{kw: caches})
+    return out[0] if isinstance(out, tuple) else out
 
 
 def staged_prefill(decoder, lm_head, embeds: torch.Tensor, attention_mask: torch.Tensor, policy,
@@ -356,7 +254,6 @@ def staged_prefill(decoder, lm_head, embeds: torch.Tensor, attention_mask: torch
         for kv, (keys, values) in zip(caches.layers, past):
             kv.keys, kv.values = keys, values
     kw = _cache_kwarg(decoder.layers[0])
-    fused = fused_layers(decoder) if lean and isinstance(policy, KeepAll) else None
     h = embeds
     pe = decoder.rotary_emb(h, positions)
     layer_valid, seen, image_tokens, next_positions = [], [], [], []
@@ -379,11 +276,12 @@ def staged_prefill(decoder, lm_head, embeds: torch.Tensor, attention_mask: torch
         seen.append(origin)
         image_tokens.append(image_count)
         next_positions.append(step_positions)
-        f = None if fused is None else fused[l]
         if lean and l + 1 == len(decoder.layers) and n > 1:  # no policy reads the last layer's output
-            h = _last_position_only(layer, h, mask, positions, pe, caches, l, kw, f)
+            h = _last_position_only(layer, h, mask, positions, pe, caches, l, kw)
             break
-        out = _run_layer(layer, f, h, mask, positions, pe, caches, l, kw)
+        out = layer(h, attention_mask=mask, position_ids=positions, position_embeddings=pe, use_cache=True,
+                    **{kw: caches})
+        out = out[0] if isinstance(out, tuple) else out
         state = LayerState(l, h, out, positions, valid, image_start, image_count, len(decoder.layers), decoder, pe,
                            caches)
         cut = policy.after_layer(state) if l + 1 < len(decoder.layers) else None
@@ -425,10 +323,8 @@ def staged_generate(decoder, lm_head, embed_tokens, inputs_embeds: torch.Tensor,
     `SparseVLMPolicy`). Stops at
     max_new_tokens or when every example has produced an EOS (later tokens: pad_token_id).
     seeds: one per example, handed to the policy (SparseVLM's clustering jitter).
-    lean (with no policy): the prefill's last layer on the last position only
-    (`_last_position_only`), and on a small decoder every layer with its q / k / v and gate / up
-    products fused (`lean_layer`); the same tokens (tests/test_lean_decode.py), about a quarter
-    less prefill on a 4-layer decoder and faster products.
+    lean: the prefill's last layer on the last position only (`_last_position_only`); the same
+    tokens (tests/test_lean_decode.py), about a quarter less prefill on a 4-layer decoder.
     past: per layer the keys and values of earlier tokens the prompt continues (`staged_prefill`)."""
     policy = policy if policy is not None else KeepAll()
     b = inputs_embeds.shape[0]
@@ -441,7 +337,6 @@ def staged_generate(decoder, lm_head, embed_tokens, inputs_embeds: torch.Tensor,
     kw = _cache_kwarg(decoder.layers[0])
     # layers between two cuts saw the same tokens (one valid mask, one position): their step masks are one
     first = [next(j for j in range(l + 1) if layer_valid[j] is layer_valid[l]) for l in range(len(layer_valid))]
-    fused = fused_layers(decoder) if lean and isinstance(policy, KeepAll) else None
     unfinished = torch.ones(b, dtype=torch.bool, device=dev)
     tokens, steps = [], []
     for step in range(max_new_tokens):
@@ -464,6 +359,8 @@ def staged_generate(decoder, lm_head, embed_tokens, inputs_embeds: torch.Tensor,
             else:
                 layer_valid[l] = layer_valid[j]
             p, pe = rotary[j]
-            h = _run_layer(layer, None if fused is None else fused[l], h, masks[j], p, pe, caches, l, kw)
+            out = layer(h, attention_mask=masks[j], position_ids=p, position_embeddings=pe,
+                        use_cache=True, **{kw: caches})
+            h = out[0] if isinstance(out, tuple) else out
         logits = lm_head(decoder.norm(h))[:, 0].float()
     return StagedOutput(torch.stack(tokens, 1), steps, seen, image_tokens, caches, next_positions)
