@@ -191,16 +191,22 @@ def rank_process(launcher: subprocess.Popen, rank: int):
     return None
 
 
+def rank_1_once_it_wrote(launcher: subprocess.Popen, run: Path):
+    """Rank 1's process of a running data-parallel run, once its shard holds a row."""
+    shard1, deadline = distributed.shard_path(run, 1), time.time() + 240
+    while count(shard1) == 0 and launcher.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    victim = rank_process(launcher, 1)
+    assert victim is not None and launcher.poll() is None, "the run ended before rank 1 could be killed"
+    return victim
+
+
 @pytest.mark.slow
 def test_one_rank_killed_then_resumed_on_one_process(reference, tmp_path):
     run = tmp_path / "tr"
     launcher = subprocess.Popen(torchrun(run, 8), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        shard1, deadline = distributed.shard_path(run, 1), time.time() + 240
-        while count(shard1) == 0 and launcher.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        victim = rank_process(launcher, 1)
-        assert victim is not None and launcher.poll() is None, "the run ended before rank 1 could be killed"
+        victim = rank_1_once_it_wrote(launcher, run)
         victim.send_signal(signal.SIGKILL)
         assert launcher.wait(timeout=120) != 0
     finally:
@@ -338,11 +344,7 @@ def test_a_rank_killed_under_procs_stops_the_run_and_a_rerun_resumes(reference, 
     parent = subprocess.Popen([sys.executable, "-m", "robust_atp.run"] + args(run, 8) + ["--procs", "2"], env=env(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        shard1, deadline = distributed.shard_path(run, 1), time.time() + 240
-        while count(shard1) == 0 and parent.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        victim = rank_process(parent, 1)
-        assert victim is not None and parent.poll() is None, "the run ended before rank 1 could be killed"
+        victim = rank_1_once_it_wrote(parent, run)
         others = [p for p in psutil.Process(parent.pid).children() if p.pid != victim.pid]
         victim.send_signal(signal.SIGKILL)
         assert parent.wait(timeout=120) == 1
