@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from robust_atp.models.staged_llm import KeepAll, staged_generate, staged_prefill
-from tests.test_staged_llm import _lm, _prompts
+from tests.helpers.tiny_lm import padded_prompts as _prompts
+from tests.helpers.tiny_lm import tiny_lm as _lm
 
 STEPS = 6
 
