@@ -59,7 +59,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished units are saved; run the same command again to continue", file=sys.stderr)
+        if os.environ.get("RANK", "0") in ("", "0"):  # once per run: the other ranks of a --procs run stay quiet
+            print("interrupted: finished units are saved; run the same command again to continue", file=sys.stderr)
         return 130
 
 

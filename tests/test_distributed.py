@@ -356,3 +356,19 @@ def test_a_rank_killed_under_procs_stops_the_run_and_a_rerun_resumes(reference, 
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in others)  # rank 0 stopped too
     assert main(args(run, 8) + ["--procs", "1"]) == 0
     assert rows_of(run) == rows_of(reference) and not distributed.shard_paths(run)
+
+
+@pytest.mark.parametrize("rank, says", [(None, True), ("0", True), ("1", False)])
+def test_ctrl_c_is_said_once_per_run(rank, says, monkeypatch, capsys):
+    import robust_atp.run as run
+
+    def interrupted(args, argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "_run", interrupted)
+    if rank is None:
+        monkeypatch.delenv("RANK", raising=False)
+    else:
+        monkeypatch.setenv("RANK", rank)
+    assert run.main([str(SUITE)]) == 130
+    assert ("interrupted: finished units are saved" in capsys.readouterr().err) == says
