@@ -71,6 +71,9 @@ def _run(args, argv: list[str]) -> int:
     overrides = {}
     if args.threads is not None and args.threads <= 0:
         raise UserError(f"--threads: must be a positive integer, got {args.threads}")
+    from . import launch
+
+    procs = launch.parse_procs(args.procs)  # checked before anything else, --check included
     for flag, key, check in (("limit", "dataset.limit", lambda v: v > 0), ("batch_size", "batch_size", lambda v: v > 0)):
         value = getattr(args, flag)
         if value is not None:
@@ -88,10 +91,8 @@ def _run(args, argv: list[str]) -> int:
 
         if (problem := device_problem(suite.model.device)) is not None:
             raise UserError(f"{args.suite}: --device (model.device): {problem}")
-    from . import launch
     from .threads import machine_default, torch_threads
 
-    procs = launch.parse_procs(args.procs)
     threads = args.threads or machine_default()
     if not launch.under_launcher() and procs != 1:
         if procs is None:

@@ -318,9 +318,10 @@ def test_auto_procs_one_per_thread_on_the_cpu_only_when_the_weights_fit():
     assert auto_procs("cpu", 2, False, weights=25_000_000, memory=None, batches=6) == 1
 
 
+@pytest.mark.parametrize("check", [[], ["--check"]])
 @pytest.mark.parametrize("value", ["0", "-1", "two"])
-def test_bad_procs_is_one_line_and_exit_2(value, tmp_path, capsys):
-    assert main(args(tmp_path / "run", 2) + ["--procs", value]) == 2
+def test_bad_procs_is_one_line_and_exit_2(value, check, tmp_path, capsys):
+    assert main(args(tmp_path / "run", 2) + ["--procs", value] + check) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: --procs: must be a positive integer or auto, got {value!r}"]
     assert not (tmp_path / "run").exists()
