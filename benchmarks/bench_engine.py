@@ -85,6 +85,18 @@ def naive_loop(adapter, examples, methods, plan, seed: int, batch_size: int, res
     return out
 
 
+def load_slice(suite_path: str, overrides: dict):
+    """The suite with the bench's overrides, its examples (torch seeded by the suite), methods
+    and image and text conditions."""
+    from robust_atp.data.dataset import load_dataset
+
+    suite = load_suite(suite_path, overrides)
+    torch.manual_seed(suite.seed)
+    examples = load_dataset(suite.dataset, Path(suite_path))
+    return (suite, examples, [validate_method(m) for m in suite.methods],
+            resolve_image_conditions(suite.perturbations.image), resolve_text_conditions(suite.perturbations.text))
+
+
 def _rank_worker(conn, suite_path: str, overrides: dict, rank: int, world: int) -> None:
     """One process of the "all, N processes" row: its share of the questions (the r-th of N
     contiguous batches), the default engine on one torch thread, run on each "go" from the
@@ -95,18 +107,12 @@ def _rank_worker(conn, suite_path: str, overrides: dict, rank: int, world: int) 
     torch.set_num_threads(1)
     from transformers.utils import logging as hf_logging
 
-    from robust_atp.data.dataset import load_dataset
     from robust_atp.models.base import load_adapter
 
     hf_logging.disable_progress_bar()
-    suite = load_suite(suite_path, overrides)
-    torch.manual_seed(suite.seed)
-    examples = load_dataset(suite.dataset, Path(suite_path))
+    suite, examples, methods, image_conds, text_conds = load_slice(suite_path, overrides)
     size = -(-len(examples) // world)
     mine = examples[rank * size:(rank + 1) * size]
-    methods = [validate_method(m) for m in suite.methods]
-    image_conds = resolve_image_conditions(suite.perturbations.image)
-    text_conds = resolve_text_conditions(suite.perturbations.text)
     adapter = load_adapter(suite.model)
     engine_run(adapter, mine[:1], methods, image_conds, text_conds, suite, 1, Speedups())  # warm-up
     conn.send("ready")
@@ -176,7 +182,6 @@ def main(argv=None) -> None:
     from transformers.utils import logging as hf_logging
 
     from robust_atp.models.base import load_adapter
-    from robust_atp.data.dataset import load_dataset
 
     hf_logging.disable_progress_bar()
     overrides = {"dataset.limit": 2 if a.quick else a.limit}
@@ -185,13 +190,8 @@ def main(argv=None) -> None:
     if a.quick:
         overrides["perturbations.image"] = {"corruptions": ["gaussian_noise"], "severities": [1]}
         overrides["perturbations.text"] = {"perturbations": ["keyboard"], "severities": [1]}
-    suite = load_suite(a.suite, overrides)
+    suite, examples, methods, image_conds, text_conds = load_slice(a.suite, overrides)
     repeats = 1 if a.quick else a.repeats
-    torch.manual_seed(suite.seed)
-    examples = load_dataset(suite.dataset, Path(a.suite))
-    methods = [validate_method(m) for m in suite.methods]
-    image_conds = resolve_image_conditions(suite.perturbations.image)
-    text_conds = resolve_text_conditions(suite.perturbations.text)
     plan = condition_plan(image_conds, text_conds, suite.include_clean, suite.perturbations.cross)
     n_cond = sum(len(t) for _, t in plan)
     resolution = suite.perturbations.image.resolution if suite.perturbations.image else None

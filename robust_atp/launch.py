@@ -3,12 +3,11 @@
 MASTER_ADDR / MASTER_PORT that torchrun sets), each on its share of the batches with
 `--threads` torch threads, and waits for them. Rank 0 prints the progress bar, the summary and
 builds the report, as under torchrun; the answers are those of one process (byte-identical
-samples.jsonl, tests/test_launch.py).
+samples.jsonl, tests/test_distributed.py).
 
 Why: on a CPU a small model's forward is many small operations; torch's threads split each of
-them and wait on each other between them, so two processes with one thread each answer about
-1.4 times as fast as one process with two threads (benchmarks/bench_engine.py, the processes
-row). The default (`--procs auto`) therefore starts one process per thread `--threads` would
+them and wait on each other between them, so two processes with one thread each answer faster
+than one process with two threads (benchmarks/bench_engine.py, the processes row). The default (`--procs auto`) therefore starts one process per thread `--threads` would
 give when the model runs on the CPU, `--threads` is not given, the machine has the memory for
 that many copies of the weights (at most half of what is available), the weights are local
 files (their size is known) and there is more than one batch; otherwise one process, as before.

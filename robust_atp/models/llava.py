@@ -315,18 +315,11 @@ class LlavaAdapter(HFAdapter):
         tail_embeds = torch.stack([torch.cat([pad.expand(width - len(t), -1), embed(t.to(self.device))])
                                    for t in tails])
         n = len(questions)
+        tail_mask = torch.stack([torch.cat([torch.zeros(width - len(t), dtype=torch.long),
+                                            torch.ones(len(t), dtype=torch.long)]) for t in tails])
         if lean:
-            g = self.generation_config
-            tail_mask = torch.stack([torch.cat([torch.zeros(width - len(t), dtype=torch.long),
-                                                torch.ones(len(t), dtype=torch.long)]) for t in tails])
-            eos = g.eos_token_id if isinstance(g.eos_token_id, (list, tuple)) else [g.eos_token_id]
-            out = staged_generate(self.model.model.language_model, self.model.lm_head, embed, tail_embeds,
-                                  tail_mask.to(self.device), max_new_tokens=g.max_new_tokens, eos_token_ids=eos,
-                                  pad_token_id=g.pad_token_id, lean=True, past=kv.layers)
-            return self.decode(out.tokens)
-        mask = torch.cat([torch.ones(n, kv.length, dtype=torch.long),
-                          torch.stack([torch.cat([torch.zeros(width - len(t), dtype=torch.long),
-                                                  torch.ones(len(t), dtype=torch.long)]) for t in tails])], 1)
+            return self._lean_decode(tail_embeds, tail_mask, past=kv.layers)
+        mask = torch.cat([torch.ones(n, kv.length, dtype=torch.long), tail_mask], 1)
         # the ids a penalty sees: the example's own, with its first id at the pads (as `generate` has them)
         image = torch.full((kv.length - len(kv.head),), self.image_token_id)
         ids = torch.stack([torch.cat([kv.head, image, kv.head[:1].expand(width - len(t)), t]) for t in tails])
@@ -335,12 +328,20 @@ class LlavaAdapter(HFAdapter):
                               cache=kv.dynamic_cache())
         return self.decode(out[:, ids.shape[1]:])
 
-    def lean_supported(self) -> bool:
-        """Plain greedy decoding (no repetition_penalty / no_repeat_ngram_size, which Hugging Face's
-        generate applies and the staged decoder does not) on a Llama or Qwen2 decoder without
-        sliding windows (the families the staged decoder is tested equal to `generate` on)."""
+    def plain_greedy(self) -> bool:
+        """No repetition_penalty / no_repeat_ngram_size: what Hugging Face's generate applies and
+        the staged decoder does not."""
         g = self.generation_config
-        if (g.repetition_penalty not in (None, 1.0)) or g.no_repeat_ngram_size:
+        return g.repetition_penalty in (None, 1.0) and not g.no_repeat_ngram_size
+
+    def eos_ids(self) -> list[int]:
+        eos = self.generation_config.eos_token_id
+        return list(eos) if isinstance(eos, (list, tuple)) else [eos]
+
+    def lean_supported(self) -> bool:
+        """Plain greedy decoding on a Llama or Qwen2 decoder without sliding windows (the families
+        the staged decoder is tested equal to `generate` on)."""
+        if not self.plain_greedy():
             return False
         lm = self.model.model.language_model
         if lm.config.model_type not in ("llama", "qwen2"):
@@ -353,12 +354,16 @@ class LlavaAdapter(HFAdapter):
         embeddings `generate` builds, the prefill's last decoder layer run on the last position
         only: the tokens of Hugging Face's generate (tests/test_lean_decode.py) with a quarter
         less prefill on the demo's 4-layer LLM, and none of generate's per-call set-up."""
-        g = self.generation_config
         inputs, mask, _ = self.prompt_embeddings(visual_tokens, questions)
-        eos = g.eos_token_id if isinstance(g.eos_token_id, (list, tuple)) else [g.eos_token_id]
+        return self._lean_decode(inputs, mask)
+
+    def _lean_decode(self, embeds: torch.Tensor, mask: torch.Tensor, past=None) -> list[str]:
+        """Answers of the staged decoder, no policy, lean, over embeds [B, T, d] (left-padded,
+        mask [B, T]), continuing `past` (a prefix's per-layer keys and values) when given."""
+        g = self.generation_config
         out = staged_generate(self.model.model.language_model, self.model.lm_head, self.model.get_input_embeddings(),
-                              inputs, mask, max_new_tokens=g.max_new_tokens, eos_token_ids=eos,
-                              pad_token_id=g.pad_token_id, lean=True)
+                              embeds, mask.to(self.device), max_new_tokens=g.max_new_tokens,
+                              eos_token_ids=self.eos_ids(), pad_token_id=g.pad_token_id, lean=True, past=past)
         return self.decode(out.tokens)
 
     @torch.inference_mode()
@@ -367,7 +372,7 @@ class LlavaAdapter(HFAdapter):
         prompt embeddings `generate` builds, each example's image span, `spec.policy` dropping
         tokens between decoder layers; fills in `spec.kept` and `spec.image_tokens`."""
         g = self.generation_config
-        if (g.repetition_penalty not in (None, 1.0)) or g.no_repeat_ngram_size:
+        if not self.plain_greedy():
             raise UserError(f"model.generation: {spec.method} decodes through the staged decoder, which applies no "
                             f"repetition_penalty / no_repeat_ngram_size (remove them)")
         n = {len(t) for t in visual_tokens}
@@ -376,10 +381,9 @@ class LlavaAdapter(HFAdapter):
         n = n.pop()
         inputs, mask, pads = self.prompt_embeddings(visual_tokens, questions)
         starts = [p + len(self.prompt_ids(q)[0]) for p, q in zip(pads, questions)]
-        eos = g.eos_token_id if isinstance(g.eos_token_id, (list, tuple)) else [g.eos_token_id]
         out = staged_generate(self.model.model.language_model, self.model.lm_head, self.model.get_input_embeddings(),
                               inputs, mask, spec.policy, image_start=starts, image_count=n,
-                              max_new_tokens=g.max_new_tokens, eos_token_ids=eos, pad_token_id=g.pad_token_id,
+                              max_new_tokens=g.max_new_tokens, eos_token_ids=self.eos_ids(), pad_token_id=g.pad_token_id,
                               seeds=spec.seeds)
         spec.kept = surviving_image_tokens(out.seen[-1], starts, n)
         spec.image_tokens = list(out.image_tokens)
